@@ -1,0 +1,35 @@
+"""jaxrnn: recurrent networks for JAX as pure functions on ``jax.lax.scan``.
+
+Cells step (``SimpleRNN``, ``LSTM``, ``GRU``); drivers loop over time (``rnn`` with
+``lax.scan``, ``static_rnn`` with a Python loop); layers combine them (``bidirectional``,
+``Stack``/``stacked``); ``jaxrnn.masking`` handles padded batches; ``jaxrnn.nn`` wraps the
+same functions as Flax modules.
+"""
+
+from jaxrnn.cells import GRU, LSTM, SimpleRNN
+from jaxrnn.drivers import rnn, static_rnn
+from jaxrnn.layers import Bidirectional, Stack, bidirectional, stacked
+from jaxrnn.masking import (
+    lengths_from_mask,
+    lengths_from_padding,
+    mask_from_lengths,
+    reverse_sequence,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "Bidirectional",
+    "SimpleRNN",
+    "Stack",
+    "bidirectional",
+    "lengths_from_mask",
+    "lengths_from_padding",
+    "mask_from_lengths",
+    "reverse_sequence",
+    "rnn",
+    "stacked",
+    "static_rnn",
+]

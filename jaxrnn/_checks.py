@@ -1,0 +1,88 @@
+"""Argument validation shared by the drivers; every check runs in Python before tracing."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def concrete_or_none(x):
+    """``x`` as a NumPy array when its value is known now, else ``None`` (under a trace)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
+    layout = "[time, batch, features]" if time_major else "[batch, time, features]"
+    if not hasattr(xs, "ndim") or not hasattr(xs, "dtype"):
+        raise TypeError(f"{name} must be an array of shape {layout}, got {type(xs).__name__}")
+    if xs.ndim != 3:
+        raise ValueError(f"{name} must have rank 3 {layout}, got shape {tuple(xs.shape)}")
+    if not np.issubdtype(xs.dtype, np.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {xs.dtype}")
+
+
+def check_params(cell, params, input_size: int, name: str = "params") -> None:
+    """``params`` must hold ``w_i [input_size, k*H]`` and ``w_h [H, k*H]`` for ``cell``."""
+    if not isinstance(params, dict) or "w_i" not in params or "w_h" not in params:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise TypeError(
+            f"{name} must be the dict made by {type(cell).__name__}.init "
+            f"(keys w_i, w_h, b, ...), got {got}"
+        )
+    width = cell.gates * cell.hidden_size
+    expected = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width)}
+    for key, shape in expected.items():
+        got = tuple(params[key].shape)
+        if got != shape:
+            what = "input_size" if key == "w_i" and got[1:] == shape[1:] else "hidden_size"
+            raise ValueError(
+                f"{name}[{key!r}] has shape {got}, expected {shape} for {cell} with "
+                f"input_size={input_size} (mismatch in {what})"
+            )
+
+
+def check_lengths(lengths, batch: int, steps: int, name: str = "lengths") -> None:
+    """``lengths`` must be integers of shape ``[batch]`` in ``[0, steps]`` (when concrete)."""
+    if not hasattr(lengths, "shape") or not hasattr(lengths, "dtype"):
+        lengths = np.asarray(lengths)
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(lengths.shape)}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
+    values = concrete_or_none(lengths)
+    if values is not None and values.size and (values.min() < 0 or values.max() > steps):
+        raise ValueError(
+            f"{name} must lie in [0, {steps}] (the time dimension), got values in "
+            f"[{values.min()}, {values.max()}]"
+        )
+
+
+def check_carry(cell, carry, batch: int, name: str = "initial_carry") -> None:
+    expected = cell.initial_carry(batch)
+    exp_leaves, exp_tree = jax.tree.flatten(expected)
+    leaves, tree = jax.tree.flatten(carry)
+    if tree != exp_tree:
+        raise ValueError(f"{name} must have the structure {exp_tree} for {cell}, got {tree}")
+    for got, exp in zip(leaves, exp_leaves, strict=True):
+        if tuple(got.shape) != tuple(exp.shape):
+            raise ValueError(
+                f"{name} leaves must have shape {tuple(exp.shape)} [batch, hidden_size] "
+                f"for {cell}, got {tuple(got.shape)}"
+            )
+
+
+def check_merge(merge) -> None:
+    if merge not in _MERGE_MODES:
+        raise ValueError(f"merge must be one of {_MERGE_MODES}, got {merge!r}")
+
+
+def check_unroll(unroll) -> None:
+    if isinstance(unroll, bool):
+        return
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int or a bool, got {unroll!r}")

@@ -1,0 +1,234 @@
+"""Recurrent cells: one time step each, pure, with hyperparameters only.
+
+A cell is a frozen, hashable dataclass (it can be a static argument of ``jax.jit``). Its
+parameters are a plain dict of arrays made by ``cell.init``; its carry is an array (or a tuple
+of arrays) of shape ``[batch, hidden_size]`` made by ``cell.initial_carry``.
+
+Every cell splits its step in two so that drivers may hoist the input half out of the time
+loop:
+
+* ``project_inputs(params, x)``: ``[..., input_size] -> [..., gate_size]``, the affine map of the
+  input with every bias that does not interact with the state folded in. It acts on any leading
+  shape, so a driver can apply it to all time steps ``[time, batch, input_size]`` at once.
+* ``step(params, carry, xp) -> (carry, y)``: the recurrent half, given one projected input.
+
+``cell(params, carry, x)`` is the composition of both. Gates are fused: one ``[in, k*H]`` input
+matmul and one ``[H, k*H]`` recurrent matmul per step, whatever the number of gates ``k``.
+
+Parameter layout (``I`` input size, ``H`` hidden size):
+
+==============================  ==============================================================
+cell                            params
+==============================  ==============================================================
+``SimpleRNN``                   ``w_i [I, H]``, ``w_h [H, H]``, ``b [H]``
+``LSTM``                        ``w_i [I, 4H]``, ``w_h [H, 4H]``, ``b [4H]``; gates i, f, g, o
+``GRU(reset_after=True)``       ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``, ``b_h [3H]``; r, z, n
+``GRU(reset_after=False)``      ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``; gates r, z, n
+==============================  ==============================================================
+
+``SimpleRNN`` and ``LSTM`` also accept an optional second bias ``b_h`` (same shape as ``b``),
+added to ``b``: PyTorch stores two, and keeping both makes weight round trips exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+Carry = Any  # an array, or a tuple of arrays, each [batch, hidden_size]
+
+_glorot = jax.nn.initializers.glorot_uniform()
+_orthogonal = jax.nn.initializers.orthogonal()
+
+
+def _check_hidden_size(cell) -> None:
+    if not isinstance(cell.hidden_size, int) or cell.hidden_size <= 0:
+        raise ValueError(
+            f"{type(cell).__name__}: hidden_size must be a positive int, got {cell.hidden_size!r}"
+        )
+
+
+def _input_bias(params: Params) -> Array:
+    b = params["b"]
+    return b + params["b_h"] if "b_h" in params else b
+
+
+def _init_weights(key, input_size: int, hidden_size: int, gates: int, dtype) -> Params:
+    """Keras' defaults: Glorot-uniform input kernel, orthogonal recurrent kernel, zero bias."""
+    if not isinstance(input_size, int) or input_size <= 0:
+        raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+    k_i, k_h = jax.random.split(key)
+    return {
+        "w_i": _glorot(k_i, (input_size, gates * hidden_size), dtype),
+        "w_h": _orthogonal(k_h, (hidden_size, gates * hidden_size), dtype),
+        "b": jnp.zeros((gates * hidden_size,), dtype),
+    }
+
+
+class _Cell:
+    """Shared behaviour of the cells (not public): carry shapes and the one-step call."""
+
+    hidden_size: int
+    gates: int = 1
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def initial_carry(self, batch_size: int, dtype=jnp.float32) -> Carry:
+        """Zeros of shape ``[batch_size, hidden_size]`` (a ``(c, h)`` pair for the LSTM)."""
+        return jnp.zeros((batch_size, self.hidden_size), dtype)
+
+    def hidden(self, carry: Carry) -> Array:
+        """The part of the carry that is fed back through ``w_h``: ``h``, ``[batch, H]``."""
+        return carry
+
+    def with_hidden(self, carry: Carry, h: Array) -> Carry:
+        """The carry with its ``h`` replaced (used by recurrent dropout)."""
+        return h
+
+    def project_inputs(self, params: Params, x: Array) -> Array:
+        """``[..., input_size] -> [..., gates * hidden_size]``: ``x @ w_i + b``."""
+        return x @ params["w_i"] + _input_bias(params)
+
+    def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        """One step. ``x``: ``[batch, input_size]``; returns ``(carry, y)``, y ``[batch, H]``."""
+        return self.step(params, carry, self.project_inputs(params, x))
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleRNN(_Cell):
+    """Elman RNN: ``h' = act(x @ w_i + h @ w_h + b)``; the output is ``h'``.
+
+    ``activation`` is ``"tanh"`` (TF1 ``BasicRNNCell``) or ``"relu"`` (the Keras tutorial).
+    Carry: ``h`` of shape ``[batch, hidden_size]``.
+    """
+
+    hidden_size: int
+    activation: Literal["tanh", "relu"] = "tanh"
+
+    def __post_init__(self):
+        _check_hidden_size(self)
+        if self.activation not in ("tanh", "relu"):
+            raise ValueError(
+                f"SimpleRNN: activation must be 'tanh' or 'relu', got {self.activation!r}"
+            )
+
+    def init(self, key, input_size: int, dtype=jnp.float32) -> Params:
+        return _init_weights(key, input_size, self.hidden_size, 1, dtype)
+
+    def step(self, params: Params, carry: Array, xp: Array) -> tuple[Array, Array]:
+        act = jnp.tanh if self.activation == "tanh" else jax.nn.relu
+        h = act(xp + carry @ params["w_h"])
+        return h, h
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM(_Cell):
+    """Long short-term memory without peepholes; gate blocks in the order i, f, g, o.
+
+    ``z = x @ w_i + h @ w_h + b``;  ``i, f, o = sigmoid(z_i), sigmoid(z_f + forget_bias),
+    sigmoid(z_o)``;  ``g = tanh(z_g)``;  ``c' = f * c + i * g``;  ``h' = o * tanh(c')``.
+
+    Two ways to bias the forget gate towards remembering, as the two traditions do:
+
+    * ``forget_bias``: a constant added inside every step, not trained (TF1 ``BasicLSTMCell``,
+      whose default is 1.0).
+    * ``forget_bias_init``: the initial value of the forget block of ``b``, trained (Keras'
+      ``unit_forget_bias=True`` is 1.0, the default here).
+
+    Carry: ``(c, h)``, each ``[batch, hidden_size]``; the output is ``h'``.
+    """
+
+    hidden_size: int
+    forget_bias: float = 0.0
+    forget_bias_init: float = 1.0
+    gates = 4
+
+    def __post_init__(self):
+        _check_hidden_size(self)
+
+    def init(self, key, input_size: int, dtype=jnp.float32) -> Params:
+        params = _init_weights(key, input_size, self.hidden_size, 4, dtype)
+        h = self.hidden_size
+        params["b"] = params["b"].at[h : 2 * h].set(self.forget_bias_init)
+        return params
+
+    def initial_carry(self, batch_size: int, dtype=jnp.float32) -> tuple[Array, Array]:
+        zeros = jnp.zeros((batch_size, self.hidden_size), dtype)
+        return zeros, zeros
+
+    def hidden(self, carry):
+        return carry[1]
+
+    def with_hidden(self, carry, h):
+        return carry[0], h
+
+    def step(self, params: Params, carry, xp: Array):
+        c, h = carry
+        z = xp + h @ params["w_h"]
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        if self.forget_bias:
+            zf = zf + self.forget_bias
+        c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+        h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+        return (c, h), h
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU(_Cell):
+    """Gated recurrent unit; gate blocks in the order r (reset), z (update), n (candidate).
+
+    With ``xi = x @ w_i + b``:
+
+    * ``reset_after=True`` (cuDNN, PyTorch and Keras' default), ``hh = h @ w_h + b_h``:
+      ``r = sigmoid(xi_r + hh_r)``, ``z = sigmoid(xi_z + hh_z)``, ``n = tanh(xi_n + r * hh_n)``.
+    * ``reset_after=False`` (Cho et al., 2014): ``r, z`` as above without ``b_h``, and
+      ``n = tanh(xi_n + (r * h) @ w_h_n)``.
+
+    Then ``h' = (1 - z) * n + z * h``. Carry: ``h``, ``[batch, hidden_size]``; output ``h'``.
+    """
+
+    hidden_size: int
+    reset_after: bool = True
+    gates = 3
+
+    def __post_init__(self):
+        _check_hidden_size(self)
+        if not isinstance(self.reset_after, bool):
+            raise TypeError(f"GRU: reset_after must be a bool, got {self.reset_after!r}")
+
+    def init(self, key, input_size: int, dtype=jnp.float32) -> Params:
+        params = _init_weights(key, input_size, self.hidden_size, 3, dtype)
+        if self.reset_after:
+            params["b_h"] = jnp.zeros_like(params["b"])
+        return params
+
+    def project_inputs(self, params: Params, x: Array) -> Array:
+        return x @ params["w_i"] + params["b"]
+
+    def step(self, params: Params, carry: Array, xp: Array):
+        h = carry
+        w_h = params["w_h"]
+        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        if self.reset_after:
+            hr, hz, hn = jnp.split(h @ w_h + params["b_h"], 3, axis=-1)
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+        else:
+            size = self.hidden_size
+            hr, hz = jnp.split(h @ w_h[:, : 2 * size], 2, axis=-1)
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + (r * h) @ w_h[:, 2 * size :])
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+
+Cell = SimpleRNN | LSTM | GRU

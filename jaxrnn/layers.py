@@ -1,0 +1,265 @@
+"""Layers built from the drivers: bidirectional runs and stacks of layers with dropout."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _checks
+from jaxrnn.cells import Carry, Cell, Params
+from jaxrnn.drivers import _drive
+
+Array = jax.Array
+
+
+def _merge(ys_fw: Array, ys_bw: Array, merge):
+    if merge == "concat":
+        return jnp.concatenate([ys_fw, ys_bw], axis=-1)
+    if merge == "sum":
+        return ys_fw + ys_bw
+    if merge == "mul":
+        return ys_fw * ys_bw
+    if merge == "ave":
+        return (ys_fw + ys_bw) / 2
+    return ys_fw, ys_bw
+
+
+def _bidirectional(
+    cell_fw,
+    cell_bw,
+    params,
+    xs,
+    lengths,
+    merge,
+    initial_carry,
+    unroll,
+    time_major,
+    static,
+    hidden_masks=(None, None),
+):
+    _checks.check_merge(merge)
+    if not isinstance(params, tuple | list) or len(params) != 2:
+        raise TypeError(
+            f"params must be a pair (params_fw, params_bw), got {type(params).__name__}"
+        )
+    carry_fw, carry_bw = (None, None) if initial_carry is None else initial_carry
+    ys_fw, carry_fw = _drive(
+        cell_fw,
+        params[0],
+        xs,
+        lengths,
+        carry_fw,
+        False,
+        unroll,
+        time_major,
+        static=static,
+        hidden_mask=hidden_masks[0],
+    )
+    ys_bw, carry_bw = _drive(
+        cell_bw,
+        params[1],
+        xs,
+        lengths,
+        carry_bw,
+        True,
+        unroll,
+        time_major,
+        static=static,
+        hidden_mask=hidden_masks[1],
+    )
+    return _merge(ys_fw, ys_bw, merge), (carry_fw, carry_bw)
+
+
+def bidirectional(
+    cell_fw: Cell,
+    cell_bw: Cell,
+    params: tuple[Params, Params],
+    xs: Array,
+    lengths: Array | None = None,
+    *,
+    merge: str | None = "concat",
+    initial_carry: tuple[Carry, Carry] | None = None,
+    unroll: int | bool = 1,
+    time_major: bool = False,
+    static: bool = False,
+):
+    """Run ``cell_fw`` forward and ``cell_bw`` backward over ``xs`` and merge the outputs.
+
+    The backward direction reverses only each sequence's valid prefix (``lengths``) and its
+    outputs are written back at their original time positions, so ``ys[b, t]`` pairs the
+    forward and backward outputs of the same input step; padded steps are zero in both.
+
+    Args:
+      params: ``(params_fw, params_bw)``.
+      xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
+      merge: ``"concat"`` (forward features first, ``[..., H_fw + H_bw]``), ``"sum"``,
+        ``"mul"``, ``"ave"`` (``[..., H]``) or ``None`` (the pair ``(ys_fw, ys_bw)``).
+      static: loop over time in Python (``static_rnn``) instead of ``lax.scan``.
+
+    Returns:
+      ``(ys, (carry_fw, carry_bw))``; each final carry is the state after the last valid step
+      of its own direction (for the backward one: after reading step 0).
+    """
+    return _bidirectional(
+        cell_fw, cell_bw, params, xs, lengths, merge, initial_carry, unroll, time_major, static
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Bidirectional:
+    """A bidirectional layer for :class:`Stack`: hyperparameters of both directions."""
+
+    forward: Cell
+    backward: Cell
+    merge: str = "concat"
+
+    def __post_init__(self):
+        if self.merge is None:
+            raise ValueError("Bidirectional in a Stack needs a merge mode other than None")
+        _checks.check_merge(self.merge)
+
+    @property
+    def output_size(self) -> int:
+        if self.merge == "concat":
+            return self.forward.output_size + self.backward.output_size
+        return self.forward.output_size
+
+    def init(self, key, input_size: int, dtype=jnp.float32) -> tuple[Params, Params]:
+        k_fw, k_bw = jax.random.split(key)
+        return self.forward.init(k_fw, input_size, dtype), self.backward.init(
+            k_bw, input_size, dtype
+        )
+
+
+Layer = Cell | Bidirectional
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """Hyperparameters of a stack of recurrent layers, each a cell or :class:`Bidirectional`.
+
+    Dropout (active only when :func:`stacked` gets a ``key``), with rates in ``[0, 1)``:
+
+    * ``dropout``: on each layer's output sequence before the next layer (a fresh mask for
+      every element and step; not after the last layer), as PyTorch's ``nn.LSTM(dropout=)``.
+    * ``input_dropout``: variational (Gal and Ghahramani, 2016): one mask per sequence and
+      feature, the same at every step, on each layer's input (Keras ``dropout=``).
+    * ``recurrent_dropout``: variational, on ``h`` where it enters the recurrent matmul, one
+      mask per sequence and direction (Keras ``recurrent_dropout=``).
+    """
+
+    layers: tuple[Layer, ...]
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.layers, tuple) or not self.layers:
+            raise TypeError(f"layers must be a non-empty tuple of cells, got {self.layers!r}")
+        for name in ("dropout", "input_dropout", "recurrent_dropout"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {rate!r}")
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
+    def init(self, key, input_size: int, dtype=jnp.float32) -> list:
+        """A list with each layer's params (a pair for a bidirectional layer)."""
+        params, size = [], input_size
+        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers)), strict=True):
+            params.append(layer.init(k, size, dtype))
+            size = layer.output_size
+        return params
+
+
+def _keep_mask(key, rate: float, shape, dtype) -> Array:
+    """Inverted-dropout multiplier: 0 with probability ``rate``, else ``1 / (1 - rate)``."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return keep.astype(dtype) / (1.0 - rate)
+
+
+def stacked(
+    stack: Stack,
+    params: Sequence,
+    xs: Array,
+    lengths: Array | None = None,
+    *,
+    key: Array | None = None,
+    unroll: int | bool = 1,
+    time_major: bool = False,
+    static: bool = False,
+) -> tuple[Array, list]:
+    """Run the layers of ``stack`` in turn; each layer's (merged) outputs feed the next.
+
+    Args:
+      params: ``stack.init(...)``: one entry per layer.
+      xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
+      lengths: optional int ``[batch]``, applied to every layer.
+      key: a PRNG key turns dropout on (training); ``None`` turns it off (evaluation).
+
+    Returns:
+      ``(ys, carries)``: the last layer's outputs ``[batch, time, stack.output_size]``, zero
+      past each length, and the list of each layer's final carry (a pair when bidirectional).
+    """
+    if len(params) != len(stack.layers):
+        raise ValueError(f"params has {len(params)} entries, stack has {len(stack.layers)}")
+    _checks.check_xs(xs, time_major=time_major)
+    batch = xs.shape[1] if time_major else xs.shape[0]
+    training = key is not None
+    carries = []
+    for index, (layer, layer_params) in enumerate(zip(stack.layers, params, strict=True)):
+        masks = (None, None)
+        if training:
+            key, k_in, k_fw, k_bw, k_out = jax.random.split(key, 5)
+            if stack.input_dropout:
+                feature_mask = _keep_mask(
+                    k_in, stack.input_dropout, (batch, xs.shape[-1]), xs.dtype
+                )
+                xs = xs * (feature_mask[None] if time_major else feature_mask[:, None])
+            if stack.recurrent_dropout:
+                cells = (
+                    (layer.forward, layer.backward)
+                    if isinstance(layer, Bidirectional)
+                    else (layer,)
+                )
+                masks = tuple(
+                    _keep_mask(k, stack.recurrent_dropout, (batch, c.hidden_size), xs.dtype)
+                    for k, c in zip((k_fw, k_bw), cells, strict=False)
+                ) + (None,)
+        if isinstance(layer, Bidirectional):
+            xs, carry = _bidirectional(
+                layer.forward,
+                layer.backward,
+                layer_params,
+                xs,
+                lengths,
+                layer.merge,
+                None,
+                unroll,
+                time_major,
+                static,
+                masks[:2],
+            )
+        else:
+            xs, carry = _drive(
+                layer,
+                layer_params,
+                xs,
+                lengths,
+                None,
+                False,
+                unroll,
+                time_major,
+                static=static,
+                hidden_mask=masks[0],
+            )
+        carries.append(carry)
+        last = index == len(stack.layers) - 1
+        if training and stack.dropout and not last:
+            xs = xs * _keep_mask(k_out, stack.dropout, xs.shape, xs.dtype)
+    return xs, carries
