@@ -63,9 +63,11 @@ def _init_weights(key, input_size: int, hidden_size: int, gates: int, dtype) -> 
     if not isinstance(input_size, int) or input_size <= 0:
         raise ValueError(f"input_size must be a positive int, got {input_size!r}")
     k_i, k_h = jax.random.split(key)
+    # Drawn in at least float32 (the QR behind `orthogonal` has no bfloat16 kernel), then cast.
+    wide = jnp.promote_types(dtype, jnp.float32)
     return {
-        "w_i": _glorot(k_i, (input_size, gates * hidden_size), dtype),
-        "w_h": _orthogonal(k_h, (hidden_size, gates * hidden_size), dtype),
+        "w_i": _glorot(k_i, (input_size, gates * hidden_size), wide).astype(dtype),
+        "w_h": _orthogonal(k_h, (hidden_size, gates * hidden_size), wide).astype(dtype),
         "b": jnp.zeros((gates * hidden_size,), dtype),
     }
 
