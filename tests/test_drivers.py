@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 
 import jaxrnn
 
-B, T, I = 5, 7, 3
+B, T, I = 5, 7, 3  # noqa: E741 (batch, time, input: the shapes the docstrings use)
 LENGTHS = np.array([0, 3, 7, 1, 5], np.int32)  # includes 0 and T
 
 DRIVERS = {
