@@ -1,0 +1,155 @@
+"""Flax NNX modules over the same pure core, to drop jaxrnn layers into a Flax model.
+
+Why NNX rather than linen: NNX is Flax's recommended API since 0.11; its modules are plain
+Python objects that hold their parameters, which maps one-to-one onto jaxrnn's "cell
+hyperparameters + params pytree" split (a module is a cell plus its params held as
+``nnx.Param``), and ``flax.nnx.bridge`` exposes NNX modules to linen code when needed.
+
+Each module stores exactly the pytree that the functional API takes (``cell.init``'s dict, a
+pair for bidirectional, a list for stacks), so ``module.params()`` can be passed to
+``jaxrnn.rnn`` & co. and weights converted with ``jaxrnn.interop`` apply unchanged.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrnn.cells import Cell
+from jaxrnn.drivers import rnn
+from jaxrnn.layers import Stack, bidirectional, stacked
+
+
+def _hold(tree):
+    """A params pytree as NNX containers: dicts -> ``nnx.Dict``, sequences -> ``nnx.List``."""
+    if isinstance(tree, dict):
+        return nnx.Dict({k: _hold(v) for k, v in tree.items()})
+    if isinstance(tree, tuple | list):
+        return nnx.List([_hold(v) for v in tree])
+    return nnx.Param(tree)
+
+
+def _read(held):
+    """Inverse of :func:`_hold`: plain dicts and lists of arrays."""
+    if isinstance(held, nnx.Dict):
+        return {k: _read(v) for k, v in held.items()}
+    if isinstance(held, nnx.List):
+        return [_read(v) for v in held]
+    return held[...]
+
+
+class RNN(nnx.Module):
+    """One recurrent layer: ``cell`` driven by :func:`jaxrnn.rnn` over ``[batch, time, in]``.
+
+    ``__call__(x, lengths=None, initial_carry=None)`` returns ``ys`` ``[batch, time, H]`` (zero
+    past each length), or ``(ys, final_carry)`` with ``return_carry=True``.
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        reverse=False,
+        unroll: int | bool = 1,
+        time_major=False,
+        return_carry=False,
+        dtype=jnp.float32,
+    ):
+        self.cell, self.reverse, self.unroll = cell, reverse, unroll
+        self.time_major, self.return_carry = time_major, return_carry
+        self.weights = _hold(cell.init(rngs.params(), in_features, dtype))
+
+    def params(self) -> dict:
+        return _read(self.weights)
+
+    def __call__(self, x, lengths=None, initial_carry=None):
+        ys, carry = rnn(
+            self.cell,
+            self.params(),
+            x,
+            lengths,
+            initial_carry=initial_carry,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            time_major=self.time_major,
+        )
+        return (ys, carry) if self.return_carry else ys
+
+
+class Bidirectional(nnx.Module):
+    """Forward and backward layers merged (:func:`jaxrnn.bidirectional`); ``merge`` as there."""
+
+    def __init__(
+        self,
+        cell_fw: Cell,
+        cell_bw: Cell,
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        merge: str | None = "concat",
+        unroll: int | bool = 1,
+        time_major=False,
+        return_carry=False,
+        dtype=jnp.float32,
+    ):
+        self.cell_fw, self.cell_bw, self.merge = cell_fw, cell_bw, merge
+        self.unroll, self.time_major, self.return_carry = unroll, time_major, return_carry
+        k_fw, k_bw = jax.random.split(rngs.params())
+        self.weights = _hold(
+            (cell_fw.init(k_fw, in_features, dtype), cell_bw.init(k_bw, in_features, dtype))
+        )
+
+    def params(self) -> tuple[dict, dict]:
+        return tuple(_read(self.weights))
+
+    def __call__(self, x, lengths=None):
+        ys, carries = bidirectional(
+            self.cell_fw,
+            self.cell_bw,
+            self.params(),
+            x,
+            lengths,
+            merge=self.merge,
+            unroll=self.unroll,
+            time_major=self.time_major,
+        )
+        return (ys, carries) if self.return_carry else ys
+
+
+class Stacked(nnx.Module):
+    """A :class:`jaxrnn.Stack` of layers with its dropouts (:func:`jaxrnn.stacked`).
+
+    Dropout is on only when ``__call__`` gets ``rngs`` (it draws from ``rngs.dropout()``).
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        unroll: int | bool = 1,
+        time_major=False,
+        dtype=jnp.float32,
+    ):
+        self.stack, self.unroll, self.time_major = stack, unroll, time_major
+        self.weights = _hold(stack.init(rngs.params(), in_features, dtype))
+
+    def params(self) -> list:
+        return _read(self.weights)
+
+    def __call__(self, x, lengths=None, *, rngs: nnx.Rngs | None = None):
+        key = None if rngs is None else rngs.dropout()
+        ys, _ = stacked(
+            self.stack,
+            self.params(),
+            x,
+            lengths,
+            key=key,
+            unroll=self.unroll,
+            time_major=self.time_major,
+        )
+        return ys
