@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# jaxrnn's front door. Each command sets up what it needs (a venv in .venv, the install).
+#   ./dev.sh train [jaxrnn train flags]   train (default: the lstm_sequences config, no download)
+#   ./dev.sh test  [pytest flags]         lint, format check and the whole test suite
+#   ./dev.sh bench [benchmark flags]      the scan-vs-unroll benchmark (see benchmarks/)
+#   ./dev.sh shell                        a shell with the venv active
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${JAXRNN_VENV:-.venv}"
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  # Reinstall only when the dependency files changed since the last install.
+  local stamp="$VENV/.jaxrnn-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
+    touch "$stamp"
+  fi
+}
+
+cmd="${1:-train}"
+shift || true
+case "$cmd" in
+  train)
+    setup
+    if [ "$#" -eq 0 ]; then set -- --config lstm_sequences; fi
+    exec "$VENV/bin/jaxrnn" train "$@"
+    ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    exec "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
+    ;;
+  bench)
+    setup
+    exec "$VENV/bin/python" benchmarks/scan_vs_unroll.py "$@"
+    ;;
+  shell)
+    setup
+    exec bash --rcfile <(echo "source '$VENV/bin/activate'")
+    ;;
+  *)
+    echo "usage: ./dev.sh {train|test|bench|shell} [args]" >&2
+    exit 2
+    ;;
+esac
