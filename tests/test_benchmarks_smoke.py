@@ -1,0 +1,50 @@
+"""CI smoke test of the benchmark suite: ``scan_vs_unroll --quick`` runs and writes its JSON.
+
+No timing assertions (CI machines are shared); it checks that every cell, variant and mode of
+the quick grid is there with a compile time, a step time and the environment.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_scan_vs_unroll_quick(tmp_path):
+    out = tmp_path / "svu.json"
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "scan_vs_unroll.py"),
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "scan_vs_unroll"
+    for key in ("device", "jax", "jaxlib", "flax", "cpu"):
+        assert payload["env"][key]
+    assert payload["grid"]["name"] == "quick"
+    seen = {(e["cell"], e["mode"], e["variant"]) for e in payload["entries"]}
+    expected = {
+        (cell, mode, variant)
+        for cell in ("rnn", "lstm", "gru")
+        for mode in ("fwd", "train")
+        for variant in ("static", "unroll_1", "unroll_4", "unroll_T")
+    }
+    assert seen == expected
+    for e in payload["entries"]:
+        assert e["compile_s"] > 0
+        assert 0 < e["min_ms"] <= e["median_ms"] <= e["max_ms"]
+        assert e["repeats"] >= 1
+        assert e["memory"] is None or e["memory"]["temp"] >= 0
+    assert (tmp_path / "svu.md").read_text().count("| lstm | 16 | 32 |") == 2
