@@ -251,9 +251,9 @@ def _process_count(mesh: Mesh) -> int:
 # --------------------------------------------------------------------------- arrays
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over ``data``; replicated over ``model``."""
-    return NamedSharding(mesh, P(DATA))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Batch axis ``axis`` split over ``data`` (1 for blocks ``[steps, batch, ...]``)."""
+    return NamedSharding(mesh, P(*([None] * axis), DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -261,27 +261,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
+def global_batch(local_batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     """Assemble each process's per-process batch into global arrays sharded over ``data``.
 
     Args:
-      local_batch: a pytree of arrays (NumPy or JAX), each ``[b, ...]`` with the same ``b``:
-        this process's rows. With one process it is the whole global batch.
+      local_batch: a pytree of arrays (NumPy or JAX) with the same size ``b`` along ``axis``:
+        this process's rows, e.g. ``[b, time, features]`` (``axis=0``) or a block of steps
+        ``[steps, b, ...]`` (``axis=1``). With one process it is the whole global batch.
       mesh: the training mesh (``make_mesh``).
+      axis: the batch axis of every leaf.
 
     Returns:
-      The same pytree of ``jax.Array`` of shape ``[b * process_count(), ...]`` with the leading
-      axis sharded over ``data``; process ``p``'s rows are rows ``[p * b, (p + 1) * b)``.
+      The same pytree of ``jax.Array``, ``b`` multiplied by ``process_count()`` along ``axis``,
+      which is sharded over ``data``; process ``p``'s rows are ``[p * b, (p + 1) * b)``.
 
     Raises:
       ValueError: leaves disagree on ``b``, or ``b`` does not split over this process's
         data-parallel devices.
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, axis)
     leaves = jax.tree.leaves(local_batch)
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    sizes = {np.shape(x)[axis] if np.ndim(x) > axis else None for x in leaves}
     if len(sizes) > 1 or None in sizes:
-        raise ValueError(f"every batch leaf needs the same leading batch size, got {sizes}")
+        raise ValueError(f"every batch leaf needs the same batch size on axis {axis}, got {sizes}")
     processes = _process_count(mesh)
     local_shards = data_size(mesh) // processes
     for b in sizes:
@@ -293,8 +295,9 @@ def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
 
     def put(x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        shape = (x.shape[0] * processes, *x.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, x, shape)
+        shape = list(x.shape)
+        shape[axis] *= processes
+        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
 
     return jax.tree.map(put, local_batch)
 

@@ -283,7 +283,9 @@ def test_global_batch_and_replicate_single_process():
     batch = parallel.global_batch({"x": x, "n": np.arange(4)}, mesh)
     assert batch["x"].sharding == parallel.batch_sharding(mesh)
     np.testing.assert_array_equal(parallel.to_host(batch)["x"], x)
-    with pytest.raises(ValueError, match="same leading batch size"):
+    block = parallel.global_batch({"x": np.stack([x, x + 1])}, mesh, axis=1)  # [steps, b, ...]
+    assert block["x"].shape == (2, 4, 3) and block["x"].sharding.spec[1] == "data"
+    with pytest.raises(ValueError, match="same batch size on axis 0"):
         parallel.global_batch({"x": x, "n": np.arange(3)}, mesh)
     tree = parallel.replicate({"w": jax.numpy.ones((2, 2))}, mesh)
     assert tree["w"].sharding.is_fully_replicated
