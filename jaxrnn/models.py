@@ -1,0 +1,155 @@
+"""Sequence models: a recurrent stack with a dense head, as pure ``init``/``apply`` functions.
+
+A :class:`Model` holds hyperparameters only (frozen, hashable: a static argument of ``jit``);
+its parameters are a plain dict ``{"rnn": [...], "head": {"w", "b"}}``. ``apply`` maps a padded
+batch ``inputs [batch, time, features]`` with ``lengths [batch]`` to
+
+* ``logits [batch, num_outputs]`` for classification, or
+* ``predictions [batch]`` for regression (``num_outputs`` must be 1),
+
+reading the recurrent stack out in one of two ways, as the tutorials do:
+
+* ``readout="last"``: the last layer's output at each sequence's last valid step
+  (``ys[b, lengths[b] - 1]``; Keras ``return_sequences=False`` over a masked input);
+* ``readout="state"``: the final hidden state of the last layer (for a bidirectional layer the
+  forward state after the last valid step concatenated with the backward state after step 0,
+  as Keras ``Bidirectional(..., return_sequences=False)`` and TF1 ``bidirectional_dynamic_rnn``).
+
+For a unidirectional stack both readouts give the same numbers. With ``masked=False`` the
+``lengths`` are ignored and every step is treated as valid (fixed-length data such as MNIST
+rows, where masking would only cost time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import GRU, LSTM, SimpleRNN
+from jaxrnn.layers import Bidirectional, Stack, stacked
+
+Array = jax.Array
+
+_CELLS = ("rnn", "lstm", "gru")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A stack of ``num_layers`` recurrent layers and a dense head.
+
+    Attributes:
+      cell: ``"rnn"`` (``SimpleRNN``), ``"lstm"`` or ``"gru"``.
+      hidden_size: units per direction and layer.
+      num_outputs: classes (classification) or 1 (regression).
+      num_layers: depth of the stack.
+      bidirectional: each layer runs both ways, outputs concatenated.
+      readout: ``"last"`` (output at the last valid step) or ``"state"`` (final state).
+      task: ``"classification"`` or ``"regression"``.
+      activation: ``SimpleRNN`` activation, ``"tanh"`` or ``"relu"``.
+      forget_bias, forget_bias_init: see :class:`jaxrnn.LSTM`.
+      masked: use ``lengths``; ``False`` treats every step as valid.
+      dropout, input_dropout, recurrent_dropout: see :class:`jaxrnn.Stack` (training only).
+      head_init: ``"glorot"`` (Keras ``Dense``: Glorot-uniform kernel, zero bias) or
+        ``"normal"`` (TF1 tutorials: standard normal kernel and bias).
+      unroll: time steps per ``lax.scan`` iteration.
+    """
+
+    cell: Literal["rnn", "lstm", "gru"]
+    hidden_size: int
+    num_outputs: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    readout: Literal["last", "state"] = "last"
+    task: Literal["classification", "regression"] = "classification"
+    activation: Literal["tanh", "relu"] = "tanh"
+    forget_bias: float = 0.0
+    forget_bias_init: float = 1.0
+    masked: bool = True
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    head_init: Literal["glorot", "normal"] = "glorot"
+    unroll: int = 1
+
+    def __post_init__(self):
+        if self.cell not in _CELLS:
+            raise ValueError(f"cell must be one of {_CELLS}, got {self.cell!r}")
+        if self.readout not in ("last", "state"):
+            raise ValueError(f"readout must be 'last' or 'state', got {self.readout!r}")
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.task == "regression" and self.num_outputs != 1:
+            raise ValueError(f"regression needs num_outputs=1, got {self.num_outputs}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.head_init not in ("glorot", "normal"):
+            raise ValueError(f"head_init must be 'glorot' or 'normal', got {self.head_init!r}")
+
+    def _cell(self):
+        if self.cell == "rnn":
+            return SimpleRNN(self.hidden_size, self.activation)
+        if self.cell == "lstm":
+            return LSTM(self.hidden_size, self.forget_bias, self.forget_bias_init)
+        return GRU(self.hidden_size)
+
+    @property
+    def stack(self) -> Stack:
+        cell = self._cell()
+        layer = Bidirectional(cell, cell) if self.bidirectional else cell
+        return Stack(
+            (layer,) * self.num_layers,
+            dropout=self.dropout,
+            input_dropout=self.input_dropout,
+            recurrent_dropout=self.recurrent_dropout,
+        )
+
+    def init(self, key: Array, input_size: int) -> dict:
+        """Parameters for inputs of ``input_size`` features (float32)."""
+        k_rnn, k_w, k_b = jax.random.split(key, 3)
+        stack = self.stack
+        shape = (stack.output_size, self.num_outputs)
+        if self.head_init == "glorot":
+            head = {
+                "w": jax.nn.initializers.glorot_uniform()(k_w, shape, jnp.float32),
+                "b": jnp.zeros((self.num_outputs,), jnp.float32),
+            }
+        else:
+            head = {
+                "w": jax.random.normal(k_w, shape, jnp.float32),
+                "b": jax.random.normal(k_b, (self.num_outputs,), jnp.float32),
+            }
+        return {"rnn": stack.init(k_rnn, input_size), "head": head}
+
+    def features(self, params: dict, inputs: Array, lengths: Array | None, key=None) -> Array:
+        """The recurrent read-out fed to the head: ``[batch, stack.output_size]``."""
+        stack = self.stack
+        lengths = lengths if self.masked else None
+        ys, carries = stacked(stack, params["rnn"], inputs, lengths, key=key, unroll=self.unroll)
+        if self.readout == "state":
+            carry = carries[-1]
+            cell = self._cell()
+            if self.bidirectional:
+                return jnp.concatenate([cell.hidden(carry[0]), cell.hidden(carry[1])], axis=-1)
+            return cell.hidden(carry)
+        if lengths is None:
+            return ys[:, -1]
+        last = jnp.clip(lengths - 1, 0, ys.shape[1] - 1)
+        return jnp.take_along_axis(ys, last[:, None, None], axis=1)[:, 0]
+
+    def apply(
+        self, params: dict, inputs: Array, lengths: Array | None = None, key: Array | None = None
+    ) -> Array:
+        """Logits ``[batch, num_outputs]`` (regression: predictions ``[batch]``).
+
+        Args:
+          params: from :meth:`init`.
+          inputs: float ``[batch, time, features]``; steps past ``lengths`` are ignored.
+          lengths: int ``[batch]`` (``None``: all steps valid).
+          key: a PRNG key turns dropout on (training).
+        """
+        h = self.features(params, inputs, lengths, key)
+        out = h @ params["head"]["w"] + params["head"]["b"]
+        return out[:, 0] if self.task == "regression" else out

@@ -1,0 +1,14 @@
+"""Training: train state, optimizers, jitted steps, checkpoints, the loop and plots."""
+
+from jaxrnn.training.loop import NonFiniteError, WorkdirError, evaluate_workdir, train
+from jaxrnn.training.optimizers import make_optimizer
+from jaxrnn.training.state import TrainState
+
+__all__ = [
+    "NonFiniteError",
+    "TrainState",
+    "WorkdirError",
+    "evaluate_workdir",
+    "make_optimizer",
+    "train",
+]

@@ -1,0 +1,69 @@
+"""Orbax checkpoints of the train state and the data iterator, keeping the last ``K``.
+
+Each checkpoint is a step directory under ``checkpoints/`` with two items: ``state`` (the
+:class:`TrainState` arrays) and ``data`` (the iterator's JSON state). Orbax writes into a
+temporary directory and renames it when complete, so a run killed mid-save leaves the previous
+checkpoints intact and the partial one is never restored.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxrnn.training.state import TrainState
+
+
+class Checkpointer:
+    """Save and restore ``(TrainState, data_state)`` pairs in ``directory``."""
+
+    def __init__(self, directory: str, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max(int(keep), 1),
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data")
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, state: TrainState, data_state: dict) -> None:
+        """Save at ``state.step`` (asynchronously; :meth:`wait` or :meth:`close` to finish)."""
+        step = int(jax.device_get(state.step))
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
+
+    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """The checkpoint at ``step`` (default: latest), laid out like ``like``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["data"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,36 @@
+"""Loss and accuracy curves of a run, train and test, as one PNG."""
+
+from __future__ import annotations
+
+import os
+
+from jaxrnn.training.loop import read_metrics
+
+
+def plot_run(workdir: str, path: str | None = None) -> str:
+    """Draw ``metrics.jsonl`` of ``workdir`` into ``path`` (default ``workdir/curves.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(workdir)
+    if not rows:
+        raise FileNotFoundError(f"{workdir} has no metrics.jsonl rows to plot")
+    path = path or os.path.join(workdir, "curves.png")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-"), ("test", "o-")):
+            points = [(r["step"], r[metric]) for r in rows if r["split"] == split and metric in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, label=split)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
