@@ -302,6 +302,33 @@ def global_batch(local_batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     return jax.tree.map(put, local_batch)
 
 
+def local_rows(global_host_batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+    """This process's rows of a global batch that every process holds on the host.
+
+    For inputs every process can compute whole and identically (e.g. the example indices of
+    a seeded sampler over a dataset every process holds): ``global_batch(local_rows(x, mesh),
+    mesh)`` equals ``x``, laid out over the mesh, whatever the process count.
+
+    Args:
+      global_host_batch: a pytree of arrays with the global batch size ``B`` along ``axis``.
+      mesh: the training mesh.
+      axis: the batch axis.
+
+    Returns:
+      Each leaf's rows ``[p * B / P, (p + 1) * B / P)`` along ``axis``, ``p`` this process's
+      index and ``P`` the process count.
+    """
+    processes = _process_count(mesh)
+    p = jax.process_index()
+
+    def cut(x):
+        x = np.asarray(x)
+        b = x.shape[axis] // processes
+        return np.take(x, np.arange(p * b, (p + 1) * b), axis=axis)
+
+    return jax.tree.map(cut, global_host_batch)
+
+
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Copy a pytree (parameters, optimizer state) to every device of ``mesh``.
 

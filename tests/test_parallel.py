@@ -98,6 +98,9 @@ def _train(mesh, *, model_min_size=None, checkpoint_dir=None):
     losses = []
     for i in range(STEPS):
         rows = {k: v[first : first + local_batch] for k, v in _global_batch_numpy(i).items()}
+        jax.tree.map(
+            np.testing.assert_array_equal, rows, parallel.local_rows(_global_batch_numpy(i), mesh)
+        )
         batch = parallel.global_batch(rows, mesh)
         assert batch["x"].shape == (GLOBAL_BATCH, TIME, FEATURES)
         state, loss = step(state, batch)
@@ -285,6 +288,7 @@ def test_global_batch_and_replicate_single_process():
     np.testing.assert_array_equal(parallel.to_host(batch)["x"], x)
     block = parallel.global_batch({"x": np.stack([x, x + 1])}, mesh, axis=1)  # [steps, b, ...]
     assert block["x"].shape == (2, 4, 3) and block["x"].sharding.spec[1] == "data"
+    np.testing.assert_array_equal(parallel.local_rows(np.stack([x, x]), mesh, axis=1)[1], x)
     with pytest.raises(ValueError, match="same batch size on axis 0"):
         parallel.global_batch({"x": x, "n": np.arange(3)}, mesh)
     tree = parallel.replicate({"w": jax.numpy.ones((2, 2))}, mesh)
