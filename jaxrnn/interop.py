@@ -1,0 +1,380 @@
+"""Weights to and from PyTorch and Keras recurrent layers.
+
+Load a trained PyTorch ``nn.RNN``/``nn.LSTM``/``nn.GRU`` or Keras ``SimpleRNN``/``LSTM``/``GRU``
+into a jaxrnn cell, run it with :func:`jaxrnn.rnn`/:func:`jaxrnn.bidirectional` and get the
+same numbers (checked against golden outputs of both frameworks in ``tests/golden/``), or write
+jaxrnn parameters back in their layout. Neither framework is imported: state dicts may hold
+``torch.Tensor`` values (read through their ``.numpy()``) or NumPy arrays.
+
+Layouts (``I`` input size, ``H`` hidden size, ``k`` gates: 1 SimpleRNN, 4 LSTM, 3 GRU):
+
+=========================  ========================================  ===========================
+jaxrnn                     PyTorch (``…_l{layer}[_reverse]``)        Keras ``get_weights()``
+=========================  ========================================  ===========================
+``w_i [I, kH]``            ``weight_ih [kH, I]`` (transposed)        ``kernel [I, kH]``
+``w_h [H, kH]``            ``weight_hh [kH, H]`` (transposed)        ``recurrent_kernel [H, kH]``
+``b [kH]``                 ``bias_ih [kH]``                          ``bias [kH]``, GRU
+                                                                     ``reset_after``: ``bias[0]``
+``b_h [kH]``               ``bias_hh [kH]``                          GRU ``reset_after``:
+                                                                     ``bias[1]``; else none
+LSTM gates i, f, g, o      i, f, g, o                                i, f, c, o
+GRU gates r, z, n          r, z, n                                   z, r, h
+=========================  ========================================  ===========================
+
+Which cell to build for which layer:
+
+* PyTorch ``nn.RNN(nonlinearity=...)``: ``SimpleRNN(H, activation=...)``; ``nn.LSTM``:
+  ``LSTM(H)``; ``nn.GRU``: ``GRU(H)`` (``reset_after=True``, PyTorch's only GRU). Layer ``l``
+  of a stack and its backward direction are read with ``layer=l, reverse=True``; a layer above
+  the first takes ``2 * H`` inputs when bidirectional, forward features first, as
+  :func:`jaxrnn.bidirectional` (``merge="concat"``) produces them.
+* Keras ``SimpleRNN``: ``SimpleRNN(H)`` (``"tanh"``, or ``"relu"`` if the layer used it);
+  ``LSTM``: ``LSTM(H)``; ``GRU(reset_after=r)``: ``GRU(H, reset_after=r)``. Only the default
+  activations (``tanh``, recurrent ``sigmoid``) have a jaxrnn equivalent; the weights cannot
+  tell, so that is the caller's to check. A ``Bidirectional`` layer's ``get_weights()`` is the
+  forward layer's list followed by the backward one's: split it in half.
+
+Exactness and the choices made:
+
+* ``to_torch(from_torch(sd)) == sd`` and ``to_keras(from_keras(w)) == w`` bit for bit: PyTorch's
+  two biases are kept apart (``b`` and ``b_h``), transposes and gate permutations move values
+  without arithmetic, and dtypes are kept.
+* Keras has one bias for ``SimpleRNN``/``LSTM``: ``to_keras`` writes ``b + b_h`` (one float
+  rounding) when params have a ``b_h`` (e.g. loaded from PyTorch).
+* PyTorch state dicts of ``bias=False`` modules (no bias entries) load with zero biases;
+  Keras ``use_bias=False`` lists (two arrays) likewise.
+* ``LSTM(forget_bias=f)`` with ``f != 0`` (TF1's constant added inside every step) has no
+  counterpart in either framework. ``to_*`` folds it into the exported forget-gate bias, so the
+  exported layer computes the same function. ``from_*`` refuses such a cell with a
+  ``ValueError``, because loading would have to subtract ``f`` from the stored bias and the
+  round trip would no longer be exact: load into ``LSTM(H)`` (``forget_bias=0``).
+* Shapes that do not fit the cell's ``hidden_size``, a GRU whose ``reset_after`` does not match
+  the weights, a PyTorch LSTM with ``proj_size`` raise ``ValueError``; missing state-dict
+  entries raise ``KeyError`` naming the expected keys and the ones available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
+
+# Block permutations taking the framework's gate order to jaxrnn's (each is its own inverse).
+_KERAS_GRU_ORDER = (1, 0, 2)  # Keras z, r, h  <->  jaxrnn r, z, n
+_GATE_NAMES = {SimpleRNN: "h", LSTM: "i, f, g, o", GRU: "r, z, n"}
+_KIND_BY_GATES = {1: "SimpleRNN", 3: "GRU", 4: "LSTM"}
+
+
+def _check_cell(cell) -> int:
+    """Number of gate blocks of ``cell``; ``TypeError`` for anything but a jaxrnn cell."""
+    if not isinstance(cell, SimpleRNN | LSTM | GRU):
+        raise TypeError(f"cell must be a jaxrnn SimpleRNN, LSTM or GRU, got {cell!r}")
+    return cell.gates
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    """A NumPy array from a NumPy/JAX array or a ``torch.Tensor`` (without importing torch)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, duck-typed
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen, exactly
+            value = value.float()
+        value = value.numpy()
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point weights, got dtype {array.dtype}")
+    return array
+
+
+def _check_shape(what: str, array: np.ndarray, expected, cell, hidden_axis=None) -> None:
+    """``ValueError`` unless ``array`` has shape ``expected`` (``None``: any size there).
+
+    ``hidden_axis`` marks a recurrent matrix (``[H, kH]`` or ``[kH, H]``): its size on that
+    axis is the true hidden size, which lets the message say which cell the weights fit.
+    """
+    got = tuple(array.shape)
+    if len(got) == len(expected) and all(
+        e is None or g == e for g, e in zip(got, expected, strict=True)
+    ):
+        return
+    hint = ""
+    if hidden_axis is not None and len(got) == 2 and got[hidden_axis] > 0:
+        size, width = got[hidden_axis], got[1 - hidden_axis]
+        kind = _KIND_BY_GATES.get(width // size) if width % size == 0 else None
+        if kind is not None:
+            hint = f"; its shape is that of a {kind} with hidden_size={size}"
+    want = tuple("input_size" if d is None else d for d in expected)
+    raise ValueError(
+        f"{what} has shape {got}, expected {want} for {cell} ({cell.gates} gate block(s) "
+        f"{_GATE_NAMES[type(cell)]} of hidden_size={cell.hidden_size}){hint}"
+    )
+
+
+def _check_input_size(input_size) -> None:
+    if input_size is not None and (
+        not isinstance(input_size, int) or isinstance(input_size, bool) or input_size <= 0
+    ):
+        raise ValueError(f"input_size must be a positive int or None, got {input_size!r}")
+
+
+def _permute(array: np.ndarray, order: Sequence[int], hidden: int) -> np.ndarray:
+    """Reorder the gate blocks (each ``hidden`` wide) of the last axis of ``array``."""
+    blocks = [array[..., k * hidden : (k + 1) * hidden] for k in order]
+    return np.concatenate(blocks, axis=-1)
+
+
+def _refuse_forget_bias(cell, framework: str) -> None:
+    if isinstance(cell, LSTM) and cell.forget_bias != 0:
+        raise ValueError(
+            f"{cell} adds a constant forget_bias={cell.forget_bias} inside every step, which "
+            f"{framework} weights do not have: loading them into it would not compute the "
+            f"{framework} layer. Load into LSTM({cell.hidden_size}) (forget_bias=0.0) instead."
+        )
+
+
+def _fold_forget_bias(cell, bias: np.ndarray) -> np.ndarray:
+    """The exported input bias with ``LSTM.forget_bias`` added to its forget block (``f``)."""
+    if not (isinstance(cell, LSTM) and cell.forget_bias != 0):
+        return bias
+    h = cell.hidden_size
+    bias = bias.copy()
+    bias[h : 2 * h] += np.asarray(cell.forget_bias, bias.dtype)
+    return bias
+
+
+def _params_numpy(cell, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Validated NumPy copies of ``params`` for ``cell`` (keys w_i, w_h, b and maybe b_h)."""
+    gates = _check_cell(cell)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be the dict made by cell.init, got {type(params).__name__}")
+    needs_b_h = isinstance(cell, GRU) and cell.reset_after
+    allowed = {"w_i", "w_h", "b"} | ({"b_h"} if not isinstance(cell, GRU) or needs_b_h else set())
+    required = {"w_i", "w_h", "b"} | ({"b_h"} if needs_b_h else set())
+    if not required <= set(params) or not set(params) <= allowed:
+        raise ValueError(
+            f"params for {cell} must have the keys {sorted(required)}"
+            f"{' (and optionally b_h)' if allowed - required else ''}, got {sorted(params)}"
+        )
+    width, hidden = gates * cell.hidden_size, cell.hidden_size
+    out = {name: _as_numpy(value, f"params[{name!r}]") for name, value in params.items()}
+    _check_shape("params['w_h']", out["w_h"], (hidden, width), cell, hidden_axis=0)
+    _check_shape("params['w_i']", out["w_i"], (None, width), cell)
+    for name in ("b", "b_h"):
+        if name in out:
+            _check_shape(f"params[{name!r}]", out[name], (width,), cell)
+    return out
+
+
+def _to_jax(arrays: dict[str, np.ndarray]) -> Params:
+    return {name: jnp.asarray(value) for name, value in arrays.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_keys(layer: int = 0, reverse: bool = False, *, prefix: str = "") -> dict[str, str]:
+    """The state-dict keys of one layer and direction: ``{"weight_ih": "weight_ih_l0", ...}``.
+
+    ``prefix`` is prepended to each (e.g. ``"encoder.rnn."`` for a submodule's entries).
+    """
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    return {name: f"{prefix}{name}{suffix}" for name in names}
+
+
+def from_torch(
+    cell: Cell,
+    state_dict: Mapping[str, Any],
+    layer: int = 0,
+    reverse: bool = False,
+    *,
+    prefix: str = "",
+    input_size: int | None = None,
+) -> Params:
+    """Params for ``cell`` from one layer/direction of a PyTorch RNN/LSTM/GRU ``state_dict()``.
+
+    Args:
+      cell: ``SimpleRNN(H, activation=<the module's nonlinearity>)``, ``LSTM(H)`` or
+        ``GRU(H)`` (``reset_after=True``), ``H`` the module's ``hidden_size``.
+      state_dict: ``module.state_dict()``, or any mapping of the same keys to NumPy arrays.
+      layer: which layer of a ``num_layers > 1`` module (the ``_l{layer}`` entries).
+      reverse: the backward direction of a bidirectional module (``_reverse`` entries).
+      prefix: prepended to every key, for the state dict of an enclosing module.
+      input_size: if given, the input size ``weight_ih`` must have (``2 * H`` for a layer
+        above a bidirectional one); otherwise any.
+
+    Returns:
+      ``{"w_i": [I, kH], "w_h": [H, kH], "b": [kH], "b_h": [kH]}`` as JAX arrays of the
+      state dict's dtype: ``w_i = weight_ih.T``, ``w_h = weight_hh.T``, ``b = bias_ih``,
+      ``b_h = bias_hh``; PyTorch's gate orders are jaxrnn's.
+
+    Raises:
+      KeyError: a weight entry is missing (the message lists the expected and available keys).
+      ValueError: shapes that do not fit ``cell``; a ``GRU(reset_after=False)`` cell (PyTorch's
+        GRU resets after the recurrent matmul); an LSTM with ``proj_size``; an
+        ``LSTM(forget_bias != 0)`` cell (see the module docstring).
+    """
+    gates = _check_cell(cell)
+    _check_input_size(input_size)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    if isinstance(cell, GRU) and not cell.reset_after:
+        raise ValueError(
+            f"PyTorch's nn.GRU applies the reset gate after the recurrent matmul: load it into "
+            f"GRU({cell.hidden_size}, reset_after=True), not {cell}"
+        )
+    _refuse_forget_bias(cell, "PyTorch")
+    keys = torch_keys(layer, reverse, prefix=prefix)
+    suffix = keys["weight_ih"][len(prefix) + len("weight_ih") :]
+    if f"{prefix}weight_hr{suffix}" in state_dict:
+        raise ValueError(
+            f"{prefix}weight_hr{suffix} is present: LSTMs with proj_size > 0 are not supported"
+        )
+    missing = [keys[n] for n in ("weight_ih", "weight_hh") if keys[n] not in state_dict]
+    has_bias = [keys[n] in state_dict for n in ("bias_ih", "bias_hh")]
+    if any(has_bias) and not all(has_bias):
+        missing += [keys[n] for n in ("bias_ih", "bias_hh") if keys[n] not in state_dict]
+    if missing:
+        raise KeyError(
+            f"state_dict lacks {missing} (layer={layer}, reverse={reverse}, prefix={prefix!r}); "
+            f"expected {sorted(keys.values())}, available: {sorted(state_dict)}"
+        )
+    w = {n: _as_numpy(state_dict[k], k) for n, k in keys.items() if k in state_dict}
+    width, hidden = gates * cell.hidden_size, cell.hidden_size
+    _check_shape(keys["weight_hh"], w["weight_hh"], (width, hidden), cell, hidden_axis=1)
+    _check_shape(keys["weight_ih"], w["weight_ih"], (width, input_size), cell)
+    if all(has_bias):
+        for n in ("bias_ih", "bias_hh"):
+            _check_shape(keys[n], w[n], (width,), cell)
+        b, b_h = w["bias_ih"], w["bias_hh"]
+    else:  # nn.RNN/LSTM/GRU(bias=False)
+        b = b_h = np.zeros((width,), w["weight_ih"].dtype)
+    return _to_jax({"w_i": w["weight_ih"].T, "w_h": w["weight_hh"].T, "b": b, "b_h": b_h})
+
+
+def to_torch(
+    cell: Cell,
+    params: Params,
+    layer: int = 0,
+    reverse: bool = False,
+    *,
+    prefix: str = "",
+) -> dict[str, np.ndarray]:
+    """The inverse of :func:`from_torch`: ``{weight_ih_l{layer}[_reverse]: [kH, I], ...}``.
+
+    Returns NumPy arrays (C-contiguous, of the params' dtype) under the four keys of
+    :func:`torch_keys`. Merge the dicts of every layer and direction and load them with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. Params
+    without ``b_h`` get a zero ``bias_hh``; an ``LSTM.forget_bias`` is folded into the forget
+    block of ``bias_ih``.
+
+    Raises:
+      ValueError: a ``GRU(reset_after=False)`` cell (PyTorch cannot represent it) or params
+        whose keys or shapes do not fit ``cell``.
+    """
+    p = _params_numpy(cell, params)
+    if isinstance(cell, GRU) and not cell.reset_after:
+        raise ValueError(
+            f"{cell} (reset gate before the recurrent matmul) has no PyTorch equivalent: "
+            f"nn.GRU always resets after it (reset_after=True)"
+        )
+    keys = torch_keys(layer, reverse, prefix=prefix)
+    b_h = p["b_h"] if "b_h" in p else np.zeros_like(p["b"])
+    out = {
+        keys["weight_ih"]: p["w_i"].T,
+        keys["weight_hh"]: p["w_h"].T,
+        keys["bias_ih"]: _fold_forget_bias(cell, p["b"]),
+        keys["bias_hh"]: b_h,
+    }
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Keras
+
+
+def from_keras(cell: Cell, weights: Sequence[Any], *, input_size: int | None = None) -> Params:
+    """Params for ``cell`` from a Keras ``SimpleRNN``/``LSTM``/``GRU`` layer's ``get_weights()``.
+
+    Args:
+      cell: ``SimpleRNN(H)``, ``LSTM(H)`` or ``GRU(H, reset_after=<the layer's>)``.
+      weights: ``[kernel [I, kH], recurrent_kernel [H, kH], bias]`` with ``bias`` ``[kH]``, or
+        ``[2, 3H]`` (input bias, recurrent bias) for a GRU with ``reset_after=True``;
+        ``[kernel, recurrent_kernel]`` for a layer with ``use_bias=False``.
+      input_size: if given, the input size ``kernel`` must have; otherwise any.
+
+    Returns:
+      ``{"w_i", "w_h", "b"}`` (plus ``"b_h"`` for ``GRU(reset_after=True)``) as JAX arrays of
+      the weights' dtype, GRU blocks reordered from Keras' z, r, h to r, z, n.
+
+    Raises:
+      ValueError: a list of the wrong length, shapes that do not fit ``cell``, a GRU whose
+        ``reset_after`` does not match the bias (``[2, 3H]`` means ``reset_after=True``), an
+        ``LSTM(forget_bias != 0)`` cell (see the module docstring).
+    """
+    gates = _check_cell(cell)
+    _check_input_size(input_size)
+    count = len(weights) if isinstance(weights, Sequence) else None
+    if isinstance(weights, str | Mapping) or count not in (2, 3):
+        split = " (a Bidirectional layer's list holds two layers: split it)" if count == 6 else ""
+        raise ValueError(
+            "weights must be a Keras layer's get_weights(): [kernel, recurrent_kernel, bias] "
+            f"or [kernel, recurrent_kernel], got {count or type(weights).__name__} "
+            f"array(s){split}"
+        )
+    _refuse_forget_bias(cell, "Keras")
+    names = ("kernel", "recurrent_kernel", "bias")
+    w = {n: _as_numpy(v, n) for n, v in zip(names, weights, strict=False)}
+    hidden = cell.hidden_size
+    width = gates * hidden
+    _check_shape("recurrent_kernel", w["recurrent_kernel"], (hidden, width), cell, hidden_axis=0)
+    _check_shape("kernel", w["kernel"], (input_size, width), cell)
+    reset_after = isinstance(cell, GRU) and cell.reset_after
+    if "bias" in w:
+        bias = w["bias"]
+        if isinstance(cell, GRU) and (bias.ndim == 2) != cell.reset_after:
+            raise ValueError(
+                f"bias of shape {bias.shape} is that of a Keras GRU with "
+                f"reset_after={bias.ndim == 2}, which {cell} cannot represent: use "
+                f"GRU({hidden}, reset_after={bias.ndim == 2})"
+            )
+        _check_shape("bias", bias, (2, width) if reset_after else (width,), cell)
+        b, b_h = (bias[0], bias[1]) if reset_after else (bias, None)
+    else:  # use_bias=False
+        b = np.zeros((width,), w["kernel"].dtype)
+        b_h = b if reset_after else None
+    params = {"w_i": w["kernel"], "w_h": w["recurrent_kernel"], "b": b}
+    if b_h is not None:
+        params["b_h"] = b_h
+    if isinstance(cell, GRU):
+        params = {k: _permute(v, _KERAS_GRU_ORDER, hidden) for k, v in params.items()}
+    return _to_jax(params)
+
+
+def to_keras(cell: Cell, params: Params) -> list[np.ndarray]:
+    """The inverse of :func:`from_keras`: ``[kernel, recurrent_kernel, bias]`` NumPy arrays.
+
+    Load them with ``layer.set_weights(...)`` into the Keras layer that matches ``cell`` (for
+    a GRU, ``reset_after=cell.reset_after``). A ``SimpleRNN``/``LSTM`` ``b_h`` (PyTorch's
+    second bias) is added into the single Keras bias; an ``LSTM.forget_bias`` is folded into
+    the forget block.
+    """
+    p = _params_numpy(cell, params)
+    hidden = cell.hidden_size
+    b = _fold_forget_bias(cell, p["b"])
+    if isinstance(cell, GRU):
+        order = _KERAS_GRU_ORDER
+        kernel = _permute(p["w_i"], order, hidden)
+        recurrent = _permute(p["w_h"], order, hidden)
+        b = _permute(b, order, hidden)
+        bias = np.stack([b, _permute(p["b_h"], order, hidden)]) if cell.reset_after else b
+    else:
+        kernel, recurrent = p["w_i"], p["w_h"]
+        bias = b + p["b_h"] if "b_h" in p else b
+    return [np.ascontiguousarray(a) for a in (kernel, recurrent, bias)]
