@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     for p in (train, evaluate):
         p.add_argument("--mnist_dir", help="the 4 MNIST idx .gz files (or JAXRNN_MNIST_DIR)")
         p.add_argument("--data_dir", help="tensorflow-datasets data directory")
+        # Multi-process runs (docs/scaling.md); automatic on Cloud TPU.
+        p.add_argument("--coordinator", help="host:port of process 0 (or JAXRNN_COORDINATOR)")
+        p.add_argument("--num_processes", type=int, help="or JAXRNN_NUM_PROCESSES")
+        p.add_argument("--process_id", type=int, help="or JAXRNN_PROCESS_ID")
 
     plot = sub.add_parser("plot", help="PNG of a run's loss and accuracy curves")
     plot.add_argument("--workdir", required=True)
@@ -58,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrnn.training import loop
 
     try:
+        if args.command in ("train", "eval"):
+            from jaxrnn import parallel
+
+            parallel.initialize(args.coordinator, args.num_processes, args.process_id)
         if args.command == "configs":
             for name in configs.NAMES:
                 print(f"{name}: {configs.get_config(name)}")

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxrnn import parallel
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import optimizers, steps
@@ -104,16 +105,16 @@ def evaluate(model: Model, eval_step, params, arrays: dict, batch_size: int, mes
     """Loss and accuracy over the whole of ``arrays`` (padded last batch weighted out)."""
     from jaxrnn.data import eval_batches
 
-    count = mesh.devices.size
+    count = parallel.data_size(mesh)
     batch_size = min(batch_size, math.ceil(len(arrays["inputs"]) / count) * count)
     steps.check_batch_size(batch_size, mesh)
     keys = _model_keys(model, arrays) + ["weights"]
-    sharding = steps.batch_sharding(mesh)
     sums = jnp.zeros(3)
     for batch in eval_batches({k: arrays[k] for k in keys if k != "weights"}, batch_size):
-        batch = jax.device_put({k: batch[k] for k in keys}, sharding)
+        local = parallel.local_rows({k: batch[k] for k in keys}, mesh)
+        batch = parallel.global_batch(local, mesh)
         sums = sums + jnp.stack(eval_step(params, batch))
-    loss_sum, correct, total = (float(x) for x in jax.device_get(sums))
+    loss_sum, correct, total = (float(x) for x in parallel.to_host(sums))
     return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
 
 
@@ -121,7 +122,7 @@ def init_state(config: Config, model: Model, tx, input_size: int, mesh):
     key = jax.random.key(config.seed)
     k_params, k_train = jax.random.split(key)
     state = state_lib.create(model.init(k_params, input_size), tx, k_train)
-    return jax.device_put(state, steps.replicated(mesh))
+    return parallel.replicate(state, mesh)
 
 
 def prepare_workdir(workdir: str, name: str, config: Config, overwrite: bool) -> None:
@@ -137,7 +138,10 @@ def prepare_workdir(workdir: str, name: str, config: Config, overwrite: bool) ->
                     f"{workdir} holds another run (config {existing.get('name')!r} with "
                     "different settings); pass --overwrite to replace it, or use another --workdir"
                 )
-            shutil.rmtree(workdir)
+            if parallel.is_main_process():
+                shutil.rmtree(workdir)
+    if not parallel.is_main_process():
+        return  # process 0 alone writes the work directory's files
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -160,6 +164,16 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(path + ".tmp", path)
+
+
+class _NoLogger:
+    """What processes other than 0 log: nothing (their metrics are the same global values)."""
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _Logger:
@@ -196,7 +210,11 @@ def train(
     """Train (or resume) the run of ``config`` in ``workdir``; returns the report dict."""
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+    main = parallel.is_main_process()  # the one process that prints and writes logs
+    if not main:
+        print_fn = lambda *args, **kwargs: None
     prepare_workdir(workdir, name, config, overwrite)
+    parallel.sync("jaxrnn:workdir")  # the others wait for process 0 to (re)create it
 
     t_data = time.perf_counter()
     train_arrays = load_split(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
@@ -209,7 +227,7 @@ def train(
         raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} examples")
     last_step = total_steps(config, num_train)
     keys = _model_keys(model, train_arrays)
-    device_data = jax.device_put({k: train_arrays[k] for k in keys}, steps.replicated(mesh))
+    device_data = parallel.replicate({k: train_arrays[k] for k in keys}, mesh)
     data_time = time.perf_counter() - t_data
 
     from jaxrnn.data import BatchIterator
@@ -224,7 +242,8 @@ def train(
     if start is not None:
         state, data_state = checkpointer.restore(state)
         iterator.set_state(data_state)
-        _truncate_metrics(workdir, start)
+        if main:
+            _truncate_metrics(workdir, start)
         print_fn(f"resuming from the checkpoint at step {start}")
     start = start or 0
 
@@ -250,9 +269,13 @@ def train(
         compiled[k] = train_block.lower(state, device_data, abstract_idx).compile()
     compile_time = time.perf_counter() - t_compile
 
-    logger = _Logger(workdir, start)
+    logger = _Logger(workdir, start) if main else _NoLogger()
     bar = tqdm(
-        total=last_step, initial=start, disable=not sys.stderr.isatty(), unit="step", leave=False
+        total=last_step,
+        initial=start,
+        disable=not (main and sys.stderr.isatty()),
+        unit="step",
+        leave=False,
     )
     window: list[np.ndarray] = []
     eval_time = 0.0
@@ -260,7 +283,7 @@ def train(
 
     def process(end_step: int, k: int, metrics, seconds: float) -> None:
         """Check, log and display one finished block of ``k`` steps ending at ``end_step``."""
-        host = jax.device_get(metrics)
+        host = parallel.to_host(metrics)
         bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
         if bad.any():
             first = end_step - k + int(np.argmax(bad)) + 1
@@ -289,7 +312,9 @@ def train(
         t_block = t_train
         while step < last_step:
             k = min(block, last_step - step)
-            idx = jax.device_put(next_indices(k), index_sharding)
+            # Every process draws the same global indices and feeds only its rows.
+            local_idx = parallel.local_rows(next_indices(k), mesh, axis=1)
+            idx = parallel.global_batch(local_idx, mesh, axis=1)
             state, metrics = compiled[k](state, device_data, idx)
             step += k
             data_state = iterator.get_state()
@@ -305,7 +330,7 @@ def train(
                 process(*pending, now - t_block)
                 pending, t_block = None, now
             if do_ckpt:
-                host_state = jax.tree.map(lambda x: np.array(x, copy=True), state)
+                host_state = jax.tree.map(np.copy, parallel.to_host(state))
                 checkpointer.save(host_state, data_state)
             if do_eval and step != last_step:
                 t_eval = time.perf_counter()
@@ -345,7 +370,8 @@ def train(
         "device_kind": jax.devices()[0].device_kind,
         "test_examples": len(test_arrays["inputs"]),
     }
-    write_report(workdir, report)
+    if main:
+        write_report(workdir, report)
     print_fn(summary_line(report))
     return report
 
@@ -401,5 +427,6 @@ def evaluate_workdir(workdir: str, *, mnist_dir=None, data_dir=None, print_fn=pr
         "steps": int(state.step),
         "device_count": mesh.devices.size,
     }
-    print_fn(summary_line(report))
+    if parallel.is_main_process():
+        print_fn(summary_line(report))
     return report
