@@ -132,8 +132,7 @@ class JaxrnnMnist(NumpyBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.make_info(
             description="MNIST digits as raw uint8 28x28 arrays (row-major), labels 0..9.",
             features=tfds.features.FeaturesDict(
                 {

@@ -204,8 +204,7 @@ class JaxrnnSequences(NumpyBuilder):
             features["label"] = tfds.features.ClassLabel(num_classes=config.num_classes)
         else:
             features["target"] = tfds.features.Tensor(shape=(), dtype=np.float32)
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.make_info(
             description=config.description,
             features=tfds.features.FeaturesDict(features),
         )
