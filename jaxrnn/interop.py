@@ -9,7 +9,7 @@ jaxrnn parameters back in their layout. Neither framework is imported: state dic
 Layouts (``I`` input size, ``H`` hidden size, ``k`` gates: 1 SimpleRNN, 4 LSTM, 3 GRU):
 
 =========================  ========================================  ===========================
-jaxrnn                     PyTorch (``…_l{layer}[_reverse]``)        Keras ``get_weights()``
+jaxrnn                     PyTorch (``..._l{layer}[_reverse]``)      Keras ``get_weights()``
 =========================  ========================================  ===========================
 ``w_i [I, kH]``            ``weight_ih [kH, I]`` (transposed)        ``kernel [I, kH]``
 ``w_h [H, kH]``            ``weight_hh [kH, H]`` (transposed)        ``recurrent_kernel [H, kH]``
@@ -38,7 +38,8 @@ Exactness and the choices made:
 
 * ``to_torch(from_torch(sd)) == sd`` and ``to_keras(from_keras(w)) == w`` bit for bit: PyTorch's
   two biases are kept apart (``b`` and ``b_h``), transposes and gate permutations move values
-  without arithmetic, and dtypes are kept.
+  without arithmetic, and dtypes are kept (float64 only with ``jax_enable_x64``; bfloat16
+  tensors are widened to float32).
 * Keras has one bias for ``SimpleRNN``/``LSTM``: ``to_keras`` writes ``b + b_h`` (one float
   rounding) when params have a ``b_h`` (e.g. loaded from PyTorch).
 * PyTorch state dicts of ``bias=False`` modules (no bias entries) load with zero biases;
@@ -80,7 +81,7 @@ def _as_numpy(value: Any, name: str) -> np.ndarray:
     """A NumPy array from a NumPy/JAX array or a ``torch.Tensor`` (without importing torch)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, duck-typed
         value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen, exactly
+        if str(value.dtype) == "torch.bfloat16":  # .numpy() refuses it: widen to float32, exactly
             value = value.float()
         value = value.numpy()
     array = np.asarray(value)

@@ -10,7 +10,6 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from conftest import random_params
 
 import jaxrnn
 from jaxrnn import interop
@@ -19,6 +18,16 @@ GOLDEN = pathlib.Path(__file__).parent / "golden"
 TORCH_FILES = ["torch_rnn_tanh", "torch_rnn_relu", "torch_lstm", "torch_gru"]
 KERAS_FILES = ["keras_simple_rnn", "keras_lstm", "keras_gru", "keras_gru_cho"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def random_params(cell, input_size, seed=0, second_bias=False):
+    """Float32 NumPy params of the layout ``cell.init`` makes, every entry random."""
+    rng = np.random.default_rng(seed)
+    width = cell.gates * cell.hidden_size
+    shapes = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width), "b": (width,)}
+    if second_bias or (isinstance(cell, jaxrnn.GRU) and cell.reset_after):
+        shapes["b_h"] = (width,)
+    return {k: rng.normal(0, 0.5, shape).astype(np.float32) for k, shape in shapes.items()}
 
 
 def load(name):
