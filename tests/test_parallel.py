@@ -5,7 +5,9 @@
   the batch split 4 ways, and with a 2x2 ``data x model`` mesh that shards parameters.
 * Two processes on localhost (``jax.distributed`` over the CPU gloo collectives, 2 devices
   each) end a short training with the parameters of a one-process run over the same global
-  batches, and the checkpoint they write together restores in a one-process run.
+  batches, and the checkpoint they write together restores in a one-process run; the same
+  again through ``jaxrnn train`` itself (the CLI, with the ``JAXRNN_*`` coordinator variables),
+  whose checkpoint ``evaluate_workdir`` then restores in one process.
 
 The subprocesses run this file as a script (``python test_parallel.py MODE ...``); each one
 has a timeout and is killed with its process group if it overruns.
@@ -123,8 +125,39 @@ def _save(path, losses, params):
     np.savez(path, losses=losses, **flat)
 
 
+def _toy_split(config, split, **_):
+    """A small learnable sequence task (no tfds, no disk): is the sequence increasing?"""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    n = config.train_examples if split == "train" else config.test_examples
+    lengths = rng.integers(2, TIME + 1, size=n).astype(np.int32)
+    inputs = rng.normal(size=(n, TIME, 1)).astype(np.float32)
+    labels = rng.integers(0, 2, size=n).astype(np.int32)
+    inputs[labels == 1] = np.sort(inputs[labels == 1], axis=1)
+    inputs[np.arange(TIME)[None, :] >= lengths[:, None]] = -1.0
+    return {"inputs": inputs, "lengths": lengths, "labels": labels}
+
+
+def _run_cli(argv: list[str]) -> int:
+    """``jaxrnn ARGS`` with data loading replaced by ``_toy_split`` (this file is about devices).
+
+    ``eval-json WORKDIR OUT`` evaluates the run's latest checkpoint and writes the report.
+    """
+    from jaxrnn import cli
+    from jaxrnn.training import loop
+
+    loop.load_split = _toy_split
+    if argv[0] == "eval-json":
+        report = loop.evaluate_workdir(argv[1])
+        Path(argv[2]).write_text(json.dumps(report))
+        return 0
+    return cli.main(argv)
+
+
 def _worker(argv: list[str]) -> None:
     import jax
+
+    if argv[0] == "cli":  # the real command line: jaxrnn ARGS
+        raise SystemExit(_run_cli(argv[1:]))
 
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -258,6 +291,53 @@ def test_two_processes_match_one_process_and_checkpoint_restores(tmp_path):
     two.pop("losses")
     for k in two:  # the checkpoint holds exactly the two-process run's final parameters
         np.testing.assert_array_equal(restored[k], two[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_cli_two_processes_train_like_one_and_restore_in_one(tmp_path):
+    """``jaxrnn train`` itself: 2 processes x 2 devices vs 1 device; the checkpoint of the
+    two-process run evaluated by a one-process run."""
+    portpicker = pytest.importorskip("portpicker")
+    port = portpicker.pick_unused_port()
+    sets = [
+        "hidden_size=8",
+        "batch_size=16",
+        "num_steps=20",
+        "steps_per_call=10",
+        "log_every=10",
+        "checkpoint_every=20",
+        "train_examples=160",
+        "test_examples=64",
+        "eval_batch_size=32",
+    ]
+    sets = [a for kv in sets for a in ("--set", kv)]
+
+    def train(workdir):
+        return ["cli", "train", "--config", "lstm_sequences", "--workdir", str(workdir), *sets]
+
+    coordinator = {"JAXRNN_COORDINATOR": f"localhost:{port}", "JAXRNN_NUM_PROCESSES": "2"}
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run_workers(
+        [(train(two), _env(2, **coordinator, JAXRNN_PROCESS_ID=str(i))) for i in range(2)]
+        + [(train(one), _env(1))],
+        timeout=240,
+    )
+    r2 = json.loads((two / "report.json").read_text())
+    r1 = json.loads((one / "report.json").read_text())
+    assert (r2["device_count"], r1["device_count"]) == (4, 1)
+    for key in ("test_loss", "test_accuracy"):
+        np.testing.assert_allclose(r2[key], r1[key], rtol=TOL, atol=TOL, err_msg=key)
+    logs = [
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (two, one)
+    ]
+    assert len(logs[0]) == len(logs[1]) == 3  # train at 10 and 20, test at 20: process 0 only
+    for a, b in zip(*logs, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=TOL, atol=TOL)
+
+    _run_workers([(["cli", "eval-json", str(two), str(tmp_path / "eval.json")], _env(1))], 120)
+    restored = json.loads((tmp_path / "eval.json").read_text())
+    assert restored["steps"] == 20 and restored["device_count"] == 1
+    np.testing.assert_allclose(restored["test_loss"], r2["test_loss"], rtol=TOL, atol=TOL)
 
 
 # --------------------------------------------------------------------------- in-process
