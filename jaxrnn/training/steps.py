@@ -87,7 +87,7 @@ def train_step(model: Model, tx: optax.GradientTransformation, state: TrainState
     metrics = {
         "loss": loss,
         "accuracy": correct / jnp.maximum(total, 1.0),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return TrainState(state.step + 1, params, opt_state, state.key), metrics
 

@@ -1,0 +1,28 @@
+import os
+
+import pytest
+
+_SHARED_MNIST = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "data", "mnist"
+)
+if "JAXRNN_MNIST_DIR" not in os.environ and os.path.isdir(_SHARED_MNIST):
+    # Offline copy next to the repository (../shared/data/mnist); otherwise tfds downloads.
+    os.environ["JAXRNN_MNIST_DIR"] = os.path.abspath(_SHARED_MNIST)
+
+
+@pytest.fixture
+def tiny():
+    """Overrides that make any config a seconds-long run."""
+    return [
+        "hidden_size=8",
+        "batch_size=16",
+        "num_steps=60",
+        "num_epochs=0",
+        "steps_per_call=20",
+        "log_every=20",
+        "eval_every=0",
+        "checkpoint_every=40",
+        "train_examples=400",
+        "test_examples=100",
+        "eval_batch_size=64",
+    ]

@@ -1,0 +1,170 @@
+"""Real short runs through the CLI: every config learns, resume after SIGKILL is exact,
+non-finite losses stop the run, workdirs of other runs are refused, plots are written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxrnn import configs
+from jaxrnn.cli import main
+from jaxrnn.training.checkpointing import Checkpointer
+from jaxrnn.training.loop import read_metrics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _train_losses(workdir):
+    return [r["loss"] for r in read_metrics(workdir) if r["split"] == "train"]
+
+
+@pytest.mark.parametrize("name", configs.NAMES)
+def test_every_config_runs_and_learns(name, tiny, tmp_path, capsys):
+    workdir = str(tmp_path / name)
+    overrides = tiny + ["num_steps=100", "learning_rate=0.01"]
+    args = ["train", "--config", name, "--workdir", workdir]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 0
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"test_accuracy={report['test_accuracy']:.4f}" in last_line
+    assert report["device_count"] >= 1 and report["steps"] == 100
+    losses = _train_losses(workdir)
+    assert len(losses) == 5
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "80"]
+    assert os.listdir(os.path.join(workdir, "tb"))
+
+
+def _cli(workdir, *overrides):
+    cmd = [sys.executable, "-m", "jaxrnn", "train", "--config", "lstm_sequences"]
+    cmd += ["--workdir", str(workdir)]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def _final_params(workdir, steps):
+    from jaxrnn.training import optimizers
+    from jaxrnn.training import steps as steps_lib
+    from jaxrnn.training.loop import build_model, init_state, load_run, load_split
+
+    _, config = load_run(str(workdir))
+    train = load_split(config, "train")
+    model = build_model(config, train)
+    tx = optimizers.from_config(config, steps)
+    like = init_state(config, model, tx, 1, steps_lib.make_mesh())
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.latest_step() == steps
+    state, data_state = ckpt.restore(like)
+    ckpt.close()
+    return state, data_state
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    settings = [
+        "hidden_size=8",
+        "batch_size=8",
+        "num_steps=2400",
+        "steps_per_call=40",
+        "checkpoint_every=80",
+        "keep_checkpoints=3",
+        "log_every=40",
+        "train_examples=300",
+        "test_examples=64",
+        "eval_every=400",
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(killed, *settings),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ckpt_dir = killed / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        steps = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
+        if any(int(d) >= 160 for d in steps):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert partial < 2400
+    resumed = subprocess.run(
+        _cli(killed, *settings), env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the checkpoint at step" in resumed.stdout
+
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        _cli(straight, *settings), env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+    a, data_a = _final_params(killed, 2400)
+    b, data_b = _final_params(straight, 2400)
+    assert data_a == data_b
+    for x, y in zip(
+        __import__("jax").tree.leaves(a), __import__("jax").tree.leaves(b), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    steps_logged = [r["step"] for r in read_metrics(str(killed)) if r["split"] == "train"]
+    assert steps_logged == sorted(set(steps_logged))  # no duplicates after the resume
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoint(tiny, tmp_path, capsys):
+    workdir = str(tmp_path / "nan")
+    overrides = tiny + [
+        "cell=rnn",
+        "activation=relu",
+        "optimizer=sgd",
+        "learning_rate=1e30",
+        "steps_per_call=1",
+        "checkpoint_every=1",
+        "num_steps=50",
+    ]
+    code = main(
+        ["train", "--config", "lstm_sequences", "--workdir", workdir]
+        + sum((["--set", o] for o in overrides), [])
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step" in err
+    bad_step = int(err.split("at step ")[1].split()[0].rstrip(";"))
+    kept = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    assert kept and max(kept) < bad_step
+
+
+def test_workdir_of_another_run_is_refused_and_eval_plot_work(tiny, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    base = ["train", "--config", "lstm_sequences", "--workdir", workdir]
+    sets = sum((["--set", o] for o in tiny), [])
+    assert main(base + sets) == 0
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    capsys.readouterr()
+    assert main(base + sets + ["--set", "hidden_size=4"]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert (
+        main(["train", "--config", "lstm_sequences", "--workdir", workdir, "--set", "nonsense=1"])
+        == 2
+    )
+    assert "unknown config key 'nonsense'" in capsys.readouterr().err
+    assert main(["eval", "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert f"test_accuracy={report['test_accuracy']:.4f}" in out
+    assert main(["plot", "--workdir", workdir]) == 0
+    png = os.path.join(workdir, "curves.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main(base + sets + ["--set", "hidden_size=4", "--overwrite"]) == 0
