@@ -3,9 +3,10 @@
 Cells step (``SimpleRNN``, ``LSTM``, ``GRU``); drivers loop over time (``rnn`` with
 ``lax.scan``, ``static_rnn`` with a Python loop); layers combine them (``bidirectional``,
 ``Stack``/``stacked``); ``jaxrnn.masking`` handles padded batches; ``jaxrnn.nn`` wraps the
-same functions as Flax modules.
+same functions as Flax modules; ``jaxrnn.interop`` loads and writes PyTorch and Keras weights.
 """
 
+from jaxrnn import interop
 from jaxrnn.cells import GRU, LSTM, SimpleRNN
 from jaxrnn.drivers import rnn, static_rnn
 from jaxrnn.layers import Bidirectional, Stack, bidirectional, stacked
@@ -25,6 +26,7 @@ __all__ = [
     "SimpleRNN",
     "Stack",
     "bidirectional",
+    "interop",
     "lengths_from_mask",
     "lengths_from_padding",
     "mask_from_lengths",
