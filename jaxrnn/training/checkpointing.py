@@ -20,7 +20,8 @@ class Checkpointer:
     """Save and restore ``(TrainState, data_state)`` pairs in ``directory``."""
 
     def __init__(self, directory: str, keep: int = 2):
-        self.directory = os.path.abspath(directory)
+        # Orbax writes URIs (gs://bucket/run) itself; only local paths are made absolute.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(int(keep), 1),
             create=True,
