@@ -13,17 +13,33 @@ in the graph). Both
   ``dynamic_rnn(sequence_length=...)``), and padded inputs get exactly zero gradient;
 * with ``reverse=True``, process each sequence's valid prefix from its last valid step to its
   first and write each output back at its original time position.
+
+How ``rnn`` computes (the numbers are the same either way; ``benchmarks/NOTES.md`` has the
+measurements behind each choice):
+
+* The input half of every step (``cell.project_inputs``) is one matmul over all steps before
+  the loop, and its gradients (``w_i``, biases, ``xs``) are one matmul each after the backward
+  loop, instead of ``time`` small ones.
+* For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` the backward pass is written by hand
+  (``jax.custom_vjp``): the backward loop holds only the recurrent matmul and the cell's
+  elementwise derivative, and ``w_h``'s gradient is one matmul after it. Per-step values are
+  kept gate by gate (``[time, batch, hidden]`` each): XLA:CPU runs an elementwise fusion that
+  slices several gates out of one loop-indexed ``[time, batch, k*hidden]`` buffer several times
+  slower than one that reads separate buffers. Forward-mode differentiation (``jax.jvp``) of
+  this path is not defined; ``remat`` or ``static_rnn`` use plain autodiff and support it.
+* ``remat`` trades compute for memory in the backward pass (see :func:`rnn`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks
-from jaxrnn.cells import Carry, Cell, Params
+from jaxrnn.cells import GRU, LSTM, Carry, Cell, Params, SimpleRNN
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
@@ -50,6 +66,188 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
     return step
 
 
+# ------------------------------------------------------------------------------------------
+# The fused path: hoisted projections and a hand-written backward pass.
+
+
+def _pointwise_fn(cell: Cell) -> Callable | None:
+    """``(carry, xp, hh) -> (carry, y)``: the elementwise half of ``cell.step``, with ``xp`` and
+    ``hh`` (the input and recurrent pre-activations) split per gate. ``None``: no fused path."""
+    if isinstance(cell, SimpleRNN):
+        act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
+
+        def simple(carry, xp, hh):
+            h = act(xp[0] + hh[0])
+            return h, h
+
+        return simple
+    if isinstance(cell, LSTM):
+
+        def lstm(carry, xp, hh):
+            c, _ = carry
+            zi, zf, zg, zo = (a + b for a, b in zip(xp, hh, strict=True))
+            if cell.forget_bias:
+                zf = zf + cell.forget_bias
+            c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+            h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+            return (c, h), h
+
+        return lstm
+    if isinstance(cell, GRU) and cell.reset_after:
+
+        def gru(h, xp, hh):
+            (xr, xz, xn), (hr, hz, hn) = xp, hh
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        return gru
+    return None
+
+
+def _recurrent(cell: Cell, params: Params, h: Array) -> Array:
+    """The recurrent pre-activation ``hh`` of the cells that have a fused path."""
+    hh = h @ params["w_h"]
+    return hh + params["b_h"] if isinstance(cell, GRU) else hh
+
+
+def _gates(a: Array, n: int) -> tuple[Array, ...]:
+    return tuple(jnp.split(a, n, axis=-1))
+
+
+def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll):
+    steps, batch, features = xs.shape
+    pointwise = _pointwise_fn(cell)
+    xp = cell.project_inputs(params, xs.reshape(steps * batch, features))
+    xp = _gates(xp.reshape(steps, batch, -1), cell.gates)
+
+    def body(carry, inputs):
+        xp_t, valid_t = inputs
+        hh = _gates(_recurrent(cell, params, cell.hidden(carry)), cell.gates)
+        new_carry, y = pointwise(carry, xp_t, hh)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return new_carry, (y, carry, hh)
+
+    carry, (ys, carries, hhs) = jax.lax.scan(
+        body, carry0, (xp, valid), reverse=backwards, unroll=unroll
+    )
+    return ys, carry, (carries, xp, hhs)
+
+
+def _fused_scan(cell, backwards, unroll, params, xs, valid, carry0):
+    """``(ys, carry)`` over time-major ``xs``; ``valid`` ``[time, batch]`` bool or ``None``."""
+    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll)
+    return ys, carry
+
+
+def _fused_scan_fwd(cell, backwards, unroll, params, xs, valid, carry0):
+    ys, carry, residuals = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll)
+    return (ys, carry), (params, xs, valid, residuals)
+
+
+def _fused_scan_bwd(cell, backwards, unroll, saved, cotangents):
+    params, xs, valid, (carries, xp, hhs) = saved
+    d_ys, d_carry = cotangents
+    steps, batch, features = xs.shape
+    pointwise = _pointwise_fn(cell)
+    additive = not isinstance(cell, GRU)  # xp and hh enter only through their sum
+
+    def body(d_carry, inputs):
+        carry, xp_t, hh_t, valid_t, d_y = inputs
+        _, vjp = jax.vjp(pointwise, carry, xp_t, hh_t)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            d_y = jnp.where(keep, d_y, jnp.zeros_like(d_y))
+        d_prev, d_xp, d_hh = vjp((d_carry, d_y))
+        d_hh = jnp.concatenate(d_hh, axis=-1)
+        # h entered the step through the cell's elementwise part and through ``h @ w_h``.
+        d_h = cell.hidden(d_prev) + d_hh @ params["w_h"].T
+        d_prev = cell.with_hidden(d_prev, d_h)
+        d_xp = d_hh if additive else jnp.concatenate(d_xp, axis=-1)
+        if valid_t is not None:
+            # A padded step copied the carry: its cotangent passes through unchanged.
+            d_prev = jax.tree.map(lambda n, o: jnp.where(keep, n, o), d_prev, d_carry)
+            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
+            d_hh = d_xp if additive else jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
+        return d_prev, (d_xp, d_hh) if not additive else d_xp
+
+    d_carry0, d_steps = jax.lax.scan(
+        body,
+        d_carry,
+        (carries, xp, hhs, valid, d_ys),
+        reverse=not backwards,
+        unroll=unroll,
+    )
+    d_xp, d_hh = d_steps if not additive else (d_steps, d_steps)
+    # The weight gradients of all steps at once: one matmul each.
+    flat = xs.reshape(steps * batch, features)
+    _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
+    d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
+    h_prev = cell.hidden(carries).reshape(steps * batch, -1)
+    (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_prev), params)[1](
+        d_hh.reshape(steps * batch, -1)
+    )
+    d_params = jax.tree.map(jnp.add, d_params, d_params_h)
+    return d_params, d_flat.reshape(xs.shape), None, d_carry0
+
+
+_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2))
+_fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
+
+
+def _check_remat(remat) -> None:
+    if remat is True or remat is False:
+        return
+    if not isinstance(remat, int) or isinstance(remat, bool) or remat < 1:
+        raise ValueError(f"remat must be False, True or a positive int, got {remat!r}")
+
+
+def _autodiff_scan(cell, params, xs, valid, carry0, backwards, unroll, remat, hidden_mask):
+    """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout).
+
+    The input projection stays inside the step: differentiated by autodiff, hoisting it was
+    slower on XLA:CPU (``benchmarks/NOTES.md``). ``remat=True`` checkpoints each step (only
+    the carry and the input of each step are kept for the backward pass); ``remat=k`` scans
+    blocks of ``k`` steps and checkpoints each block (only the carry at each block boundary is
+    kept, and each block's steps are recomputed in the backward pass).
+    """
+    step = _step_fn(cell, params, hidden_mask)
+
+    def body(carry, inputs):
+        x_t, valid_t = inputs
+        return step(carry, cell.project_inputs(params, x_t), valid_t)
+
+    if remat is True or remat == 1:
+        body = jax.checkpoint(body, prevent_cse=False)
+    if remat is False or remat is True or remat == 1:
+        carry, ys = jax.lax.scan(body, carry0, (xs, valid), reverse=backwards, unroll=unroll)
+        return ys, carry
+
+    steps, batch = xs.shape[:2]
+    blocks = -(-steps // remat)
+    pad = blocks * remat - steps
+    if valid is None:
+        valid = jnp.ones((steps, batch), bool)
+    if pad:  # padded steps are invalid: they copy the carry and output zeros
+        xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
+        valid = jnp.concatenate([valid, jnp.zeros((pad, batch), bool)])
+    xs = xs.reshape(blocks, remat, *xs.shape[1:])
+    valid = valid.reshape(blocks, remat, batch)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def block(carry, inputs):
+        return jax.lax.scan(body, carry, inputs, reverse=backwards, unroll=unroll)
+
+    carry, ys = jax.lax.scan(block, carry0, (xs, valid), reverse=backwards)
+    ys = ys.reshape(blocks * remat, *ys.shape[2:])
+    return ys[:steps], carry
+
+
 def _drive(
     cell: Cell,
     params: Params,
@@ -62,9 +260,11 @@ def _drive(
     *,
     static: bool,
     hidden_mask: Array | None = None,
+    remat: bool | int = False,
 ) -> tuple[Array, Carry]:
     _checks.check_xs(xs, time_major=time_major)
     _checks.check_unroll(unroll)
+    _check_remat(remat)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     _checks.check_params(cell, params, xs.shape[-1])
     if lengths is not None:
@@ -84,22 +284,20 @@ def _drive(
     # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
     backwards = reverse and lengths is None
 
-    xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps: [time, batch, gates*H]
-    step = _step_fn(cell, params, hidden_mask)
-
     if static:
+        xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps
+        step = _step_fn(cell, params, hidden_mask)
         carry, outputs = initial_carry, [None] * steps
         order = range(steps - 1, -1, -1) if backwards else range(steps)
         for t in order:
             carry, outputs[t] = step(carry, xp[t], None if valid is None else valid[t])
         ys = jnp.stack(outputs)
+    elif remat is False and hidden_mask is None and _pointwise_fn(cell) is not None:
+        ys, carry = _fused_scan(cell, backwards, unroll, params, xs_tm, valid, initial_carry)
     else:
-
-        def body(carry, inputs):
-            xp_t, valid_t = inputs
-            return step(carry, xp_t, valid_t)
-
-        carry, ys = jax.lax.scan(body, initial_carry, (xp, valid), reverse=backwards, unroll=unroll)
+        ys, carry = _autodiff_scan(
+            cell, params, xs_tm, valid, initial_carry, backwards, unroll, remat, hidden_mask
+        )
 
     if lengths is not None and reverse:
         ys = reverse_sequence(ys, lengths, time_major=True)
@@ -116,6 +314,7 @@ def rnn(
     reverse: bool = False,
     unroll: int | bool = 1,
     time_major: bool = False,
+    remat: bool | int = False,
 ) -> tuple[Array, Carry]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``.
 
@@ -129,13 +328,28 @@ def rnn(
       reverse: run each sequence (its valid prefix, with ``lengths``) from the end.
       unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all).
       time_major: layout of ``xs`` and ``ys``.
+      remat: memory of the backward pass. ``False`` keeps every step's intermediate values
+        (fastest); ``True`` keeps only each step's carry and input and recomputes the step in
+        the backward pass (about one more forward pass of compute); an int ``k`` keeps only the
+        carry every ``k`` steps and recomputes each block of ``k`` steps in the backward pass
+        (memory ``O(time / k + k)`` carries instead of ``O(time)`` step values: ``k`` near
+        ``sqrt(time)`` is smallest). The values and gradients are the same in every mode.
 
     Returns:
       ``(ys, final_carry)``: ``ys`` ``[batch, time, hidden_size]`` (or time-major), zero past
       each length; ``final_carry`` the carry after each sequence's last valid step.
     """
     return _drive(
-        cell, params, xs, lengths, initial_carry, reverse, unroll, time_major, static=False
+        cell,
+        params,
+        xs,
+        lengths,
+        initial_carry,
+        reverse,
+        unroll,
+        time_major,
+        static=False,
+        remat=remat,
     )
 
 
