@@ -157,9 +157,14 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _truncate_metrics(workdir: str, step: int) -> None:
-    """Drop rows past ``step`` (written after the checkpoint a resumed run starts from)."""
-    rows = [r for r in read_metrics(workdir) if r["step"] <= step]
+def _truncate_metrics(workdir: str, step: int, last_step: int) -> None:
+    """Drop rows past ``step`` (written after the checkpoint a resumed run starts from), and
+    the final test row of a finished run (evaluated again)."""
+    rows = [
+        r
+        for r in read_metrics(workdir)
+        if r["step"] < step or (r["step"] == step and (r["split"] == "train" or step < last_step))
+    ]
     path = os.path.join(workdir, "metrics.jsonl")
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -243,7 +248,7 @@ def train(
         state, data_state = checkpointer.restore(state)
         iterator.set_state(data_state)
         if main:
-            _truncate_metrics(workdir, start)
+            _truncate_metrics(workdir, start, last_step)
         print_fn(f"resuming from the checkpoint at step {start}")
     start = start or 0
 
@@ -370,6 +375,14 @@ def train(
         "device_kind": jax.devices()[0].device_kind,
         "test_examples": len(test_arrays["inputs"]),
     }
+    previous = os.path.join(workdir, "report.json")
+    if start == last_step and os.path.exists(previous):
+        # Nothing was trained in this process: keep the times of the run that did the work.
+        with open(previous) as f:
+            earlier = json.load(f)
+        for key in ("train_time_s", "compile_time_s", "data_time_s", "resumed_from"):
+            if key in earlier:
+                report[key] = earlier[key]
     if main:
         write_report(workdir, report)
     print_fn(summary_line(report))

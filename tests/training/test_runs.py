@@ -66,11 +66,12 @@ def _final_params(workdir, steps):
     return state, data_state
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     settings = [
         "hidden_size=8",
         "batch_size=8",
-        "num_steps=2400",
+        "num_steps=1600",
         "steps_per_call=40",
         "checkpoint_every=80",
         "keep_checkpoints=3",
@@ -99,7 +100,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert partial < 2400
+    assert partial < 1600
     resumed = subprocess.run(
         _cli(killed, *settings), env=env, cwd=ROOT, capture_output=True, text=True
     )
@@ -112,8 +113,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     )
     assert done.returncode == 0, done.stderr
 
-    a, data_a = _final_params(killed, 2400)
-    b, data_b = _final_params(straight, 2400)
+    a, data_a = _final_params(killed, 1600)
+    b, data_b = _final_params(straight, 1600)
     assert data_a == data_b
     for x, y in zip(
         __import__("jax").tree.leaves(a), __import__("jax").tree.leaves(b), strict=True
@@ -152,6 +153,13 @@ def test_workdir_of_another_run_is_refused_and_eval_plot_work(tiny, tmp_path, ca
     sets = sum((["--set", o] for o in tiny), [])
     assert main(base + sets) == 0
     report = json.load(open(os.path.join(workdir, "report.json")))
+    capsys.readouterr()
+    assert main(base + sets) == 0  # a finished run: evaluated again, its times kept
+    again = json.load(open(os.path.join(workdir, "report.json")))
+    assert again["train_time_s"] == report["train_time_s"]
+    assert again["test_accuracy"] == report["test_accuracy"]
+    tests = [r for r in read_metrics(workdir) if r["split"] == "test"]
+    assert [r["step"] for r in tests] == [60]
     capsys.readouterr()
     assert main(base + sets + ["--set", "hidden_size=4"]) == 2
     assert "holds another run" in capsys.readouterr().err
