@@ -45,6 +45,7 @@ class Config:
     eps: float = 1e-7  # Keras' default for Adam and RMSprop
     rho: float = 0.9  # RMSprop decay
     eps_in_sqrt: bool = False  # RMSprop: Keras adds eps outside the square root
+    eps_hat: bool = True  # Adam: TF/Keras add eps to sqrt(v) before bias correction
     clip_norm: float = 0.0  # global-norm gradient clipping (0: off)
     schedule: str = "constant"  # "constant", "cosine", "warmup_cosine"
     warmup_steps: int = 0

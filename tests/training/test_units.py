@@ -46,38 +46,45 @@ def _batch(batch=5, time=7, features=3, seed=0):
     }
 
 
+def _init(model, input_size, seed=0):
+    return jax.jit(model.init, static_argnums=1)(jax.random.key(seed), input_size)
+
+
 def test_last_readout_is_output_at_last_valid_step():
     model = Model("lstm", 6, 4, readout="last")
-    params = model.init(jax.random.key(0), 3)
+    params = _init(model, 3)
     b = _batch()
-    ys, _ = jaxrnn.rnn(jaxrnn.LSTM(6), params["rnn"][0], b["inputs"], b["lengths"])
-    feats = model.features(params, b["inputs"], b["lengths"])
+    run = jax.jit(lambda p, x, n: jaxrnn.rnn(jaxrnn.LSTM(6), p, x, n)[0])
+    ys = run(params["rnn"][0], b["inputs"], b["lengths"])
+    feats = jax.jit(model.features)(params, b["inputs"], b["lengths"])
     for i, n in enumerate(np.asarray(b["lengths"])):
         want = ys[i, n - 1] if n > 0 else jnp.zeros(6)  # length 0: zeros (clipped index 0)
         np.testing.assert_array_equal(feats[i], want)
-    logits = model.apply(params, b["inputs"], b["lengths"])
+    logits = jax.jit(model.apply)(params, b["inputs"], b["lengths"])
     np.testing.assert_allclose(logits, feats @ params["head"]["w"] + params["head"]["b"])
 
 
 def test_bidirectional_state_readout_concatenates_final_states():
     model = Model("gru", 5, 3, bidirectional=True, readout="state")
-    params = model.init(jax.random.key(1), 3)
+    params = _init(model, 3)
     b = _batch()
     cell = jaxrnn.GRU(5)
-    _, (h_fw, h_bw) = jaxrnn.bidirectional(cell, cell, params["rnn"][0], b["inputs"], b["lengths"])
-    feats = model.features(params, b["inputs"], b["lengths"])
+    both = jax.jit(lambda p, x, n: jaxrnn.bidirectional(cell, cell, p, x, n)[1])
+    h_fw, h_bw = both(params["rnn"][0], b["inputs"], b["lengths"])
+    feats = jax.jit(model.features)(params, b["inputs"], b["lengths"])
     np.testing.assert_array_equal(feats, jnp.concatenate([h_fw, h_bw], -1))
     # Unmasked: every step counts, whatever lengths say.
     unmasked = Model("gru", 5, 3, bidirectional=True, readout="state", masked=False)
-    _, (h_fw, h_bw) = jaxrnn.bidirectional(cell, cell, params["rnn"][0], b["inputs"])
+    h_fw, h_bw = both(params["rnn"][0], b["inputs"], None)
     np.testing.assert_array_equal(
-        unmasked.features(params, b["inputs"], b["lengths"]), jnp.concatenate([h_fw, h_bw], -1)
+        jax.jit(unmasked.features)(params, b["inputs"], b["lengths"]),
+        jnp.concatenate([h_fw, h_bw], -1),
     )
 
 
 def test_eval_sums_ignore_padding_weights():
     model = Model("rnn", 4, 4)
-    params = model.init(jax.random.key(2), 3)
+    params = _init(model, 3, 2)
     b = _batch(4)
     b["lengths"] = jnp.array([7, 1, 4, 2])
     padded = {k: jnp.concatenate([v, v[:2]]) for k, v in b.items()}
@@ -92,7 +99,7 @@ def test_eval_sums_ignore_padding_weights():
 def test_block_equals_single_steps():
     model = Model("lstm", 4, 3)
     tx = optimizers.make_optimizer("adam", 1e-2)
-    params = model.init(jax.random.key(3), 3)
+    params = _init(model, 3, 3)
     data = {k: v for k, v in _batch(5).items()}
     data["labels"] = data["labels"] % 3
     indices = jnp.array([[0, 1], [2, 3], [4, 0]], jnp.int32)
@@ -138,3 +145,16 @@ def test_model_rejects_bad_settings():
         Model("lstm", 4, 2, readout="mean")
     with pytest.raises(ValueError, match="regression"):
         Model("lstm", 4, 2, task="regression")
+
+
+def test_tf_adam_matches_tf_formula():
+    # TF1/Keras: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); x -= lr_t m / (sqrt(v) + eps).
+    tx = optimizers.make_optimizer("adam", 0.1, eps=0.01, eps_hat=True)
+    params = jnp.array([1.0])
+    opt_state = tx.init(params)
+    m = v = 0.0
+    for t, g in enumerate([0.5, -0.2, 0.05], start=1):
+        updates, opt_state = tx.update(jnp.array([g]), opt_state, params)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        lr_t = 0.1 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        np.testing.assert_allclose(updates, [-lr_t * m / (np.sqrt(v) + 0.01)], rtol=1e-4)
