@@ -223,6 +223,34 @@ def make_train_step(apply, optimizer):
     return step
 
 
+def training_block(w: Workload, steps_per_call: int):
+    """jaxrnn's own training loop (``jaxrnn.training``, what ``jaxrnn train`` runs) for ``w``:
+    ``(block, state, batches)`` with ``block(state, batches) -> (state, metrics)`` compiling
+    ``steps_per_call`` optimizer steps into one call over a block of batches on the device."""
+    from jaxrnn.models import Model
+    from jaxrnn.training import state as train_state
+    from jaxrnn.training import steps
+    from jaxrnn.training.optimizers import make_optimizer as training_optimizer
+
+    model = Model(
+        cell="rnn" if w.cell in ("tanh", "relu") else w.cell,
+        hidden_size=w.hidden,
+        num_outputs=w.classes,
+        bidirectional=w.bidirectional,
+        activation=w.cell if w.cell in ("tanh", "relu") else "tanh",
+        masked=w.masked,
+    )
+    tx = training_optimizer(w.optimizer, 1e-3)
+    params = model.init(jax.random.key(0), w.input)
+    state = train_state.create(params, tx, jax.random.key(1))
+    xs, labels, lengths = make_batch(w, blocks=steps_per_call)
+    batches = {"inputs": xs, "labels": labels}
+    if lengths is not None:
+        batches["lengths"] = lengths
+    block = steps.make_train_block(model, tx)
+    return block, state, batches
+
+
 def make_block_step(apply, optimizer):
     """Many steps in one compiled call: ``lax.scan`` of :func:`make_train_step` over a block
     of batches already on the device (leading axis). Returns ``(state, losses)``."""
