@@ -45,9 +45,13 @@ def run_one(name: str, seed: int, root: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "jaxrnn", "train", "--config", name, "--workdir", workdir]
     cmd += ["--set", f"seed={seed}", "--overwrite", *extra]
     print("$", " ".join(cmd), flush=True)
+    load_before = os.getloadavg()[0]
     subprocess.run(cmd, check=True, cwd=ROOT)
     with open(os.path.join(workdir, "report.json")) as f:
-        return json.load(f)
+        report = json.load(f)
+    # The machine may be shared: the 1-minute load average before and after each run.
+    report["load_average"] = [load_before, os.getloadavg()[0]]
+    return report
 
 
 def summarize(name: str, runs: list[dict]) -> dict:

@@ -9,7 +9,7 @@ Run::
 
     jaxrnn train --config simplernn_mnist --mnist_dir ../shared/data/mnist
 
-Expected: see benchmarks/results/tutorials.md (floor: Keras 3 mean 0.799).
+Expected (3 seeds): test accuracy 0.847 mean, 0.791-0.875 (Keras 3 mean 0.799; tutorial 0.8495).
 """
 
 from jaxrnn.configs.base import Config
