@@ -117,11 +117,21 @@ def _gates(a: Array, n: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, n, axis=-1))
 
 
-def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll):
-    steps, batch, features = xs.shape
+def _time_major_gates(cell, params, xs, time_major):
+    """The input projection of all steps, per gate, each ``[time, batch, hidden]``.
+
+    Batch-first ``xs`` is projected as it lies and each gate block is transposed to
+    time-major on its way out of the split (one copy that is needed anyway), instead of
+    transposing ``xs`` first."""
+    lead = xs.shape[:2]
+    xp = cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2]))
+    gates = _gates(xp.reshape(*lead, -1), cell.gates)
+    return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
+
+
+def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
     pointwise = _pointwise_fn(cell)
-    xp = cell.project_inputs(params, xs.reshape(steps * batch, features))
-    xp = _gates(xp.reshape(steps, batch, -1), cell.gates)
+    xp = _time_major_gates(cell, params, xs, time_major)
 
     def body(carry, inputs):
         xp_t, valid_t = inputs
@@ -139,21 +149,25 @@ def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll):
     return ys, carry, (carries, xp, hhs)
 
 
-def _fused_scan(cell, backwards, unroll, params, xs, valid, carry0):
-    """``(ys, carry)`` over time-major ``xs``; ``valid`` ``[time, batch]`` bool or ``None``."""
-    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll)
+def _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+    """``(ys, carry)``, ``ys`` time-major, over ``xs`` in either layout; ``valid``
+    ``[time, batch]`` bool or ``None``."""
+    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
     return ys, carry
 
 
-def _fused_scan_fwd(cell, backwards, unroll, params, xs, valid, carry0):
-    ys, carry, residuals = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll)
+def _fused_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+    ys, carry, residuals = _fused_forward(
+        cell, params, xs, valid, carry0, backwards, unroll, time_major
+    )
     return (ys, carry), (params, xs, valid, residuals)
 
 
-def _fused_scan_bwd(cell, backwards, unroll, saved, cotangents):
+def _fused_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
     params, xs, valid, (carries, xp, hhs) = saved
     d_ys, d_carry = cotangents
-    steps, batch, features = xs.shape
+    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    steps, batch, features = xs_tm.shape
     pointwise = _pointwise_fn(cell)
     additive = not isinstance(cell, GRU)  # xp and hh enter only through their sum
 
@@ -185,7 +199,7 @@ def _fused_scan_bwd(cell, backwards, unroll, saved, cotangents):
     )
     d_xp, d_hh = d_steps if not additive else (d_steps, d_steps)
     # The weight gradients of all steps at once: one matmul each.
-    flat = xs.reshape(steps * batch, features)
+    flat = xs_tm.reshape(steps * batch, features)
     _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
     d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
     h_prev = cell.hidden(carries).reshape(steps * batch, -1)
@@ -193,10 +207,11 @@ def _fused_scan_bwd(cell, backwards, unroll, saved, cotangents):
         d_hh.reshape(steps * batch, -1)
     )
     d_params = jax.tree.map(jnp.add, d_params, d_params_h)
-    return d_params, d_flat.reshape(xs.shape), None, d_carry0
+    d_xs = d_flat.reshape(xs_tm.shape)
+    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1), None, d_carry0
 
 
-_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2))
+_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2, 3))
 _fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 
 
@@ -274,16 +289,25 @@ def _drive(
     else:
         _checks.check_carry(cell, initial_carry, batch)
 
-    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)  # [time, batch, input]
     valid = None
     if lengths is not None:
         lengths = jnp.asarray(lengths)
         valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [time, batch]
         if reverse:
-            xs_tm = reverse_sequence(xs_tm, lengths, time_major=True)
+            xs = reverse_sequence(xs, lengths, time_major=time_major)
     # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
     backwards = reverse and lengths is None
+    fused = not static and remat is False and hidden_mask is None
+    if fused and _pointwise_fn(cell) is not None:
+        # Takes either layout: the transpose to time-major is folded into the projection.
+        ys, carry = _fused_scan(
+            cell, backwards, unroll, time_major, params, xs, valid, initial_carry
+        )
+        if lengths is not None and reverse:
+            ys = reverse_sequence(ys, lengths, time_major=True)
+        return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
+    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)  # [time, batch, input]
     if static:
         xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps
         step = _step_fn(cell, params, hidden_mask)
@@ -292,8 +316,6 @@ def _drive(
         for t in order:
             carry, outputs[t] = step(carry, xp[t], None if valid is None else valid[t])
         ys = jnp.stack(outputs)
-    elif remat is False and hidden_mask is None and _pointwise_fn(cell) is not None:
-        ys, carry = _fused_scan(cell, backwards, unroll, params, xs_tm, valid, initial_carry)
     else:
         ys, carry = _autodiff_scan(
             cell, params, xs_tm, valid, initial_carry, backwards, unroll, remat, hidden_mask
