@@ -25,6 +25,13 @@ from jaxrnn.data.idx import IdxError, IdxSpec
 from jaxrnn.data.mnist import MNIST_FILES, JaxrnnMnist
 from jaxrnn.data.sequences import JaxrnnSequences, SequenceConfig
 
+
+@pytest.fixture(autouse=True)
+def _no_mnist_dir_from_the_environment(monkeypatch):
+    """Each test chooses its MNIST source itself; a user's JAXRNN_MNIST_DIR must not leak in."""
+    monkeypatch.delenv(mnist.MNIST_DIR_ENV, raising=False)
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 COUNTS = {"train": 12, "test": 5}

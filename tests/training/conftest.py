@@ -5,9 +5,17 @@ import pytest
 _SHARED_MNIST = os.path.join(
     os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "data", "mnist"
 )
-if "JAXRNN_MNIST_DIR" not in os.environ and os.path.isdir(_SHARED_MNIST):
-    # Offline copy next to the repository (../shared/data/mnist); otherwise tfds downloads.
-    os.environ["JAXRNN_MNIST_DIR"] = os.path.abspath(_SHARED_MNIST)
+
+
+@pytest.fixture(autouse=True)
+def _offline_mnist(monkeypatch):
+    """The offline copy next to the repository (../shared/data/mnist), else tfds downloads.
+
+    Set per test (and so inherited by the runs' subprocesses), never for the whole session:
+    the data tests check how the MNIST source is chosen and must not see it.
+    """
+    if "JAXRNN_MNIST_DIR" not in os.environ and os.path.isdir(_SHARED_MNIST):
+        monkeypatch.setenv("JAXRNN_MNIST_DIR", os.path.abspath(_SHARED_MNIST))
 
 
 @pytest.fixture
