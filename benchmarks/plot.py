@@ -111,6 +111,8 @@ def plot_long_sequences(payload: dict, path: str) -> None:
 
 PLOTS = {
     "train_step.json": plot_train_step,
+    "train_step_small.json": plot_train_step,
+    "train_step_w6.json": plot_train_step,
     "scan_vs_unroll_default.json": plot_scan_vs_unroll,
     "scan_vs_unroll_full.json": plot_scan_vs_unroll,
     "long_sequences.json": plot_long_sequences,
