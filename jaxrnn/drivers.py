@@ -17,16 +17,18 @@ in the graph). Both
 How ``rnn`` computes (the numbers are the same either way; ``benchmarks/NOTES.md`` has the
 measurements behind each choice):
 
-* The input half of every step (``cell.project_inputs``) is one matmul over all steps before
-  the loop, and its gradients (``w_i``, biases, ``xs``) are one matmul each after the backward
-  loop, instead of ``time`` small ones.
-* For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` the backward pass is written by hand
+* For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``, without ``remat`` or recurrent
+  dropout (the fused path): the input half of every step (``cell.project_inputs``) is one
+  matmul over all steps before the loop, and the backward pass is written by hand
   (``jax.custom_vjp``): the backward loop holds only the recurrent matmul and the cell's
-  elementwise derivative, and ``w_h``'s gradient is one matmul after it. Per-step values are
-  kept gate by gate (``[time, batch, hidden]`` each): XLA:CPU runs an elementwise fusion that
-  slices several gates out of one loop-indexed ``[time, batch, k*hidden]`` buffer several times
-  slower than one that reads separate buffers. Forward-mode differentiation (``jax.jvp``) of
-  this path is not defined; ``remat`` or ``static_rnn`` use plain autodiff and support it.
+  elementwise derivative, and the gradients of ``w_i``, ``w_h``, the biases and ``xs`` are one
+  matmul each after it. Per-step values are kept gate by gate (``[time, batch, hidden]``
+  each): XLA:CPU runs an elementwise fusion that slices several gates out of one loop-indexed
+  ``[time, batch, k*hidden]`` buffer several times slower than one that reads separate
+  buffers. Forward-mode differentiation (``jax.jvp``) of this path is not defined.
+* Otherwise (``GRU(reset_after=False)``, ``remat``, recurrent dropout) ``lax.scan`` is
+  differentiated by JAX, with the input projection inside the step; it supports ``jax.jvp``.
+  ``static_rnn`` projects all steps at once and is differentiated by JAX.
 * ``remat`` trades compute for memory in the backward pass (see :func:`rnn`).
 """
 
