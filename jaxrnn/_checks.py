@@ -29,10 +29,10 @@ def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
 def check_params(cell, params, input_size: int, name: str = "params") -> None:
     """``params`` must hold ``w_i [input_size, k*H]`` and ``w_h [H, k*H]`` for ``cell``."""
     if not isinstance(params, dict) or "w_i" not in params or "w_h" not in params:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise TypeError(
             f"{name} must be the dict made by {type(cell).__name__}.init "
-            f"(keys w_i, w_h, b, ...), got {got}"
+            f"(keys w_i, w_h, b, ...), got {keys}"
         )
     width = cell.gates * cell.hidden_size
     expected = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width)}
@@ -66,7 +66,7 @@ def check_carry(cell, carry, batch: int, name: str = "initial_carry") -> None:
     expected = cell.initial_carry(batch)
     exp_leaves, exp_tree = jax.tree.flatten(expected)
     leaves, tree = jax.tree.flatten(carry)
-    if tree != exp_tree:
+    if tree != exp_tree:  # type: ignore[operator]  # jaxlib stubs lack PyTreeDef.__ne__
         raise ValueError(f"{name} must have the structure {exp_tree} for {cell}, got {tree}")
     for got, exp in zip(leaves, exp_leaves, strict=True):
         if tuple(got.shape) != tuple(exp.shape):

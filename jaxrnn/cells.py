@@ -33,6 +33,7 @@ added to ``b``: PyTorch stores two, and keeping both makes weight round trips ex
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -77,6 +78,7 @@ class _Cell:
 
     hidden_size: int
     gates: int = 1
+    step: Callable[..., tuple[Carry, Array]]  # the recurrent half, defined by each cell
 
     @property
     def output_size(self) -> int:

@@ -313,7 +313,7 @@ def _drive(
     if static:
         xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps
         step = _step_fn(cell, params, hidden_mask)
-        carry, outputs = initial_carry, [None] * steps
+        carry, outputs = initial_carry, [jnp.zeros(())] * steps
         order = range(steps - 1, -1, -1) if backwards else range(steps)
         for t in order:
             carry, outputs[t] = step(carry, xp[t], None if valid is None else valid[t])

@@ -213,8 +213,8 @@ def stacked(
     training = key is not None
     carries = []
     for index, (layer, layer_params) in enumerate(zip(stack.layers, params, strict=True)):
-        masks = (None, None)
-        if training:
+        masks: tuple = (None, None)
+        if key is not None:
             key, k_in, k_fw, k_bw, k_out = jax.random.split(key, 5)
             if stack.input_dropout:
                 feature_mask = _keep_mask(
