@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # jaxrnn's front door. Each command sets up what it needs (a venv in .venv, the install).
 #   ./dev.sh train [jaxrnn train flags]   train (default: the lstm_sequences config, no download)
-#   ./dev.sh test  [pytest flags]         lint, format check and the whole test suite
+#   ./dev.sh test  [pytest flags]         ruff (lint, format), mypy, and the whole test suite
 #   ./dev.sh bench [benchmark flags]      the scan-vs-unroll benchmark (see benchmarks/)
 #   ./dev.sh shell                        a shell with the venv active
 set -euo pipefail
@@ -33,6 +33,7 @@ case "$cmd" in
     setup
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
     ;;
   bench)

@@ -23,7 +23,6 @@ rows, where masking would only cost time).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -57,21 +56,21 @@ class Model:
       unroll: time steps per ``lax.scan`` iteration.
     """
 
-    cell: Literal["rnn", "lstm", "gru"]
+    cell: str
     hidden_size: int
     num_outputs: int
     num_layers: int = 1
     bidirectional: bool = False
-    readout: Literal["last", "state"] = "last"
-    task: Literal["classification", "regression"] = "classification"
-    activation: Literal["tanh", "relu"] = "tanh"
+    readout: str = "last"
+    task: str = "classification"
+    activation: str = "tanh"
     forget_bias: float = 0.0
     forget_bias_init: float = 1.0
     masked: bool = True
     dropout: float = 0.0
     input_dropout: float = 0.0
     recurrent_dropout: float = 0.0
-    head_init: Literal["glorot", "normal"] = "glorot"
+    head_init: str = "glorot"
     unroll: int = 1
 
     def __post_init__(self):

@@ -286,7 +286,7 @@ def global_batch(local_batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
         raise ValueError(f"every batch leaf needs the same batch size on axis {axis}, got {sizes}")
     processes = _process_count(mesh)
     local_shards = data_size(mesh) // processes
-    for b in sizes:
+    for b in (s for s in sizes if s is not None):
         if b % local_shards:
             raise ValueError(
                 f"per-process batch {b} does not divide by this process's {local_shards} "

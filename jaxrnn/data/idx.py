@@ -22,7 +22,7 @@ import numpy as np
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # idx dtype codes (third byte of the magic number) -> big-endian NumPy dtypes.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

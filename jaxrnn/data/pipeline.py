@@ -135,7 +135,7 @@ def _read_split(b: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray
     except (OSError, ValueError):
         pass
     source = b.as_data_source(split)  # what tfds.data_source returns, without a registry lookup
-    columns = {k: [] for k in keys}
+    columns: dict[str, list] = {k: [] for k in keys}
     chunk = 4096
     for start in range(0, len(source), chunk):
         for example in source.__getitems__(range(start, min(start + chunk, len(source)))):
@@ -268,7 +268,8 @@ class BatchIterator(Iterator[dict]):
         self.num_epochs = num_epochs
         full, rest = divmod(self._shard_size, batch_size)
         self.steps_per_epoch = full + (rest > 0 and not drop_remainder)
-        self._epoch, self._step, self._order = 0, 0, None
+        self._order: np.ndarray | None = None
+        self._epoch, self._step = 0, 0
 
     @property
     def epoch(self) -> int:

@@ -271,7 +271,9 @@ def train(
         abstract_idx = jax.ShapeDtypeStruct(
             (k, config.batch_size), jnp.int32, sharding=index_sharding
         )
-        compiled[k] = train_block.lower(state, device_data, abstract_idx).compile()
+        compiled[k] = train_block.lower(  # type: ignore[attr-defined]  # a jitted function
+            state, device_data, abstract_idx
+        ).compile()
     compile_time = time.perf_counter() - t_compile
 
     logger = _Logger(workdir, start) if main else _NoLogger()

@@ -24,7 +24,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
 class TfAdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax does
     mu: optax.Updates
     nu: optax.Updates
 
