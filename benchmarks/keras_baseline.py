@@ -170,7 +170,7 @@ def run_config(name, seed, mnist_dir, keras):
         "jit_compile": bool(getattr(model, "jit_compile", False)),
         "load_average_before_fit": list(load_before),
         "load_average_after_fit": list(load_after),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -208,7 +208,9 @@ def main():
         machine={
             "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
-            "avx512": "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else None,
+            "avx512": "avx512f" in open("/proc/cpuinfo").read()
+            if os.path.exists("/proc/cpuinfo")
+            else None,
             "load_average_start": list(os.getloadavg()),
         },
         versions={
@@ -222,8 +224,10 @@ def main():
     for name in args.configs:
         print(f"{name}: load {os.getloadavg()[0]:.2f} ...", flush=True)
         result = run_config(name, args.seed, args.mnist_dir, keras)
-        print(f"{name}: fit {result['fit_time_s']:.1f} s, acc {result['test_accuracy']:.4f}",
-              flush=True)
+        print(
+            f"{name}: fit {result['fit_time_s']:.1f} s, acc {result['test_accuracy']:.4f}",
+            flush=True,
+        )
         out["configs"][name] = result
         out["machine"]["load_average_end"] = list(os.getloadavg())
         os.makedirs(args.out, exist_ok=True)
