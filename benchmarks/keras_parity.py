@@ -9,8 +9,8 @@ weights converted by ``jaxrnn.interop.from_keras`` and the TF/Keras Adam of
 
 Run in two environments (Keras needs TensorFlow, which jaxrnn never installs)::
 
-    python -m venv /tmp/keras-venv && /tmp/keras-venv/bin/pip install tensorflow-cpu keras
-    /tmp/keras-venv/bin/python benchmarks/keras_parity.py keras    # writes the Keras side
+    python -m venv ../keras-venv && ../keras-venv/bin/pip install tensorflow-cpu keras
+    ../keras-venv/bin/python benchmarks/keras_parity.py keras    # writes the Keras side
     .venv/bin/python benchmarks/keras_parity.py jaxrnn              # trains jaxrnn, compares
 
 Both sides write into ``benchmarks/results/keras_parity/`` (npz of the Keras side, JSON of

@@ -1,7 +1,7 @@
 """Train-step benchmark: jaxrnn against Flax ``nn.RNN`` on the six workloads of issue 5.
 
     python benchmarks/train_step.py                       # all workloads, JSON + markdown
-    python benchmarks/train_step.py --workloads W1,W6 --out /tmp/ts.json
+    python benchmarks/train_step.py --workloads W1,W6 --out ts.json
 
 Both implementations run in the same process, alternating repeat by repeat (see
 ``_common``); each workload reports the median step time of each, the ratio jaxrnn / Flax,
