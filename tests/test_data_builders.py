@@ -351,3 +351,33 @@ def test_real_mnist_from_shared_dir(tmp_path):
     assert digest == MNIST_FILES["test_images"].sha256  # the decompressed file's digest
     builder = pipeline.prepare("mnist_pixels", data_dir=str(tmp_path))
     assert builder.info.splits["train"].num_examples == 60000
+
+
+@pytest.mark.slow
+def test_concurrent_preparation_by_two_processes(tmp_path):
+    """Two processes preparing the same dataset at once both succeed with the same data (one
+    prepares under a lock, the other waits); without the lock tfds' final rename fails."""
+    script = (
+        "import sys, numpy as np; from jaxrnn import data; "
+        "a = data.load('temporal_order', 'test', data_dir=sys.argv[1]); "
+        "print(int(a['labels'].sum()), float(a['inputs'].sum()))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=300)
+        finally:
+            p.kill()
+        assert p.returncode == 0, err[-3000:]
+        results.append(out.strip().splitlines()[-1])  # tfds prints progress first
+    assert results[0] == results[1] and results[0]

@@ -13,6 +13,7 @@ and never touches another block. Shuffling permutes within the block, from
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -107,15 +108,24 @@ def prepare(
     leaves nothing that looks complete. Downloads are checked against registered checksums.
     """
     b = builder(name, data_dir=data_dir, mnist_dir=mnist_dir)
-    if not b.is_prepared():
-        _check_writable(os.fspath(b.data_dir_root))
-        b.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(
-                force_checksums_validation=True,
-                compute_stats=tfds.download.ComputeStatsMode.SKIP,
-            ),
-        )
+    if b.is_prepared():
+        return b
+    root = os.fspath(b.data_dir_root)
+    _check_writable(root)
+    # Several processes (test workers, the processes of a multi-process run) may ask for the
+    # same dataset at once; tfds' final rename fails for all but the first, so one prepares
+    # and the others wait for it and then find it prepared.
+    with open(os.path.join(root, f".{b.name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        b = builder(name, data_dir=data_dir, mnist_dir=mnist_dir)
+        if not b.is_prepared():
+            b.download_and_prepare(
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(
+                    force_checksums_validation=True,
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP,
+                ),
+            )
     return b
 
 
