@@ -26,7 +26,10 @@ shift || true
 case "$cmd" in
   train)
     setup
-    if [ "$#" -eq 0 ]; then set -- --config lstm_sequences; fi
+    case " $* " in
+      *" --config"*) ;;
+      *) set -- --config lstm_sequences "$@" ;;
+    esac
     exec "$VENV/bin/jaxrnn" train "$@"
     ;;
   test)
