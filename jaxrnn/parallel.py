@@ -407,6 +407,15 @@ def process_sum(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: np.asarray(x).sum(axis=0), gathered)
 
 
+def process_max(tree: PyTree) -> PyTree:
+    """The largest value over processes of host-side values (see ``process_sum``)."""
+    tree = jax.tree.map(np.asarray, tree)
+    if jax.process_count() == 1:
+        return tree
+    gathered = multihost_utils.process_allgather(tree)  # each leaf [process_count, ...]
+    return jax.tree.map(lambda x: np.asarray(x).max(axis=0), gathered)
+
+
 def process_mean(tree: PyTree) -> PyTree:
     """The mean over processes of host-side values (see ``process_sum``)."""
     return jax.tree.map(lambda x: x / jax.process_count(), process_sum(tree))

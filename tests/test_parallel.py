@@ -125,10 +125,29 @@ def _save(path, losses, params):
     np.savez(path, losses=losses, **flat)
 
 
-def _toy_split(config, split, **_):
-    """A small learnable sequence task (no tfds, no disk): is the sequence increasing?"""
+def _toy_size(config, split, **_):
+    return config.train_examples if split == "train" else config.test_examples
+
+
+def _toy_split(config, split, rows=None, **_):
+    """A small learnable sequence task (no tfds, no disk): is the sequence increasing?
+
+    Generated whole, then cut to ``rows``: each process keeps only its shard, as the real
+    loader does (it reads only those rows).
+    """
+    whole = _toy_whole(config, split)
+    start, stop = rows if rows is not None else (0, _toy_size(config, split))
+    if split == "train" and os.environ.get("TEST_ROWS_LOG"):  # which rows this process read
+        import jax
+
+        with open(f"{os.environ['TEST_ROWS_LOG']}.{jax.process_index()}", "a") as f:
+            f.write(f"{start} {stop}\n")
+    return {k: v[start:stop] for k, v in whole.items()}
+
+
+def _toy_whole(config, split):
     rng = np.random.default_rng(0 if split == "train" else 1)
-    n = config.train_examples if split == "train" else config.test_examples
+    n = _toy_size(config, split)
     lengths = rng.integers(2, TIME + 1, size=n).astype(np.int32)
     inputs = rng.normal(size=(n, TIME, 1)).astype(np.float32)
     labels = rng.integers(0, 2, size=n).astype(np.int32)
@@ -146,6 +165,7 @@ def _run_cli(argv: list[str]) -> int:
     from jaxrnn.training import loop
 
     loop.load_split = _toy_split
+    loop.split_size = _toy_size
     if argv[0] == "eval-json":
         report = loop.evaluate_workdir(argv[1])
         Path(argv[2]).write_text(json.dumps(report))
@@ -295,8 +315,9 @@ def test_two_processes_match_one_process_and_checkpoint_restores(tmp_path):
 
 @pytest.mark.slow
 def test_cli_two_processes_train_like_one_and_restore_in_one(tmp_path):
-    """``jaxrnn train`` itself: 2 processes x 2 devices vs 1 device; the checkpoint of the
-    two-process run evaluated by a one-process run."""
+    """``jaxrnn train`` itself: 2 processes x 2 devices, each reading only its half of the
+    training examples, vs 1 device fed the same 2 data shards (``data_shards=2``); the
+    checkpoint of the two-process run evaluated by a one-process run."""
     portpicker = pytest.importorskip("portpicker")
     port = portpicker.pick_unused_port()
     sets = [
@@ -317,11 +338,19 @@ def test_cli_two_processes_train_like_one_and_restore_in_one(tmp_path):
 
     coordinator = {"JAXRNN_COORDINATOR": f"localhost:{port}", "JAXRNN_NUM_PROCESSES": "2"}
     two, one = tmp_path / "two", tmp_path / "one"
+    rows_two, rows_one = str(tmp_path / "rows_two"), str(tmp_path / "rows_one")
     _run_workers(
-        [(train(two), _env(2, **coordinator, JAXRNN_PROCESS_ID=str(i))) for i in range(2)]
-        + [(train(one), _env(1))],
+        [
+            (train(two), _env(2, **coordinator, JAXRNN_PROCESS_ID=str(i), TEST_ROWS_LOG=rows_two))
+            for i in range(2)
+        ]
+        + [(train(one) + ["--set", "data_shards=2"], _env(1, TEST_ROWS_LOG=rows_one))],
         timeout=240,
     )
+    # Each of the two processes read only its half of the 160 training examples.
+    assert Path(rows_two + ".0").read_text().split() == ["0", "80"]
+    assert Path(rows_two + ".1").read_text().split() == ["80", "160"]
+    assert Path(rows_one + ".0").read_text().split() == ["0", "160"]
     r2 = json.loads((two / "report.json").read_text())
     r1 = json.loads((one / "report.json").read_text())
     assert (r2["device_count"], r1["device_count"]) == (4, 1)

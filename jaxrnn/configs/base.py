@@ -20,6 +20,9 @@ class Config:
     dataset: str = "linear_vs_random"
     train_examples: int = 0  # use only the first N training examples (0: all)
     test_examples: int = 0  # evaluate on the first N test examples (0: all)
+    # Shards of the training examples, each feeding batch_size / data_shards rows of every
+    # batch; the batch order depends on (seed, data_shards) only. 0: one per process.
+    data_shards: int = 0
 
     # Model (``jaxrnn.models.Model``).
     cell: str = "lstm"

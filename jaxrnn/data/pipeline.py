@@ -129,29 +129,41 @@ def prepare(
     return b
 
 
-def _read_split(b: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
-    """All examples of ``split`` as stacked arrays, ``{feature: [N, ...]}``.
+def _read_split(
+    b: tfds.core.DatasetBuilder, split: str, rows: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Examples ``[start, stop)`` of ``split`` (default: all), stacked: ``{feature: [n, ...]}``.
 
-    Read once through ``tfds.data_source``, then kept as .npy files inside the prepared
-    dataset's folder (they go when it goes); a read-only folder just means no cache.
+    The whole split is read once through ``tfds.data_source`` and kept as .npy files inside the
+    prepared dataset's folder (they go when it goes; a read-only folder just means no cache);
+    a read of some rows maps those files and copies only those rows. Without the cache, a read
+    of some rows takes only them from the data source (and writes no cache).
     """
     num_examples = b.info.splits[split].num_examples
+    start, stop = (0, num_examples) if rows is None else rows
+    if not 0 <= start <= stop <= num_examples:
+        raise ValueError(f"rows [{start}, {stop}) out of the {num_examples} examples of {split}")
     cache = os.path.join(os.fspath(b.data_path), _CACHE_DIR, split)
     keys = sorted(b.info.features.keys())
     try:
-        arrays = {k: np.load(os.path.join(cache, f"{k}.npy")) for k in keys}
-        if all(len(a) == num_examples for a in arrays.values()):
-            return arrays
+        mapped = {k: np.load(os.path.join(cache, f"{k}.npy"), mmap_mode="r") for k in keys}
+        if all(len(a) == num_examples for a in mapped.values()):
+            return {k: np.array(a[start:stop]) for k, a in mapped.items()}
     except (OSError, ValueError):
         pass
     source = b.as_data_source(split)  # what tfds.data_source returns, without a registry lookup
     columns: dict[str, list] = {k: [] for k in keys}
     chunk = 4096
-    for start in range(0, len(source), chunk):
-        for example in source.__getitems__(range(start, min(start + chunk, len(source)))):
+    # An empty read still reads one example, for the shapes of its empty arrays.
+    lo, hi = (start, stop) if stop > start else (0, min(1, num_examples))
+    for first in range(lo, hi, chunk):
+        for example in source.__getitems__(range(first, min(first + chunk, hi))):
             for k in keys:
                 columns[k].append(example[k])
     arrays = {k: np.stack([np.asarray(v) for v in vals]) for k, vals in columns.items()}
+    arrays = {k: a[: stop - start] for k, a in arrays.items()}
+    if (start, stop) != (0, num_examples):
+        return arrays
     try:
         os.makedirs(cache, exist_ok=True)
         for k, a in arrays.items():
@@ -165,10 +177,26 @@ def _read_split(b: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray
     return arrays
 
 
-def load(
+def split_size(
     name: str, split: str, *, data_dir: str | None = None, mnist_dir: str | None = None
+) -> int:
+    """The number of examples of ``split`` of dataset ``name`` (prepared on first use)."""
+    _spec(name)
+    return prepare(name, data_dir=data_dir, mnist_dir=mnist_dir).info.splits[split].num_examples
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    mnist_dir: str | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Dataset ``name`` (a key of :data:`DATASETS`), split ``"train"`` or ``"test"``, in memory.
+
+    ``rows=(start, stop)`` loads only those examples (e.g. one process's shard,
+    :func:`shard_bounds`); ``N`` below is then ``stop - start``.
 
     Prepares the tfds dataset on first use (into ``data_dir``, default
     :func:`default_data_dir`); MNIST's idx files come from ``mnist_dir``, ``$JAXRNN_MNIST_DIR``,
@@ -187,7 +215,7 @@ def load(
     spec = _spec(name)
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
-    raw = _read_split(prepare(name, data_dir=data_dir, mnist_dir=mnist_dir), split)
+    raw = _read_split(prepare(name, data_dir=data_dir, mnist_dir=mnist_dir), split, rows)
     if spec.view == "sequence":
         out = {"inputs": raw["inputs"], "lengths": raw["length"].astype(np.int32)}
         if "label" in raw:

@@ -1,27 +1,21 @@
 """The train loop: blocks of compiled steps, metrics, checkpoints, exact resume, final report.
 
-A work directory holds::
+The work directory's files are :mod:`jaxrnn.training.workdir`'s (any ``epath`` file system,
+``gs://`` included); checkpoints are :mod:`jaxrnn.training.checkpointing`'s.
 
-    config.json      the experiment's name and resolved config (a rerun must match it)
-    metrics.jsonl    one JSON object per line: {"step", "split": "train"|"test", "loss", ...}
-    tb/              TensorBoard events of the same metrics
-    checkpoints/     orbax step directories (state and data-iterator state), the last K
-    report.json      final test metrics, times, device count
-
-The training set lives on the devices (replicated); the data iterator hands out *indices*
-(``BatchIterator`` over ``{"index": arange(N)}``), so a block of ``steps_per_call`` steps costs
-one small host-to-device transfer and one compiled call. Checkpoints land on block boundaries
-(``checkpoint_every`` is rounded up to a multiple of the block) and at the end; step ``s``
-draws its randomness from ``fold_in(key, s)``, so a resumed run ends with exactly the
-parameters of an uninterrupted one.
+Each process loads only its shard of the training split and hands its part of every global
+batch to :mod:`jaxrnn.training.feed`, which stacks ``steps_per_call`` steps on the host and
+assembles global ``[K, B, ...]`` arrays: a block of steps costs one transfer and one compiled
+call, and the next block is gathered while the current one runs. The test split is whole on
+every process (each feeds its rows of every evaluation batch). Checkpoints land on block
+boundaries (``checkpoint_every`` is rounded up to a multiple of the block) and at the end; step
+``s`` draws its randomness from ``fold_in(key, s)`` and its batch from the feed's position
+``s``, so a resumed run ends with exactly the parameters of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import sys
 import time
 
@@ -33,35 +27,63 @@ from tqdm import tqdm
 from jaxrnn import parallel
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
+from jaxrnn.training import feed as feed_lib
 from jaxrnn.training import optimizers, steps
 from jaxrnn.training import state as state_lib
+from jaxrnn.training import workdir as workdir_lib
 from jaxrnn.training.checkpointing import Checkpointer
+from jaxrnn.training.workdir import WorkdirError, load_run, read_metrics
+
+__all__ = [
+    "NonFiniteError",
+    "WorkdirError",
+    "build_model",
+    "evaluate",
+    "evaluate_workdir",
+    "init_state",
+    "load_run",
+    "load_split",
+    "read_metrics",
+    "split_size",
+    "summary_line",
+    "total_steps",
+    "train",
+]
 
 
 class NonFiniteError(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
 
 
-class WorkdirError(RuntimeError):
-    """The work directory holds a different run."""
+def split_size(config: Config, split: str, *, mnist_dir=None, data_dir=None) -> int:
+    """The examples of ``split`` the run uses: all, or ``train_examples``/``test_examples``."""
+    from jaxrnn.data.pipeline import split_size as dataset_size
+
+    n = dataset_size(config.dataset, split, data_dir=data_dir, mnist_dir=mnist_dir)
+    limit = config.train_examples if split == "train" else config.test_examples
+    return min(n, limit) if limit else n
 
 
-def load_split(config: Config, split: str, *, mnist_dir=None, data_dir=None) -> dict:
-    """The split's arrays, cut to ``train_examples``/``test_examples`` when those are set."""
+def load_split(
+    config: Config, split: str, *, rows=None, mnist_dir=None, data_dir=None
+) -> dict[str, np.ndarray]:
+    """Examples ``rows=(start, stop)`` of the split (default: all ``split_size`` of them)."""
     from jaxrnn.data import load
 
-    arrays = load(config.dataset, split, data_dir=data_dir, mnist_dir=mnist_dir)
-    limit = config.train_examples if split == "train" else config.test_examples
-    if limit:
-        arrays = {k: v[:limit] for k, v in arrays.items()}
-    return arrays
+    if rows is None:
+        rows = (0, split_size(config, split, mnist_dir=mnist_dir, data_dir=data_dir))
+    return load(config.dataset, split, data_dir=data_dir, mnist_dir=mnist_dir, rows=rows)
 
 
 def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
-    """The :class:`Model` of ``config``; the class count comes from the labels."""
+    """The :class:`Model` of ``config``; the class count comes from the labels.
+
+    ``train`` may be this process's shard only: the largest label is taken over every process.
+    """
     if "labels" in train:
         seen = [train["labels"]] + ([test["labels"]] if test is not None else [])
-        task, outputs = "classification", int(max(int(a.max()) for a in seen)) + 1
+        largest = max(int(a.max()) if a.size else -1 for a in seen)
+        task, outputs = "classification", int(parallel.process_max(np.int64(largest))) + 1
     else:
         task, outputs = "regression", 1
     return Model(
@@ -125,81 +147,11 @@ def init_state(config: Config, model: Model, tx, input_size: int, mesh):
     return parallel.replicate(state, mesh)
 
 
-def prepare_workdir(workdir: str, name: str, config: Config, overwrite: bool) -> None:
-    """Create ``workdir`` for this run, or accept it if it holds the same run."""
-    path = os.path.join(workdir, "config.json")
-    record = {"name": name, "config": config.to_dict()}
-    if os.path.exists(path):
-        with open(path) as f:
-            existing = json.load(f)
-        if existing != record:
-            if not overwrite:
-                raise WorkdirError(
-                    f"{workdir} holds another run (config {existing.get('name')!r} with "
-                    "different settings); pass --overwrite to replace it, or use another --workdir"
-                )
-            if parallel.is_main_process():
-                shutil.rmtree(workdir)
-    if not parallel.is_main_process():
-        return  # process 0 alone writes the work directory's files
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _truncate_metrics(workdir: str, step: int, last_step: int) -> None:
-    """Drop rows past ``step`` (written after the checkpoint a resumed run starts from), and
-    the final test row of a finished run (evaluated again)."""
-    rows = [
-        r
-        for r in read_metrics(workdir)
-        if r["step"] < step or (r["step"] == step and (r["split"] == "train" or step < last_step))
-    ]
-    path = os.path.join(workdir, "metrics.jsonl")
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
-
-
-class _NoLogger:
-    """What processes other than 0 log: nothing (their metrics are the same global values)."""
-
-    def write(self, step: int, split: str, values: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Logger:
-    """Metrics to JSON lines and TensorBoard."""
-
-    def __init__(self, workdir: str, start_step: int):
-        from tensorboardX import SummaryWriter
-
-        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step or None)
-
-    def write(self, step: int, split: str, values: dict) -> None:
-        row = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        for name, value in values.items():
-            self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
-
-    def close(self) -> None:
-        self._file.close()
-        self._tb.close()
+def _load_train_shard(config: Config, shards: int, *, mnist_dir=None, data_dir=None):
+    """``(n, arrays)``: the split size and this process's examples of it (``feed``'s rule)."""
+    n = split_size(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
+    rows = feed_lib.process_rows(n, shards, parallel.process_index(), parallel.process_count())
+    return n, load_split(config, "train", rows=rows, mnist_dir=mnist_dir, data_dir=data_dir)
 
 
 def train(
@@ -218,65 +170,77 @@ def train(
     main = parallel.is_main_process()  # the one process that prints and writes logs
     if not main:
         print_fn = lambda *args, **kwargs: None
-    prepare_workdir(workdir, name, config, overwrite)
+    shards = feed_lib.num_shards(config.data_shards, parallel.process_count())
+    workdir_lib.prepare(workdir, name, config, overwrite, main)
     parallel.sync("jaxrnn:workdir")  # the others wait for process 0 to (re)create it
 
     t_data = time.perf_counter()
-    train_arrays = load_split(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
+    num_train, train_arrays = _load_train_shard(
+        config, shards, mnist_dir=mnist_dir, data_dir=data_dir
+    )
     test_arrays = load_split(config, "test", mnist_dir=mnist_dir, data_dir=data_dir)
     model = build_model(config, train_arrays, test_arrays)
     mesh = steps.make_mesh()
     steps.check_batch_size(config.batch_size, mesh)
-    num_train = len(train_arrays["inputs"])
     if num_train < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} examples")
     last_step = total_steps(config, num_train)
     keys = _model_keys(model, train_arrays)
-    device_data = parallel.replicate({k: train_arrays[k] for k in keys}, mesh)
+    feed = feed_lib.TrainFeed(
+        {k: train_arrays[k] for k in keys},
+        num_examples=num_train,
+        batch_size=config.batch_size,
+        shards=shards,
+        seed=config.seed,
+        process_index=parallel.process_index(),
+        process_count=parallel.process_count(),
+    )
     data_time = time.perf_counter() - t_data
 
-    from jaxrnn.data import BatchIterator
-
-    iterator = BatchIterator(
-        {"index": np.arange(num_train, dtype=np.int32)}, config.batch_size, seed=config.seed
-    )
     tx = optimizers.from_config(config, last_step)
     state = init_state(config, model, tx, train_arrays["inputs"].shape[-1], mesh)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    del train_arrays  # the feed holds what training needs
+    checkpointer = Checkpointer(
+        str(workdir_lib.as_path(workdir) / "checkpoints"), config.keep_checkpoints
+    )
     start = checkpointer.latest_step()
     if start is not None:
         state, data_state = checkpointer.restore(state)
-        iterator.set_state(data_state)
-        if main:
-            _truncate_metrics(workdir, start, last_step)
+        batches, saved_shards = feed.restore(data_state)
+        if batches != start:
+            raise ValueError(f"the checkpoint at step {start} holds the data state of {batches}")
         print_fn(f"resuming from the checkpoint at step {start}")
+        if saved_shards != shards:
+            print_fn(
+                f"the run was fed from {saved_shards} data shards and now from {shards}: the "
+                "batches from here on differ from the ones the run would have drawn (set "
+                f"--set data_shards={saved_shards} to keep them)"
+            )
     start = start or 0
 
     block = config.steps_per_call
     ckpt_every = _round_up(config.checkpoint_every, block)
     eval_every = _round_up(config.eval_every, block)
     log_every = max(config.log_every, 1)
-    index_sharding = steps.batch_sharding(mesh, leading=1)
-    train_block = steps.make_train_block_indexed(model, tx)
+    train_block = steps.make_train_block(model, tx)
     eval_step = steps.make_eval_step(model)
-
-    def next_indices(k):
-        return np.stack([next(iterator)["index"] for _ in range(k)])
+    sizes = [min(block, last_step - s) for s in range(start, last_step, block)]
 
     # Compile every block size this run needs before the clock starts.
     t_compile = time.perf_counter()
-    sizes = {min(block, last_step - s) for s in range(start, last_step, block)}
+    sharding = steps.batch_sharding(mesh, leading=1)
     compiled = {}
-    for k in sorted(sizes):
-        abstract_idx = jax.ShapeDtypeStruct(
-            (k, config.batch_size), jnp.int32, sharding=index_sharding
-        )
-        compiled[k] = train_block.lower(  # type: ignore[attr-defined]  # a jitted function
-            state, device_data, abstract_idx
-        ).compile()
+    for k in sorted(set(sizes)):
+        abstract = {
+            key: jax.ShapeDtypeStruct(
+                (k, config.batch_size, *value.shape[1:]), value.dtype, sharding=sharding
+            )
+            for key, value in feed.arrays.items()
+        }
+        compiled[k] = train_block.lower(state, abstract).compile()  # type: ignore[attr-defined]
     compile_time = time.perf_counter() - t_compile
 
-    logger = _Logger(workdir, start) if main else _NoLogger()
+    log = workdir_lib.RunLog(workdir, start, last_step) if main else workdir_lib.NoLog()
     bar = tqdm(
         total=last_step,
         initial=start,
@@ -288,9 +252,10 @@ def train(
     eval_time = 0.0
     step = start
 
-    def process(end_step: int, k: int, metrics, seconds: float) -> None:
+    def process(end_step: int, k: int, metrics, data, seconds: float) -> None:
         """Check, log and display one finished block of ``k`` steps ending at ``end_step``."""
         host = parallel.to_host(metrics)
+        feed.recycle(data)  # the block has run: its host memory can take a later block
         bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
         if bad.any():
             first = end_step - k + int(np.argmax(bad)) + 1
@@ -303,7 +268,7 @@ def train(
             s = end_step - k + i + 1
             if s % log_every == 0 or s == last_step:
                 loss, acc, gnorm = np.mean(window, axis=0)
-                logger.write(s, "train", {"loss": loss, "accuracy": acc, "grad_norm": gnorm})
+                log.write(s, "train", {"loss": loss, "accuracy": acc, "grad_norm": gnorm})
                 window.clear()
         rate = k / max(seconds, 1e-9)
         bar.set_postfix(
@@ -317,19 +282,14 @@ def train(
         t_train = time.perf_counter()
         pending = None
         t_block = t_train
-        while step < last_step:
-            k = min(block, last_step - step)
-            # Every process draws the same global indices and feeds only its rows.
-            local_idx = parallel.local_rows(next_indices(k), mesh, axis=1)
-            idx = parallel.global_batch(local_idx, mesh, axis=1)
-            state, metrics = compiled[k](state, device_data, idx)
+        for k, data in zip(sizes, feed.blocks(sizes, mesh), strict=True):
+            state, metrics = compiled[k](state, data)
             step += k
-            data_state = iterator.get_state()
             if pending is not None:  # the previous block, while this one runs
                 now = time.perf_counter()
                 process(*pending, now - t_block)
                 t_block = now
-            pending = (step, k, metrics)
+            pending = (step, k, metrics, data)
             do_eval = step == last_step or (eval_every and step % eval_every == 0)
             do_ckpt = step == last_step or (ckpt_every and step % ckpt_every == 0)
             if do_eval or do_ckpt:
@@ -338,21 +298,23 @@ def train(
                 pending, t_block = None, now
             if do_ckpt:
                 host_state = jax.tree.map(np.copy, parallel.to_host(state))
-                checkpointer.save(host_state, data_state)
+                checkpointer.save(host_state, feed.state(step))
             if do_eval and step != last_step:
                 t_eval = time.perf_counter()
                 test = evaluate(
                     model, eval_step, state.params, test_arrays, config.eval_batch_size, mesh
                 )
-                logger.write(step, "test", test)
+                log.write(step, "test", test)
                 eval_time += time.perf_counter() - t_eval
                 t_block = time.perf_counter()
+            if do_ckpt:
+                log.flush()  # the rows up to the checkpoint are kept whatever happens next
         jax.block_until_ready(state)
         checkpointer.wait()
         train_time = time.perf_counter() - t_train - eval_time
     except NonFiniteError:
         bar.close()
-        logger.close()
+        log.close()
         checkpointer.close()
         raise
     bar.close()
@@ -361,8 +323,8 @@ def train(
     t_eval = time.perf_counter()
     test = evaluate(model, eval_step, state.params, test_arrays, config.eval_batch_size, mesh)
     final_eval_time = time.perf_counter() - t_eval
-    logger.write(last_step, "test", test)
-    logger.close()
+    log.write(last_step, "test", test)
+    log.close()
     report = {
         "config": name,
         "test_accuracy": test["accuracy"],
@@ -377,25 +339,16 @@ def train(
         "device_kind": jax.devices()[0].device_kind,
         "test_examples": len(test_arrays["inputs"]),
     }
-    previous = os.path.join(workdir, "report.json")
-    if start == last_step and os.path.exists(previous):
+    earlier = workdir_lib.read_report(workdir) if start == last_step else None
+    if earlier is not None:
         # Nothing was trained in this process: keep the times of the run that did the work.
-        with open(previous) as f:
-            earlier = json.load(f)
         for key in ("train_time_s", "compile_time_s", "data_time_s", "resumed_from"):
             if key in earlier:
                 report[key] = earlier[key]
     if main:
-        write_report(workdir, report)
+        workdir_lib.write_report(workdir, report)
     print_fn(summary_line(report))
     return report
-
-
-def write_report(workdir: str, report: dict) -> None:
-    path = os.path.join(workdir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def summary_line(report: dict) -> str:
@@ -411,25 +364,22 @@ def summary_line(report: dict) -> str:
     return line + f" devices={report['device_count']}"
 
 
-def load_run(workdir: str) -> tuple[str, Config]:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} holds no run (no config.json)")
-    with open(path) as f:
-        record = json.load(f)
-    return record["name"], Config.from_dict(record["config"])
-
-
 def evaluate_workdir(workdir: str, *, mnist_dir=None, data_dir=None, print_fn=print) -> dict:
     """Evaluate the latest checkpoint of the run in ``workdir`` on the test split."""
     name, config = load_run(workdir)
-    train_arrays = load_split(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
+    # This process's shard of the training split: enough for the class count and input size.
+    shards = parallel.process_count()
+    num_train, train_arrays = _load_train_shard(
+        config, shards, mnist_dir=mnist_dir, data_dir=data_dir
+    )
     test_arrays = load_split(config, "test", mnist_dir=mnist_dir, data_dir=data_dir)
     model = build_model(config, train_arrays, test_arrays)
     mesh = steps.make_mesh()
-    tx = optimizers.from_config(config, total_steps(config, len(train_arrays["inputs"])))
+    tx = optimizers.from_config(config, total_steps(config, num_train))
     like = init_state(config, model, tx, train_arrays["inputs"].shape[-1], mesh)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    checkpointer = Checkpointer(
+        str(workdir_lib.as_path(workdir) / "checkpoints"), config.keep_checkpoints
+    )
     state, _ = checkpointer.restore(like)
     checkpointer.close()
     test = evaluate(

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import os
+import io
 
-from jaxrnn.training.loop import read_metrics
+from jaxrnn.training import workdir as workdir_lib
 
 
 def plot_run(workdir: str, path: str | None = None) -> str:
-    """Draw ``metrics.jsonl`` of ``workdir`` into ``path`` (default ``workdir/curves.png``)."""
+    """Draw ``metrics.jsonl`` of ``workdir`` into ``path`` (default ``workdir/curves.png``).
+
+    Both may be on any ``epath`` file system (``gs://`` included): the PNG is rendered in
+    memory and written whole.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(workdir)
+    rows = workdir_lib.read_metrics(workdir)
     if not rows:
         raise FileNotFoundError(f"{workdir} has no metrics.jsonl rows to plot")
-    path = path or os.path.join(workdir, "curves.png")
+    root = workdir_lib.as_path(workdir)
+    out = workdir_lib.as_path(path) if path else root / "curves.png"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-"), ("test", "o-")):
@@ -30,7 +35,9 @@ def plot_run(workdir: str, path: str | None = None) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_yscale("log")
-    fig.suptitle(os.path.basename(os.path.normpath(workdir)))
-    fig.savefig(path, dpi=100)
+    fig.suptitle(root.name)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    workdir_lib.write_bytes(out, png.getvalue())
+    return str(out)

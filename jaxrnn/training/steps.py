@@ -1,8 +1,9 @@
 """Jitted train and eval steps: a block of train steps in one compiled call, data parallel.
 
 * :func:`make_train_block` compiles ``K`` optimizer steps into one call (``lax.scan`` over a
-  block of batches ``[K, batch, ...]`` stacked on the host and sent to the devices once): tiny
-  recurrent models are otherwise dominated by the per-step dispatch. The state is donated.
+  block of batches ``[K, batch, ...]`` stacked on the host and sent to the devices once,
+  ``jaxrnn.training.feed``): tiny recurrent models are otherwise dominated by the per-step
+  dispatch. The state is donated.
 * Batches are laid out on a one-axis :class:`jax.sharding.Mesh` named ``"data"`` over
   ``jax.devices()``: the batch dimension is split across devices, parameters are replicated,
   and one code path serves one device and many (XLA inserts the gradient all-reduce).
@@ -112,20 +113,3 @@ def make_eval_step(model: Model) -> Callable:
         return loss_fn(model, params, batch)[1]
 
     return jax.jit(eval_step)
-
-
-def make_train_block_indexed(model: Model, tx: optax.GradientTransformation) -> Callable:
-    """``block(state, data, indices) -> (state, metrics)``, jitted, donating ``state``.
-
-    ``data``: the training arrays on the devices (``[N, ...]`` each, replicated);
-    ``indices``: int32 ``[K, batch]``, the examples of each of the ``K`` steps. The batches are
-    gathered inside the compiled call, so a block costs one transfer of ``K * batch`` ints.
-    """
-
-    def block(state: TrainState, data: dict, indices: jax.Array):
-        def one(s, idx):
-            return train_step(model, tx, s, {k: v[idx] for k, v in data.items()})
-
-        return jax.lax.scan(one, state, indices)
-
-    return jax.jit(block, donate_argnums=(0,))

@@ -108,9 +108,9 @@ def test_block_equals_single_steps():
     one_step = jax.jit(lambda s, b: steps.train_step(model, tx, s, b))
     for idx in indices:
         state, _ = one_step(state, {k: v[idx] for k, v in data.items()})
-    block = steps.make_train_block_indexed(model, tx)
+    block = steps.make_train_block(model, tx)
     fresh = state_lib.create(params, tx, jax.random.key(4))
-    blocked, metrics = block(fresh, data, indices)
+    blocked, metrics = block(fresh, {k: v[indices] for k, v in data.items()})  # [3, 2, ...]
     assert metrics["loss"].shape == (3,)
     assert int(blocked.step) == 3
     jax.tree.map(
