@@ -151,8 +151,9 @@ class TrainFeed:
         """Reuse the host memory of ``block`` (from :meth:`next_block`) for a later block.
 
         Call only once every computation reading ``block`` has finished (e.g. its results
-        were fetched): JAX's CPU client may use the host memory in place. Fresh memory for
-        every block would cost page faults that, for large blocks, rival the training step.
+        were fetched), and never read ``block`` again: JAX's CPU client may use the host
+        memory in place. Fresh memory for every block would cost page faults that, for large
+        blocks, rival the training step.
         """
         with self._lock:
             host = self._lent.pop(id(block), None)

@@ -186,9 +186,10 @@ class EventFile:
     """A TensorBoard event file of scalars, built in memory and written whole at ``flush``.
 
     The same records as ``tensorboardX.SummaryWriter`` (TFRecord framing of ``Event``
-    protos): a file-version event, then with ``purge_step`` a ``SessionLog.START`` at that
-    step, which tells TensorBoard to hide the events at or after it from earlier files (the
-    steps a resumed run repeats). One file per instance, named like tensorboardX's.
+    protos): a file-version event, then with ``purge_step`` a file-version event and a
+    ``SessionLog.START`` at that step, which tells TensorBoard to hide the events at or after
+    it from earlier files (the steps a resumed run repeats). One file per instance, named
+    like tensorboardX's.
     """
 
     def __init__(self, directory: epath.Path, purge_step: int = 0):
@@ -198,9 +199,10 @@ class EventFile:
         now = time.time()
         self._path = directory / f"events.out.tfevents.{now:.6f}.{socket.gethostname()}"
         self._buffer = io.BytesIO()
-        self._add(Event(wall_time=now, step=purge_step, file_version="brain.Event:2"))
+        self._add(Event(wall_time=now, file_version="brain.Event:2"))
         if purge_step:
             start = SessionLog(status=SessionLog.START)
+            self._add(Event(wall_time=now, step=purge_step, file_version="brain.Event:2"))
             self._add(Event(wall_time=now, step=purge_step, session_log=start))
         self._made_dir = False
 
