@@ -213,8 +213,8 @@ def train(
         if saved_shards != shards:
             print_fn(
                 f"the run was fed from {saved_shards} data shards and now from {shards}: the "
-                "batches from here on differ from the ones the run would have drawn (set "
-                f"--set data_shards={saved_shards} to keep them)"
+                "batches from here on differ from the ones it would have drawn (a run started "
+                "with --set data_shards=N keeps one order on any process count dividing N)"
             )
     start = start or 0
 
