@@ -18,14 +18,11 @@ How ``rnn`` computes (the numbers are the same either way; ``benchmarks/NOTES.md
 measurements behind each choice):
 
 * For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``, without ``remat`` or recurrent
-  dropout (the fused path): the input half of every step (``cell.project_inputs``) is one
-  matmul over all steps before the loop, and the backward pass is written by hand
-  (``jax.custom_vjp``): the backward loop holds only the recurrent matmul and the cell's
-  elementwise derivative, and the gradients of ``w_i``, ``w_h``, the biases and ``xs`` are one
-  matmul each after it. Per-step values are kept gate by gate (``[time, batch, hidden]``
-  each): XLA:CPU runs an elementwise fusion that slices several gates out of one loop-indexed
-  ``[time, batch, k*hidden]`` buffer several times slower than one that reads separate
-  buffers. Forward-mode differentiation (``jax.jvp``) of this path is not defined.
+  dropout (the fused path, ``jaxrnn/_fused.py``): the input half of every step
+  (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
+  pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and
+  the cell's elementwise derivative, and the weight and input gradients are one matmul each
+  after it. Forward-mode differentiation (``jax.jvp``) of this path is not defined.
 * Otherwise (``GRU(reset_after=False)``, ``remat``, recurrent dropout) ``lax.scan`` is
   differentiated by JAX, with the input projection inside the step; it supports ``jax.jvp``.
   ``static_rnn`` projects all steps at once and is differentiated by JAX.
@@ -41,7 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks
-from jaxrnn.cells import GRU, LSTM, Carry, Cell, Params, SimpleRNN
+from jaxrnn._fused import fused_scan, has_fused_path
+from jaxrnn.cells import Carry, Cell, Params
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
@@ -66,155 +64,6 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
         return new_carry, y
 
     return step
-
-
-# ------------------------------------------------------------------------------------------
-# The fused path: hoisted projections and a hand-written backward pass.
-
-
-def _pointwise_fn(cell: Cell) -> Callable | None:
-    """``(carry, xp, hh) -> (carry, y)``: the elementwise half of ``cell.step``, with ``xp`` and
-    ``hh`` (the input and recurrent pre-activations) split per gate. ``None``: no fused path."""
-    if isinstance(cell, SimpleRNN):
-        act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
-
-        def simple(carry, xp, hh):
-            h = act(xp[0] + hh[0])
-            return h, h
-
-        return simple
-    if isinstance(cell, LSTM):
-
-        def lstm(carry, xp, hh):
-            c, _ = carry
-            zi, zf, zg, zo = (a + b for a, b in zip(xp, hh, strict=True))
-            if cell.forget_bias:
-                zf = zf + cell.forget_bias
-            c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-            h = jax.nn.sigmoid(zo) * jnp.tanh(c)
-            return (c, h), h
-
-        return lstm
-    if isinstance(cell, GRU) and cell.reset_after:
-
-        def gru(h, xp, hh):
-            (xr, xz, xn), (hr, hz, hn) = xp, hh
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
-            h = (1.0 - z) * n + z * h
-            return h, h
-
-        return gru
-    return None
-
-
-def _recurrent(cell: Cell, params: Params, h: Array) -> Array:
-    """The recurrent pre-activation ``hh`` of the cells that have a fused path."""
-    hh = h @ params["w_h"]
-    return hh + params["b_h"] if isinstance(cell, GRU) else hh
-
-
-def _gates(a: Array, n: int) -> tuple[Array, ...]:
-    return tuple(jnp.split(a, n, axis=-1))
-
-
-def _time_major_gates(cell, params, xs, time_major):
-    """The input projection of all steps, per gate, each ``[time, batch, hidden]``.
-
-    Batch-first ``xs`` is projected as it lies and each gate block is transposed to
-    time-major on its way out of the split (one copy that is needed anyway), instead of
-    transposing ``xs`` first."""
-    lead = xs.shape[:2]
-    xp = cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2]))
-    gates = _gates(xp.reshape(*lead, -1), cell.gates)
-    return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
-
-
-def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
-    pointwise = _pointwise_fn(cell)
-    xp = _time_major_gates(cell, params, xs, time_major)
-
-    def body(carry, inputs):
-        xp_t, valid_t = inputs
-        hh = _gates(_recurrent(cell, params, cell.hidden(carry)), cell.gates)
-        new_carry, y = pointwise(carry, xp_t, hh)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
-            y = jnp.where(keep, y, jnp.zeros_like(y))
-        return new_carry, (y, carry, hh)
-
-    carry, (ys, carries, hhs) = jax.lax.scan(
-        body, carry0, (xp, valid), reverse=backwards, unroll=unroll
-    )
-    return ys, carry, (carries, xp, hhs)
-
-
-def _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    """``(ys, carry)``, ``ys`` time-major, over ``xs`` in either layout; ``valid``
-    ``[time, batch]`` bool or ``None``."""
-    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
-    return ys, carry
-
-
-def _fused_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    ys, carry, residuals = _fused_forward(
-        cell, params, xs, valid, carry0, backwards, unroll, time_major
-    )
-    return (ys, carry), (params, xs, valid, residuals)
-
-
-def _fused_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (carries, xp, hhs) = saved
-    d_ys, d_carry = cotangents
-    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    steps, batch, features = xs_tm.shape
-    pointwise = _pointwise_fn(cell)
-    additive = not isinstance(cell, GRU)  # xp and hh enter only through their sum
-
-    def body(d_carry, inputs):
-        carry, xp_t, hh_t, valid_t, d_y = inputs
-        _, vjp = jax.vjp(pointwise, carry, xp_t, hh_t)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            d_y = jnp.where(keep, d_y, jnp.zeros_like(d_y))
-        d_prev, d_xp, d_hh = vjp((d_carry, d_y))
-        d_hh = jnp.concatenate(d_hh, axis=-1)
-        # h entered the step through the cell's elementwise part and through ``h @ w_h``.
-        d_h = cell.hidden(d_prev) + d_hh @ params["w_h"].T
-        d_prev = cell.with_hidden(d_prev, d_h)
-        d_xp = d_hh if additive else jnp.concatenate(d_xp, axis=-1)
-        if valid_t is not None:
-            # A padded step copied the carry: its cotangent passes through unchanged.
-            d_prev = jax.tree.map(lambda n, o: jnp.where(keep, n, o), d_prev, d_carry)
-            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
-            d_hh = d_xp if additive else jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-        return d_prev, (d_xp, d_hh) if not additive else d_xp
-
-    d_carry0, d_steps = jax.lax.scan(
-        body,
-        d_carry,
-        (carries, xp, hhs, valid, d_ys),
-        reverse=not backwards,
-        unroll=unroll,
-    )
-    d_xp, d_hh = d_steps if not additive else (d_steps, d_steps)
-    # The weight gradients of all steps at once: one matmul each.
-    flat = xs_tm.reshape(steps * batch, features)
-    _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
-    d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
-    h_prev = cell.hidden(carries).reshape(steps * batch, -1)
-    (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_prev), params)[1](
-        d_hh.reshape(steps * batch, -1)
-    )
-    d_params = jax.tree.map(jnp.add, d_params, d_params_h)
-    d_xs = d_flat.reshape(xs_tm.shape)
-    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1), None, d_carry0
-
-
-_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2, 3))
-_fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 
 
 def _check_remat(remat) -> None:
@@ -300,9 +149,9 @@ def _drive(
     # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
     backwards = reverse and lengths is None
     fused = not static and remat is False and hidden_mask is None
-    if fused and _pointwise_fn(cell) is not None:
+    if fused and has_fused_path(cell):
         # Takes either layout: the transpose to time-major is folded into the projection.
-        ys, carry = _fused_scan(
+        ys, carry = fused_scan(
             cell, backwards, unroll, time_major, params, xs, valid, initial_carry
         )
         if lengths is not None and reverse:

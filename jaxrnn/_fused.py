@@ -1,0 +1,275 @@
+"""The fused path of :func:`jaxrnn.rnn`: hoisted input projections, hand-written backward passes.
+
+For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (see ``jaxrnn.drivers`` for when it
+is used). The input half of every step is one matmul over all steps before the loop, kept per
+gate (``[time, batch, hidden]`` each: XLA:CPU runs an elementwise fusion that slices several
+gates out of one loop-indexed ``[time, batch, k*hidden]`` buffer several times slower); the
+backward loop holds only the recurrent matmul and the cell's elementwise derivative, and the
+gradients of ``w_i``, ``w_h``, the biases and ``xs`` are one matmul each after it.
+
+Every per-step value the forward loop writes is a separate buffer write (one more operation
+per step, which dominates small models on CPU), so each cell keeps only what its backward
+pass needs: the ``SimpleRNN`` keeps nothing but its outputs (its derivative is a function of
+the output, and the previous state is the previous output); the others keep the carry and the
+recurrent pre-activations. All functions take and return time-major per-step arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
+
+Array = jax.Array
+
+
+def _pointwise_fn(cell: Cell) -> Callable | None:
+    """``(carry, xp, hh) -> (carry, y)``: the elementwise half of ``cell.step``, with ``xp`` and
+    ``hh`` (the input and recurrent pre-activations) split per gate. ``None``: no fused path."""
+    if isinstance(cell, SimpleRNN):
+        act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
+
+        def simple(carry, xp, hh):
+            h = act(xp[0] + hh[0])
+            return h, h
+
+        return simple
+    if isinstance(cell, LSTM):
+
+        def lstm(carry, xp, hh):
+            c, _ = carry
+            zi, zf, zg, zo = (a + b for a, b in zip(xp, hh, strict=True))
+            if cell.forget_bias:
+                zf = zf + cell.forget_bias
+            c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+            h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+            return (c, h), h
+
+        return lstm
+    if isinstance(cell, GRU) and cell.reset_after:
+
+        def gru(h, xp, hh):
+            (xr, xz, xn), (hr, hz, hn) = xp, hh
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        return gru
+    return None
+
+
+def _recurrent(cell: Cell, params: Params, h: Array) -> Array:
+    """The recurrent pre-activation ``hh`` of the cells that have a fused path."""
+    hh = h @ params["w_h"]
+    return hh + params["b_h"] if isinstance(cell, GRU) else hh
+
+
+def _gates(a: Array, n: int) -> tuple[Array, ...]:
+    return tuple(jnp.split(a, n, axis=-1))
+
+
+def _time_major_gates(cell, params, xs, time_major):
+    """The input projection of all steps, per gate, each ``[time, batch, hidden]``.
+
+    Batch-first ``xs`` is projected as it lies and each gate block is transposed to
+    time-major on its way out of the split (one copy that is needed anyway), instead of
+    transposing ``xs`` first."""
+    lead = xs.shape[:2]
+    xp = cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2]))
+    gates = _gates(xp.reshape(*lead, -1), cell.gates)
+    return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
+
+
+def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
+    pointwise = _pointwise_fn(cell)
+    xp = _time_major_gates(cell, params, xs, time_major)
+
+    def body(carry, inputs):
+        xp_t, valid_t = inputs
+        hh = _gates(_recurrent(cell, params, cell.hidden(carry)), cell.gates)
+        new_carry, y = pointwise(carry, xp_t, hh)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        # The state before the step is the previous output, except the LSTM's cell state.
+        return new_carry, (y, carry[0] if isinstance(cell, LSTM) else None, hh)
+
+    carry, (ys, cells, hhs) = jax.lax.scan(
+        body, carry0, (xp, valid), reverse=backwards, unroll=unroll
+    )
+    return ys, carry, (carry0, ys, cells, xp, hhs)
+
+
+def _previous_states(cell, backwards, carry0, ys, cells):
+    """The carry before every step, from the outputs (time-major). Past a sequence's length
+    (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
+    if backwards:
+        h_prev = jnp.concatenate([ys[1:], cell.hidden(carry0)[None]])
+    else:
+        h_prev = jnp.concatenate([cell.hidden(carry0)[None], ys[:-1]])
+    return (cells, h_prev) if isinstance(cell, LSTM) else h_prev
+
+
+def _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+    """``(ys, carry)``, ``ys`` time-major, over ``xs`` in either layout; ``valid``
+    ``[time, batch]`` bool or ``None``."""
+    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
+    return ys, carry
+
+
+def _fused_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+    ys, carry, residuals = _fused_forward(
+        cell, params, xs, valid, carry0, backwards, unroll, time_major
+    )
+    return (ys, carry), (params, xs, valid, residuals)
+
+
+def _fused_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (carry0, ys, cells, xp, hhs) = saved
+    d_ys, d_carry = cotangents
+    carries = _previous_states(cell, backwards, carry0, ys, cells)
+    pointwise = _pointwise_fn(cell)
+    additive = not isinstance(cell, GRU)  # xp and hh enter only through their sum
+
+    def body(d_carry, inputs):
+        carry, xp_t, hh_t, valid_t, d_y = inputs
+        _, vjp = jax.vjp(pointwise, carry, xp_t, hh_t)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            d_y = jnp.where(keep, d_y, jnp.zeros_like(d_y))
+        d_prev, d_xp, d_hh = vjp((d_carry, d_y))
+        d_hh = jnp.concatenate(d_hh, axis=-1)
+        # h entered the step through the cell's elementwise part and through ``h @ w_h``.
+        d_h = cell.hidden(d_prev) + d_hh @ params["w_h"].T
+        d_prev = cell.with_hidden(d_prev, d_h)
+        d_xp = d_hh if additive else jnp.concatenate(d_xp, axis=-1)
+        if valid_t is not None:
+            # A padded step copied the carry: its cotangent passes through unchanged.
+            d_prev = jax.tree.map(lambda n, o: jnp.where(keep, n, o), d_prev, d_carry)
+            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
+            d_hh = d_xp if additive else jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
+        return d_prev, (d_xp, d_hh) if not additive else d_xp
+
+    d_carry0, d_steps = jax.lax.scan(
+        body,
+        d_carry,
+        (carries, xp, hhs, valid, d_ys),
+        reverse=not backwards,
+        unroll=unroll,
+    )
+    d_xp, d_hh = d_steps if not additive else (d_steps, d_steps)
+    d_params, d_xs = _weight_gradients(
+        cell, params, xs, time_major, cell.hidden(carries), d_xp, d_hh
+    )
+    return d_params, d_xs, None, d_carry0
+
+
+def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
+    """The gradients of the parameters and of ``xs`` from all steps at once (one matmul each),
+    given the state before each step and the cotangents of the input and recurrent
+    pre-activations (time-major, gates concatenated)."""
+    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    steps, batch, features = xs_tm.shape
+    flat = xs_tm.reshape(steps * batch, features)
+    _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
+    d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
+    h_flat = h_prev.reshape(steps * batch, -1)
+    (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_flat), params)[1](
+        d_hh.reshape(steps * batch, -1)
+    )
+    d_params = jax.tree.map(jnp.add, d_params, d_params_h)
+    d_xs = d_flat.reshape(xs_tm.shape)
+    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+
+
+_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2, 3))
+_fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
+
+
+# ------------------------------------------------------------------------------------------
+# SimpleRNN: only the outputs are kept.
+
+
+def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
+    act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
+    (xp,) = _time_major_gates(cell, params, xs, time_major)
+
+    def body(h, inputs):
+        xp_t, valid_t = inputs
+        new = act(xp_t + h @ params["w_h"])
+        if valid_t is None:
+            return new, new
+        keep = valid_t[:, None]
+        return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
+
+    h, ys = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    return ys, h
+
+
+def _simple_scan(cell, backwards, unroll, time_major, params, xs, valid, h0):
+    return _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
+
+
+def _simple_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, h0):
+    ys, h = _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
+    return (ys, h), (params, xs, valid, h0, ys)
+
+
+def _simple_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, h0, ys = saved
+    d_ys, d_h = cotangents
+    w_h_t = params["w_h"].T
+
+    def body(d_h, inputs):
+        y_t, d_y, valid_t = inputs
+        # Past a sequence's length y is zero and its state is copied: the state's cotangent
+        # passes through and the step gets none.
+        g = d_h + d_y
+        d_z = g * (1.0 - y_t * y_t) if cell.activation == "tanh" else jnp.where(y_t > 0, g, 0.0)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
+            return jnp.where(keep, d_z @ w_h_t, d_h), d_z
+        return d_z @ w_h_t, d_z
+
+    d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
+    # The state before each step is the previous step's output (where d_z is not zero).
+    if backwards:
+        h_prev = jnp.concatenate([ys[1:], h0[None]])
+    else:
+        h_prev = jnp.concatenate([h0[None], ys[:-1]])
+    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
+    return d_params, d_xs, None, d_h0
+
+
+_simple_scan = jax.custom_vjp(_simple_scan, nondiff_argnums=(0, 1, 2, 3))
+_simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
+
+
+def has_fused_path(cell: Cell) -> bool:
+    """Whether :func:`fused_scan` runs ``cell``."""
+    return _pointwise_fn(cell) is not None
+
+
+def fused_scan(
+    cell: Cell,
+    backwards: bool,
+    unroll: int | bool,
+    time_major: bool,
+    params: Params,
+    xs: Array,
+    valid: Array | None,
+    carry0,
+):
+    """``(ys, carry)`` of ``cell`` over ``xs`` (either layout), ``ys`` time-major; ``valid``
+    ``[time, batch]`` bool (a valid prefix per sequence) or ``None``. ``backwards`` scans
+    from the last step (only without ``valid``: masked runs are reversed on the data)."""
+    if isinstance(cell, SimpleRNN):
+        return _simple_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
+    return _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
