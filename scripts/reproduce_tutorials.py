@@ -81,8 +81,8 @@ def summarize(name: str, runs: list[dict]) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| config | tutorial figure | Keras 3 here (mean, range) | jaxrnn test accuracy "
-        "(mean, min-max, 3 seeds) | training time (median; bar) | compile time |",
+        "| config | tutorial figure | Keras 3 (issue 7: mean, range) | jaxrnn test accuracy "
+        "(mean, min-max, 3 seeds) | training time (median; issue 7 bar) | compile time |",
         "|---|---|---|---|---|---|",
     ]
     for name in TARGETS:
@@ -101,7 +101,7 @@ def markdown(results: dict) -> str:
     lines += [
         "",
         f"Measured with `python scripts/reproduce_tutorials.py` on {env.get('machine', '?')} "
-        f"({env.get('cpu_count', '?')} CPU cores, shared), jax {env.get('jax', '?')}. Training "
+        f"({env.get('cpu_count', '?')} CPU cores), jax {env.get('jax', '?')}. Training "
         "time: the train loop after data preparation and compilation (evaluation excluded); "
         "bar: min(half of Keras' TensorFlow-backend time, Keras' JAX-backend time) from issue 7.",
     ]
