@@ -115,6 +115,7 @@ PLOTS = {
     "train_step_w6.json": plot_train_step,
     "scan_vs_unroll_default.json": plot_scan_vs_unroll,
     "scan_vs_unroll_gru.json": plot_scan_vs_unroll,
+    "scan_vs_unroll_lstm.json": plot_scan_vs_unroll,
     "scan_vs_unroll_full.json": plot_scan_vs_unroll,
     "long_sequences.json": plot_long_sequences,
 }
