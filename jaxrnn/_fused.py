@@ -19,8 +19,6 @@ functions take and return time-major per-step arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -29,41 +27,14 @@ from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
 Array = jax.Array
 
 
-def _pointwise_fn(cell: Cell) -> Callable | None:
-    """``(carry, xp, hh) -> (carry, y)``: the elementwise half of ``cell.step``, with ``xp`` and
-    ``hh`` (the input and recurrent pre-activations) split per gate. ``None``: no fused path."""
-    if isinstance(cell, SimpleRNN):
-        act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
-
-        def simple(carry, xp, hh):
-            h = act(xp[0] + hh[0])
-            return h, h
-
-        return simple
-    if isinstance(cell, LSTM):
-
-        def lstm(carry, xp, hh):
-            c, _ = carry
-            zi, zf, zg, zo = (a + b for a, b in zip(xp, hh, strict=True))
-            if cell.forget_bias:
-                zf = zf + cell.forget_bias
-            c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-            h = jax.nn.sigmoid(zo) * jnp.tanh(c)
-            return (c, h), h
-
-        return lstm
-    if isinstance(cell, GRU) and cell.reset_after:
-
-        def gru(h, xp, hh):
-            (xr, xz, xn), (hr, hz, hn) = xp, hh
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
-            h = (1.0 - z) * n + z * h
-            return h, h
-
-        return gru
-    return None
+def _gru_pointwise(h, xp, hh):
+    """The elementwise half of ``GRU(reset_after=True).step`` (``xp``, ``hh`` split per gate)."""
+    (xr, xz, xn), (hr, hz, hn) = xp, hh
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    h = (1.0 - z) * n + z * h
+    return h, h
 
 
 def _recurrent(cell: Cell, params: Params, h: Array) -> Array:
@@ -88,89 +59,76 @@ def _time_major_gates(cell, params, xs, time_major):
     return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
 
 
-def _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
-    pointwise = _pointwise_fn(cell)
+def _previous_h(cell, backwards, carry0, ys):
+    """The ``h`` before every step: the previous output (time-major). Past a sequence's length
+    (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
+    h0 = cell.hidden(carry0)[None]
+    return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
+
+
+# ------------------------------------------------------------------------------------------
+# GRU (reset_after=True): the recurrent pre-activations are kept; its elementwise step is
+# differentiated with ``jax.vjp``.
+
+
+def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
     xp = _time_major_gates(cell, params, xs, time_major)
 
-    def body(carry, inputs):
+    def body(h, inputs):
         xp_t, valid_t = inputs
-        hh = _gates(_recurrent(cell, params, cell.hidden(carry)), cell.gates)
-        new_carry, y = pointwise(carry, xp_t, hh)
+        hh = _gates(_recurrent(cell, params, h), 3)
+        new, y = _gru_pointwise(h, xp_t, hh)
         if valid_t is not None:
             keep = valid_t[:, None]
-            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
-            y = jnp.where(keep, y, jnp.zeros_like(y))
-        # The state before the step is the previous output, except the LSTM's cell state.
-        return new_carry, (y, carry[0] if isinstance(cell, LSTM) else None, hh)
+            new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
+        return new, (y, hh)
 
-    carry, (ys, cells, hhs) = jax.lax.scan(
-        body, carry0, (xp, valid), reverse=backwards, unroll=unroll
-    )
-    return ys, carry, (carry0, ys, cells, xp, hhs)
+    h, (ys, hhs) = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    return ys, h, (h0, ys, xp, hhs)
 
 
-def _previous_states(cell, backwards, carry0, ys, cells):
-    """The carry before every step, from the outputs (time-major). Past a sequence's length
-    (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
-    if backwards:
-        h_prev = jnp.concatenate([ys[1:], cell.hidden(carry0)[None]])
-    else:
-        h_prev = jnp.concatenate([cell.hidden(carry0)[None], ys[:-1]])
-    return (cells, h_prev) if isinstance(cell, LSTM) else h_prev
+def _gru_scan(cell, backwards, unroll, time_major, params, xs, valid, h0):
+    ys, h, _ = _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
+    return ys, h
 
 
-def _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    """``(ys, carry)``, ``ys`` time-major, over ``xs`` in either layout; ``valid``
-    ``[time, batch]`` bool or ``None``."""
-    ys, carry, _ = _fused_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
-    return ys, carry
+def _gru_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, h0):
+    ys, h, kept = _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
+    return (ys, h), (params, xs, valid, kept)
 
 
-def _fused_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    ys, carry, residuals = _fused_forward(
-        cell, params, xs, valid, carry0, backwards, unroll, time_major
-    )
-    return (ys, carry), (params, xs, valid, residuals)
+def _gru_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (h0, ys, xp, hhs) = saved
+    d_ys, d_h = cotangents
+    h_prev = _previous_h(cell, backwards, h0, ys)
+    w_h_t = params["w_h"].T
 
-
-def _fused_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (carry0, ys, cells, xp, hhs) = saved
-    d_ys, d_carry = cotangents
-    carries = _previous_states(cell, backwards, carry0, ys, cells)
-    pointwise = _pointwise_fn(cell)
-    additive = not isinstance(cell, GRU)  # xp and hh enter only through their sum
-
-    def body(d_carry, inputs):
-        carry, xp_t, hh_t, valid_t, d_y = inputs
-        _, vjp = jax.vjp(pointwise, carry, xp_t, hh_t)
+    def body(d_h, inputs):
+        h, xp_t, hh_t, valid_t, d_y = inputs
+        _, vjp = jax.vjp(_gru_pointwise, h, xp_t, hh_t)
         if valid_t is not None:
             keep = valid_t[:, None]
             d_y = jnp.where(keep, d_y, jnp.zeros_like(d_y))
-        d_prev, d_xp, d_hh = vjp((d_carry, d_y))
-        d_hh = jnp.concatenate(d_hh, axis=-1)
-        # h entered the step through the cell's elementwise part and through ``h @ w_h``.
-        d_h = cell.hidden(d_prev) + d_hh @ params["w_h"].T
-        d_prev = cell.with_hidden(d_prev, d_h)
-        d_xp = d_hh if additive else jnp.concatenate(d_xp, axis=-1)
+        d_prev, d_xp, d_hh = vjp((d_h, d_y))
+        d_xp, d_hh = jnp.concatenate(d_xp, axis=-1), jnp.concatenate(d_hh, axis=-1)
+        # h entered the step through the elementwise part and through ``h @ w_h``.
+        d_prev = d_prev + d_hh @ w_h_t
         if valid_t is not None:
             # A padded step copied the carry: its cotangent passes through unchanged.
-            d_prev = jax.tree.map(lambda n, o: jnp.where(keep, n, o), d_prev, d_carry)
+            d_prev = jnp.where(keep, d_prev, d_h)
             d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
-            d_hh = d_xp if additive else jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-        return d_prev, (d_xp, d_hh) if not additive else d_xp
+            d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
+        return d_prev, (d_xp, d_hh)
 
-    d_carry0, d_steps = jax.lax.scan(
-        body,
-        d_carry,
-        (carries, xp, hhs, valid, d_ys),
-        reverse=not backwards,
-        unroll=unroll,
+    d_h0, (d_xp, d_hh) = jax.lax.scan(
+        body, d_h, (h_prev, xp, hhs, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    d_xp, d_hh = d_steps if not additive else (d_steps, d_steps)
-    d_params, d_xs = _weight_gradients(
-        cell, params, xs, time_major, cell.hidden(carries), d_xp, d_hh
-    )
-    return d_params, d_xs, None, d_carry0
+    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh)
+    return d_params, d_xs, None, d_h0
+
+
+_gru_scan = jax.custom_vjp(_gru_scan, nondiff_argnums=(0, 1, 2, 3))
+_gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
 
 
 def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
@@ -189,10 +147,6 @@ def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
     d_params = jax.tree.map(jnp.add, d_params, d_params_h)
     d_xs = d_flat.reshape(xs_tm.shape)
     return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
-
-
-_fused_scan = jax.custom_vjp(_fused_scan, nondiff_argnums=(0, 1, 2, 3))
-_fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,7 +282,7 @@ def _lstm_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
     d_carry0, d_z = jax.lax.scan(
         body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    _, h_prev = _previous_states(cell, backwards, carry0, ys, c_prevs)
+    h_prev = _previous_h(cell, backwards, carry0, ys)
     d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
     return d_params, d_xs, None, d_carry0
 
@@ -339,7 +293,7 @@ _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 def has_fused_path(cell: Cell) -> bool:
     """Whether :func:`fused_scan` runs ``cell``."""
-    return _pointwise_fn(cell) is not None
+    return isinstance(cell, SimpleRNN | LSTM) or (isinstance(cell, GRU) and cell.reset_after)
 
 
 def fused_scan(
@@ -359,4 +313,4 @@ def fused_scan(
         return _simple_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
     if isinstance(cell, LSTM):
         return _lstm_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
-    return _fused_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
+    return _gru_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
