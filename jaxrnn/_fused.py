@@ -19,6 +19,8 @@ functions take and return time-major per-step arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -59,6 +61,25 @@ def _time_major_gates(cell, params, xs, time_major):
     return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
 
 
+def _with_backward(forward: Callable, backward: Callable) -> Callable:
+    """``scan(cell, backwards, unroll, time_major, params, xs, valid, carry0) -> (ys, carry)``
+    as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0, backwards,
+    unroll, time_major) -> (ys, carry, kept)`` and ``backward(cell, backwards, unroll,
+    time_major, (params, xs, valid, kept), (d_ys, d_carry))``."""
+
+    def scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+        ys, carry, _ = forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
+        return ys, carry
+
+    def scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
+        ys, carry, kept = forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
+        return (ys, carry), (params, xs, valid, kept)
+
+    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3))
+    scan.defvjp(scan_fwd, backward)
+    return scan
+
+
 def _previous_h(cell, backwards, carry0, ys):
     """The ``h`` before every step: the previous output (time-major). Past a sequence's length
     (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
@@ -87,17 +108,7 @@ def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
     return ys, h, (h0, ys, xp, hhs)
 
 
-def _gru_scan(cell, backwards, unroll, time_major, params, xs, valid, h0):
-    ys, h, _ = _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
-    return ys, h
-
-
-def _gru_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, h0):
-    ys, h, kept = _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
-    return (ys, h), (params, xs, valid, kept)
-
-
-def _gru_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
+def _gru_backward(cell, backwards, unroll, time_major, saved, cotangents):
     params, xs, valid, (h0, ys, xp, hhs) = saved
     d_ys, d_h = cotangents
     h_prev = _previous_h(cell, backwards, h0, ys)
@@ -127,8 +138,7 @@ def _gru_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
     return d_params, d_xs, None, d_h0
 
 
-_gru_scan = jax.custom_vjp(_gru_scan, nondiff_argnums=(0, 1, 2, 3))
-_gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
+_gru_scan = _with_backward(_gru_forward, _gru_backward)
 
 
 def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
@@ -166,20 +176,11 @@ def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
         return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
 
     h, ys = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
-    return ys, h
+    return ys, h, (h0, ys)
 
 
-def _simple_scan(cell, backwards, unroll, time_major, params, xs, valid, h0):
-    return _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
-
-
-def _simple_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, h0):
-    ys, h = _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major)
-    return (ys, h), (params, xs, valid, h0, ys)
-
-
-def _simple_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, h0, ys = saved
+def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (h0, ys) = saved
     d_ys, d_h = cotangents
     w_h_t = params["w_h"].T
 
@@ -205,8 +206,7 @@ def _simple_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
     return d_params, d_xs, None, d_h0
 
 
-_simple_scan = jax.custom_vjp(_simple_scan, nondiff_argnums=(0, 1, 2, 3))
-_simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
+_simple_scan = _with_backward(_simple_forward, _simple_backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,17 +240,7 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
     return ys, carry, (carry0, ys, c_prevs, gates)
 
 
-def _lstm_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    ys, carry, _ = _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
-    return ys, carry
-
-
-def _lstm_scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-    ys, carry, kept = _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
-    return (ys, carry), (params, xs, valid, kept)
-
-
-def _lstm_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
+def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
     params, xs, valid, (carry0, ys, c_prevs, gates) = saved
     d_ys, (d_c, d_h) = cotangents
     w_h_t = params["w_h"].T
@@ -287,8 +277,7 @@ def _lstm_scan_bwd(cell, backwards, unroll, time_major, saved, cotangents):
     return d_params, d_xs, None, d_carry0
 
 
-_lstm_scan = jax.custom_vjp(_lstm_scan, nondiff_argnums=(0, 1, 2, 3))
-_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+_lstm_scan = _with_backward(_lstm_forward, _lstm_backward)
 
 
 def has_fused_path(cell: Cell) -> bool:
