@@ -14,9 +14,15 @@ setup() {
   fi
   # Reinstall only when the dependency files changed since the last install.
   local stamp="$VENV/.jaxrnn-installed"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  # (and the CPU kernels are rebuilt when their source changed).
+  local changed=""
+  for f in pyproject.toml constraints.txt setup.py csrc/*; do
+    [ "$f" -nt "$stamp" ] && changed=1
+  done
+  if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
+    # PIP_CONSTRAINT also pins the build environment's jaxlib (the FFI headers) to ours.
+    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$stamp"
   fi
 }

@@ -19,11 +19,13 @@ functions take and return time-major per-step arrays.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import _native
 from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
 
 Array = jax.Array
@@ -49,16 +51,18 @@ def _gates(a: Array, n: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, n, axis=-1))
 
 
-def _time_major_gates(cell, params, xs, time_major):
-    """The input projection of all steps, per gate, each ``[time, batch, hidden]``.
-
-    Batch-first ``xs`` is projected as it lies and each gate block is transposed to
-    time-major on its way out of the split (one copy that is needed anyway), instead of
-    transposing ``xs`` first."""
+def _projected(cell, params, xs):
+    """The input projection of all steps, ``xs``'s layout kept, gates concatenated."""
     lead = xs.shape[:2]
-    xp = cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2]))
-    gates = _gates(xp.reshape(*lead, -1), cell.gates)
-    return gates if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in gates)
+    return cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2])).reshape(
+        *lead, -1
+    )
+
+
+def _per_gate(xp, gates, time_major):
+    """``xp`` split per gate, each time-major (see the module docstring for why)."""
+    split = _gates(xp, gates)
+    return split if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in split)
 
 
 def _with_backward(forward: Callable, backward: Callable) -> Callable:
@@ -93,7 +97,7 @@ def _previous_h(cell, backwards, carry0, ys):
 
 
 def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
-    xp = _time_major_gates(cell, params, xs, time_major)
+    xp = _per_gate(_projected(cell, params, xs), 3, time_major)
 
     def body(h, inputs):
         xp_t, valid_t = inputs
@@ -160,36 +164,36 @@ def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
 
 
 # ------------------------------------------------------------------------------------------
-# SimpleRNN: only the outputs are kept.
+# SimpleRNN: only the outputs are kept. The loops take the projected inputs ``xp`` as laid out
+# (``[time, batch, hidden]`` or ``[batch, time, hidden]``) and run on jaxrnn's CPU kernel where
+# one is available (``jaxrnn._native``), else in XLA.
 
 
-def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
-    act = jnp.tanh if cell.activation == "tanh" else jax.nn.relu
-    (xp,) = _time_major_gates(cell, params, xs, time_major)
+def _simple_forward_xla(w_h, xp, valid, h0, *, relu, backwards, time_major, unroll):
+    act = jax.nn.relu if relu else jnp.tanh
+    (xp,) = _per_gate(xp, 1, time_major)
 
     def body(h, inputs):
         xp_t, valid_t = inputs
-        new = act(xp_t + h @ params["w_h"])
+        new = act(xp_t + h @ w_h)
         if valid_t is None:
             return new, new
         keep = valid_t[:, None]
         return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
 
     h, ys = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
-    return ys, h, (h0, ys)
+    return ys, h
 
 
-def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (h0, ys) = saved
-    d_ys, d_h = cotangents
-    w_h_t = params["w_h"].T
+def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, *, relu, backwards, unroll):
+    w_h_t = w_h.T
 
     def body(d_h, inputs):
         y_t, d_y, valid_t = inputs
         # Past a sequence's length y is zero and its state is copied: the state's cotangent
         # passes through and the step gets none.
         g = d_h + d_y
-        d_z = g * (1.0 - y_t * y_t) if cell.activation == "tanh" else jnp.where(y_t > 0, g, 0.0)
+        d_z = jnp.where(y_t > 0, g, 0.0) if relu else g * (1.0 - y_t * y_t)
         if valid_t is not None:
             keep = valid_t[:, None]
             d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
@@ -197,11 +201,39 @@ def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
         return d_z @ w_h_t, d_z
 
     d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
-    # The state before each step is the previous step's output (where d_z is not zero).
-    if backwards:
-        h_prev = jnp.concatenate([ys[1:], h0[None]])
+    return d_z, d_h0
+
+
+def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
+    relu = cell.activation == "relu"
+    xp, w_h = _projected(cell, params, xs), params["w_h"]
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    xla = functools.partial(
+        _simple_forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
+    )
+    if _native.available(w_h, xp, h0):
+        native = functools.partial(
+            _native.simple_forward, relu=relu, reverse=backwards, time_major=time_major
+        )
+        ys, h = _native.on_cpu(native, xla, w_h, xp, _native.mask(valid, steps, batch), h0)
     else:
-        h_prev = jnp.concatenate([h0[None], ys[:-1]])
+        ys, h = xla(w_h, xp, valid, h0)
+    return ys, h, (h0, ys)
+
+
+def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (h0, ys) = saved
+    d_ys, d_h = cotangents
+    relu, w_h = cell.activation == "relu", params["w_h"]
+    xla = functools.partial(_simple_backward_xla, relu=relu, backwards=backwards, unroll=unroll)
+    if _native.available(w_h, ys, d_ys, d_h):
+        native = functools.partial(_native.simple_backward, relu=relu, reverse=backwards)
+        valid_ = _native.mask(valid, *ys.shape[:2])
+        d_z, d_h0 = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h)
+    else:
+        d_z, d_h0 = xla(w_h, ys, valid, d_ys, d_h)
+    # The state before each step is the previous step's output (where d_z is not zero).
+    h_prev = _previous_h(cell, backwards, h0, ys)
     d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
     return d_params, d_xs, None, d_h0
 
@@ -213,16 +245,16 @@ _simple_scan = _with_backward(_simple_forward, _simple_backward)
 # LSTM: the gate activations are kept, so that the backward loop has no exp or divide.
 
 
-def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
-    xp = _time_major_gates(cell, params, xs, time_major)
+def _lstm_forward_xla(w_h, xp, valid, c0, h0, *, forget_bias, backwards, time_major, unroll):
+    xp = _per_gate(xp, 4, time_major)
 
     def body(carry, inputs):
         xp_t, valid_t = inputs
         c_prev, h_prev = carry
-        hh = _gates(h_prev @ params["w_h"], 4)
+        hh = _gates(h_prev @ w_h, 4)
         zi, zf, zg, zo = (a + b for a, b in zip(xp_t, hh, strict=True))
-        if cell.forget_bias:
-            zf = zf + cell.forget_bias
+        if forget_bias:
+            zf = zf + forget_bias
         i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
         g = jnp.tanh(zg)
         c = f * c_prev + i * g
@@ -234,16 +266,14 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
             y = jnp.where(keep, y, jnp.zeros_like(y))
         return (c, h), (y, c_prev, (i, f, g, o))
 
-    carry, (ys, c_prevs, gates) = jax.lax.scan(
-        body, carry0, (xp, valid), reverse=backwards, unroll=unroll
+    (c, h), (ys, c_prevs, gates) = jax.lax.scan(
+        body, (c0, h0), (xp, valid), reverse=backwards, unroll=unroll
     )
-    return ys, carry, (carry0, ys, c_prevs, gates)
+    return ys, c, h, c_prevs, gates
 
 
-def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (carry0, ys, c_prevs, gates) = saved
-    d_ys, (d_c, d_h) = cotangents
-    w_h_t = params["w_h"].T
+def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, *, backwards, unroll):
+    w_h_t = w_h.T
 
     def body(d_carry, inputs):
         d_c, d_h = d_carry
@@ -269,12 +299,40 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
             return (jnp.where(keep, d_c_prev, d_c), jnp.where(keep, d_z @ w_h_t, d_h)), d_z
         return (d_c_prev, d_z @ w_h_t), d_z
 
-    d_carry0, d_z = jax.lax.scan(
+    (d_c0, d_h0), d_z = jax.lax.scan(
         body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
     )
+    return d_z, d_c0, d_h0
+
+
+def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
+    xp, w_h = _projected(cell, params, xs), params["w_h"]
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    options = {"forget_bias": cell.forget_bias, "time_major": time_major}
+    xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
+    if _native.available(w_h, xp, *carry0):
+        native = functools.partial(_native.lstm_forward, reverse=backwards, **options)
+        valid_ = _native.mask(valid, steps, batch)
+        ys, c, h, c_prevs, gates = _native.on_cpu(native, xla, w_h, xp, valid_, *carry0)
+    else:
+        ys, c, h, c_prevs, gates = xla(w_h, xp, valid, *carry0)
+    return ys, (c, h), (carry0, ys, c_prevs, gates)
+
+
+def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (carry0, ys, c_prevs, gates) = saved
+    d_ys, (d_c, d_h) = cotangents
+    w_h = params["w_h"]
+    xla = functools.partial(_lstm_backward_xla, backwards=backwards, unroll=unroll)
+    if _native.available(w_h, c_prevs, d_ys, d_c, d_h):
+        native = functools.partial(_native.lstm_backward, reverse=backwards)
+        valid_ = _native.mask(valid, *ys.shape[:2])
+        d_z, d_c0, d_h0 = _native.on_cpu(native, xla, w_h, c_prevs, gates, valid_, d_ys, d_c, d_h)
+    else:
+        d_z, d_c0, d_h0 = xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h)
     h_prev = _previous_h(cell, backwards, carry0, ys)
     d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
-    return d_params, d_xs, None, d_carry0
+    return d_params, d_xs, None, (d_c0, d_h0)
 
 
 _lstm_scan = _with_backward(_lstm_forward, _lstm_backward)

@@ -1,0 +1,531 @@
+// The recurrent loops of jaxrnn's fused SimpleRNN and LSTM paths as XLA FFI handlers for the CPU.
+//
+// XLA:CPU runs the body of a while loop one operation after another on one core, and every
+// operation costs a dispatch; these handlers run the whole loop in one call and split each
+// step's hidden units across threads. Thread k owns a block of hidden units: it multiplies
+// the full previous state by its own columns of the recurrent weights (OpenBLAS sgemm, one
+// thread each), computes its units' elementwise update and writes them; one barrier per step
+// separates the writes of step t from the reads of step t+1. Each unit's arithmetic does not
+// depend on the split, so results are the same from run to run.
+//
+// Shapes (T steps, B batch, H hidden, G = gates * H): `xp` [T, B, G] (time-major) or
+// [B, T, G] (batch-first), the input projections with every bias added; `valid` [T, B]: a
+// step past a sequence's length copies the state and outputs zero. Outputs are time-major.
+// The Python side (jaxrnn/_native.py) hands over OpenBLAS' cblas_sgemm before any call.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---------------------------------------------------------------------------------- BLAS
+
+using Sgemm = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                       const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                       int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // the CBLAS enum values
+
+Sgemm g_sgemm = nullptr;
+int g_max_threads = 1;
+
+// C[m, n] = beta * C + A[m, k] @ op(B) with op(B) = B[k, n] or B[n, k]^T (row-major).
+void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+          float beta, float* c, int ldc) {
+  g_sgemm(kRowMajor, kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta,
+          c, ldc);
+}
+
+// ------------------------------------------------------------------------------ threads
+
+// A sense-reversing barrier that spins briefly, then yields (the machine may be shared).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void Wait() {
+    if (n_ == 1) return;
+    int generation = generation_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins > 4000) std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> generation_{0};
+};
+
+// Runs body(k) for k in [0, n): k = 0 on the calling thread, the others as tasks on XLA's
+// intra-op thread pool (whose idle workers would otherwise spin on the cores the kernel needs).
+template <typename Body>
+void RunThreads(ffi::ThreadPool& pool, int n, const Body& body) {
+  std::atomic<int> done{0};
+  for (int k = 1; k < n; ++k) {
+    pool.Schedule([&body, &done, k] {
+      body(k);
+      done.fetch_add(1, std::memory_order_release);
+    });
+  }
+  body(0);
+  for (int spins = 0; done.load(std::memory_order_acquire) != n - 1; ++spins) {
+    if (spins > 4000) std::this_thread::yield();
+  }
+}
+
+// The number of threads for H hidden units, batch B and G gate columns per unit, and the
+// first unit of each thread (a multiple of 16, so that threads write whole cache lines).
+std::vector<int> SplitUnits(ffi::ThreadPool& pool, int64_t batch, int64_t hidden, int gates) {
+  int64_t macs = batch * hidden * hidden * gates;  // one step's recurrent multiply-adds
+  // Without a pool (no workers), a scheduled task would run inline and never meet the barrier.
+  int workers = pool.num_threads() > 0 ? g_max_threads : 1;
+  int n = static_cast<int>(std::min<int64_t>(workers, hidden / 16));
+  if (macs < (1 << 17)) n = 1;  // too little work per step to pay for a barrier
+  n = std::max(n, 1);
+  int64_t chunk = (hidden + n - 1) / n;
+  if (n > 1) chunk = (chunk + 15) / 16 * 16;
+  std::vector<int> starts;
+  for (int64_t j = 0; j < hidden; j += chunk) starts.push_back(static_cast<int>(j));
+  starts.push_back(static_cast<int>(hidden));
+  return starts;
+}
+
+// ---------------------------------------------------------------------------- pointwise
+// exp to about 1 ulp (range reduction by ln 2, a degree-6 polynomial), written so that the
+// compiler vectorises loops over it; NaN propagates through every function.
+
+inline float Exp(float x) {
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.0f ? -87.0f : x;
+  float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+
+inline float Tanh(float x) {
+  float a = std::fabs(x);
+  float e = Exp(-2.0f * a);
+  float t = (1.0f - e) / (1.0f + e);
+  float x2 = x * x;  // the series near 0, where 1 - e cancels
+  float s = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  return a < 0.25f ? s : std::copysign(t, x);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define JAXRNN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define JAXRNN_VECTOR_CLONES
+#endif
+
+// One batch row of one LSTM step over units [0, n): `xp` and `acc` hold the four gates'
+// pre-activations (input projection, recurrent product; gate g of unit j at g * stride + j).
+JAXRNN_VECTOR_CLONES
+void LstmRow(int n, const float* __restrict__ xp, int64_t xp_stride,
+             const float* __restrict__ acc, int64_t acc_stride, float forget_bias,
+             float* __restrict__ c, float* __restrict__ h, float* __restrict__ y,
+             float* __restrict__ c_prev, float* __restrict__ gi, float* __restrict__ gf,
+             float* __restrict__ gg, float* __restrict__ go) {
+  for (int j = 0; j < n; ++j) {
+    float i = Sigmoid(xp[j] + acc[j]);
+    float f = Sigmoid(xp[xp_stride + j] + acc[acc_stride + j] + forget_bias);
+    float g = Tanh(xp[2 * xp_stride + j] + acc[2 * acc_stride + j]);
+    float o = Sigmoid(xp[3 * xp_stride + j] + acc[3 * acc_stride + j]);
+    float cp = c[j];
+    float cn = f * cp + i * g;
+    float hn = o * Tanh(cn);
+    c_prev[j] = cp;
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+    c[j] = cn;
+    h[j] = hn;
+    y[j] = hn;
+  }
+}
+
+// One batch row of the LSTM's backward step over units [0, n). On entry `dh` holds the
+// cotangent of this step's h from later steps; on exit it is zero (the caller adds
+// d_z @ w_h^T) and `dc` holds the cotangent of the previous cell state.
+JAXRNN_VECTOR_CLONES
+void LstmBackwardRow(int n, const float* __restrict__ gi, const float* __restrict__ gf,
+                     const float* __restrict__ gg, const float* __restrict__ go,
+                     const float* __restrict__ c_prev, const float* __restrict__ dy,
+                     float* __restrict__ dc, float* __restrict__ dh, float* __restrict__ dz,
+                     int64_t dz_stride) {
+  for (int j = 0; j < n; ++j) {
+    float i = gi[j], f = gf[j], g = gg[j], o = go[j];
+    float cp = c_prev[j];
+    float tc = Tanh(f * cp + i * g);
+    float dha = dh[j] + dy[j];
+    float dca = dc[j] + dha * o * (1.0f - tc * tc);
+    dz[j] = dca * g * i * (1.0f - i);
+    dz[dz_stride + j] = dca * cp * f * (1.0f - f);
+    dz[2 * dz_stride + j] = dca * i * (1.0f - g * g);
+    dz[3 * dz_stride + j] = dha * tc * o * (1.0f - o);
+    dc[j] = dca * f;
+    dh[j] = 0.0f;
+  }
+}
+
+JAXRNN_VECTOR_CLONES
+void SimpleRow(int n, bool relu, const float* __restrict__ xp, const float* __restrict__ acc,
+               float* __restrict__ h, float* __restrict__ y) {
+  if (relu) {
+    for (int j = 0; j < n; ++j) {
+      float z = xp[j] + acc[j];
+      h[j] = y[j] = z > 0.0f ? z : (z == z ? 0.0f : z);
+    }
+  } else {
+    for (int j = 0; j < n; ++j) h[j] = y[j] = Tanh(xp[j] + acc[j]);
+  }
+}
+
+JAXRNN_VECTOR_CLONES
+void SimpleBackwardRow(int n, bool relu, const float* __restrict__ y,
+                       const float* __restrict__ dy, float* __restrict__ dh,
+                       float* __restrict__ dz) {
+  for (int j = 0; j < n; ++j) {
+    float g = dh[j] + dy[j];
+    dz[j] = relu ? (y[j] > 0.0f ? g : 0.0f) : g * (1.0f - y[j] * y[j]);
+    dh[j] = 0.0f;
+  }
+}
+
+// ------------------------------------------------------------------------------ layout
+
+struct Steps {
+  int64_t steps, batch;
+  bool reverse;
+  int64_t At(int64_t s) const { return reverse ? steps - 1 - s : s; }  // s-th step run
+};
+
+// Offset of xp[t, b, 0] for either layout.
+inline int64_t XpOffset(bool time_major, int64_t t, int64_t b, int64_t steps, int64_t batch,
+                        int64_t width) {
+  return (time_major ? t * batch + b : b * steps + t) * width;
+}
+
+ffi::Error CheckGemm() {
+  if (g_sgemm == nullptr) {
+    return ffi::Error(ffi::ErrorCode::kFailedPrecondition,
+                      "jaxrnn native kernels: no sgemm was registered");
+  }
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------------------------- LSTM
+
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> w_h,
+                           ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
+                           ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
+                           ffi::ResultBuffer<ffi::F32> c_out, ffi::ResultBuffer<ffi::F32> h_out,
+                           ffi::ResultBuffer<ffi::F32> c_prevs, ffi::ResultBuffer<ffi::F32> gate_i,
+                           ffi::ResultBuffer<ffi::F32> gate_f, ffi::ResultBuffer<ffi::F32> gate_g,
+                           ffi::ResultBuffer<ffi::F32> gate_o, float forget_bias,
+                           int32_t reverse, int32_t time_major) {
+  if (auto err = CheckGemm(); err.failure()) return err;
+  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
+  const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
+  const Steps order{steps, batch, reverse != 0};
+  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 4);
+  const int threads = static_cast<int>(starts.size()) - 1;
+
+  const float* x = xp.typed_data();
+  const float* w = w_h.typed_data();
+  const bool* v = valid.typed_data();
+  float* y = ys->typed_data();
+  float* cp_out = c_prevs->typed_data();
+  float* gi = gate_i->typed_data();
+  float* gf = gate_f->typed_data();
+  float* gg = gate_g->typed_data();
+  float* go = gate_o->typed_data();
+  float* c = c_out->typed_data();  // the cell state, updated in place
+  std::memcpy(c, c0.typed_data(), sizeof(float) * batch * hidden);
+  // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
+  std::vector<float> h_buf(2 * batch * hidden);
+  std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
+  Barrier barrier(threads);
+
+  RunThreads(pool, threads, [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    // This thread's columns of w_h, gate by gate: [hidden, 4 * n].
+    std::vector<float> w_k(hidden * 4 * n);
+    for (int64_t r = 0; r < hidden; ++r)
+      for (int gate = 0; gate < 4; ++gate)
+        std::memcpy(&w_k[r * 4 * n + gate * n], w + r * width + gate * hidden + j0,
+                    sizeof(float) * n);
+    std::vector<float> acc(batch * 4 * n);
+    std::vector<float> scratch_y(n), scratch_c(n), scratch_h(n);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = order.At(s);
+      const float* h_cur = &h_buf[(s % 2) * batch * hidden];
+      float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
+      Gemm(false, batch, 4 * n, hidden, h_cur, hidden, w_k.data(), 4 * n, 0.0f, acc.data(),
+           4 * n);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t row = (t * batch + b) * hidden + j0;
+        const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
+        float* c_row = c + b * hidden + j0;
+        if (v[t * batch + b]) {
+          LstmRow(n, x_row, hidden, &acc[b * 4 * n], n, forget_bias, c_row,
+                  h_next + b * hidden + j0, y + row, cp_out + row, gi + row, gf + row, gg + row,
+                  go + row);
+        } else {  // past the length: the state is copied and the output is zero
+          std::memcpy(scratch_c.data(), c_row, sizeof(float) * n);
+          LstmRow(n, x_row, hidden, &acc[b * 4 * n], n, forget_bias, scratch_c.data(),
+                  scratch_h.data(), scratch_y.data(), cp_out + row, gi + row, gf + row,
+                  gg + row, go + row);
+          std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
+          std::fill_n(y + row, n, 0.0f);
+        }
+      }
+      barrier.Wait();
+    }
+  });
+  std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
+              sizeof(float) * batch * hidden);
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c_prevs,
+                            ffi::Buffer<ffi::F32> gate_i, ffi::Buffer<ffi::F32> gate_f,
+                            ffi::Buffer<ffi::F32> gate_g, ffi::Buffer<ffi::F32> gate_o,
+                            ffi::Buffer<ffi::PRED> valid,
+                            ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
+                            ffi::Buffer<ffi::F32> d_h, ffi::ResultBuffer<ffi::F32> d_z,
+                            ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0,
+                            int32_t reverse) {
+  if (auto err = CheckGemm(); err.failure()) return err;
+  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
+  const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
+  // The backward pass runs the steps in the opposite order of the forward pass.
+  const Steps order{steps, batch, reverse == 0};
+  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 4);
+  const int threads = static_cast<int>(starts.size()) - 1;
+
+  const float* w = w_h.typed_data();
+  const float* cp = c_prevs.typed_data();
+  const float* gi = gate_i.typed_data();
+  const float* gf = gate_f.typed_data();
+  const float* gg = gate_g.typed_data();
+  const float* go = gate_o.typed_data();
+  const bool* v = valid.typed_data();
+  const float* dy = d_ys.typed_data();
+  float* dz = d_z->typed_data();
+  float* dc = d_c0->typed_data();  // running cotangents, updated in place
+  float* dh = d_h0->typed_data();
+  std::memcpy(dc, d_c.typed_data(), sizeof(float) * batch * hidden);
+  std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
+  Barrier barrier(threads);
+
+  RunThreads(pool, threads, [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = order.At(s);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t row = (t * batch + b) * hidden + j0;
+        float* dz_row = dz + (t * batch + b) * width + j0;
+        if (v[t * batch + b]) {
+          LstmBackwardRow(n, gi + row, gf + row, gg + row, go + row, cp + row, dy + row,
+                          dc + b * hidden + j0, dh + b * hidden + j0, dz_row, hidden);
+        } else {  // a copied state: its cotangents pass through, the step gets none
+          for (int gate = 0; gate < 4; ++gate) std::fill_n(dz_row + gate * hidden, n, 0.0f);
+        }
+      }
+      barrier.Wait();  // every unit's d_z of step t is written
+      // dh[:, j0:j0+n] += d_z[t] @ w_h[j0:j0+n, :]^T
+      Gemm(true, batch, n, width, dz + t * batch * width, width, w + j0 * width, width, 1.0f,
+           dh + j0, hidden);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// -------------------------------------------------------------------------- SimpleRNN
+
+ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> w_h,
+                             ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
+                             ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
+                             int32_t relu, int32_t reverse, int32_t time_major) {
+  if (auto err = CheckGemm(); err.failure()) return err;
+  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
+  const int64_t hidden = w_h.dimensions()[0];
+  const Steps order{steps, batch, reverse != 0};
+  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 1);
+  const int threads = static_cast<int>(starts.size()) - 1;
+
+  const float* x = xp.typed_data();
+  const float* w = w_h.typed_data();
+  const bool* v = valid.typed_data();
+  float* y = ys->typed_data();
+  std::vector<float> h_buf(2 * batch * hidden);
+  std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
+  Barrier barrier(threads);
+
+  RunThreads(pool, threads, [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    std::vector<float> acc(batch * n), scratch(n);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = order.At(s);
+      const float* h_cur = &h_buf[(s % 2) * batch * hidden];
+      float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
+      Gemm(false, batch, n, hidden, h_cur, hidden, w + j0, hidden, 0.0f, acc.data(), n);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t row = (t * batch + b) * hidden + j0;
+        const float* x_row = x + XpOffset(time_major, t, b, steps, batch, hidden) + j0;
+        if (v[t * batch + b]) {
+          SimpleRow(n, relu != 0, x_row, &acc[b * n], h_next + b * hidden + j0, y + row);
+        } else {
+          std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
+          std::fill_n(y + row, n, 0.0f);
+        }
+      }
+      barrier.Wait();
+    }
+  });
+  std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
+              sizeof(float) * batch * hidden);
+  return ffi::Error::Success();
+}
+
+ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> ys,
+                              ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::F32> d_ys,
+                              ffi::Buffer<ffi::F32> d_h, ffi::ResultBuffer<ffi::F32> d_z,
+                              ffi::ResultBuffer<ffi::F32> d_h0, int32_t relu, int32_t reverse) {
+  if (auto err = CheckGemm(); err.failure()) return err;
+  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
+  const int64_t hidden = w_h.dimensions()[0];
+  const Steps order{steps, batch, reverse == 0};
+  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 1);
+  const int threads = static_cast<int>(starts.size()) - 1;
+
+  const float* w = w_h.typed_data();
+  const float* y = ys.typed_data();
+  const bool* v = valid.typed_data();
+  const float* dy = d_ys.typed_data();
+  float* dz = d_z->typed_data();
+  float* dh = d_h0->typed_data();
+  std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
+  Barrier barrier(threads);
+
+  RunThreads(pool, threads, [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = order.At(s);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t row = (t * batch + b) * hidden + j0;
+        if (v[t * batch + b]) {
+          SimpleBackwardRow(n, relu != 0, y + row, dy + row, dh + b * hidden + j0, dz + row);
+        } else {
+          std::fill_n(dz + row, n, 0.0f);
+        }
+      }
+      barrier.Wait();
+      Gemm(true, batch, n, hidden, dz + t * batch * hidden, hidden, w + j0 * hidden, hidden,
+           1.0f, dh + j0, hidden);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("forget_bias")
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleForward, SimpleForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("relu")
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("relu")
+                                  .Attr<int32_t>("reverse"));
+
+extern "C" {
+// Called once from Python before any handler runs.
+__attribute__((visibility("default"))) void jaxrnn_set_sgemm(void* fn) {
+  g_sgemm = reinterpret_cast<Sgemm>(fn);
+}
+__attribute__((visibility("default"))) void jaxrnn_set_max_threads(int n) {
+  g_max_threads = n < 1 ? 1 : n;
+}
+}

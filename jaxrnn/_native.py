@@ -1,0 +1,179 @@
+"""jaxrnn's CPU kernels for the SimpleRNN and LSTM recurrences, called through the XLA FFI.
+
+XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a dispatch for
+each: at the tutorials' sizes that, not arithmetic, sets the step time. ``csrc/recurrence.cc``
+runs the whole recurrent loop (forward, or backward) in one call and splits every step's
+hidden units across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
+``scipy-openblas32``). It is built with the package (``setup.py``); where it is missing, or
+``JAXRNN_NATIVE=0``, or the computation is not float32, jaxrnn runs its XLA loops instead.
+
+:func:`on_cpu` is how the fused path uses a kernel: the kernel where the computation runs on
+a CPU (``lax.platform_dependent``), the XLA loop on GPU and TPU, and the XLA loop's
+derivative everywhere, so that the kernels need no derivatives of their own and higher-order
+gradients keep working. Every kernel takes and returns time-major ``[time, batch, ...]``
+per-step arrays (``xp`` may be batch-first) and a ``[time, batch]`` bool ``valid`` mask.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_NATIVE = "JAXRNN_NATIVE"  # "0": never use the kernels
+ENV_THREADS = "JAXRNN_NATIVE_THREADS"  # threads per kernel call (default: the usable cores)
+
+_TARGETS = {
+    "jaxrnn_lstm_forward": "JaxrnnLstmForward",
+    "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
+    "jaxrnn_simple_forward": "JaxrnnSimpleForward",
+    "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+}
+_log = logging.getLogger(__name__)
+_libraries: list[ctypes.CDLL] = []  # kept alive for the life of the process
+
+
+def _threads() -> int:
+    value = os.environ.get(ENV_THREADS)
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV_THREADS}={value!r} is not an integer") from None
+        if threads < 1:
+            raise ValueError(f"{ENV_THREADS} must be at least 1, got {threads}")
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _load() -> bool:
+    """Load the kernels and register them with XLA once; False where they cannot be used."""
+    if os.environ.get(ENV_NATIVE, "1") == "0":
+        return False
+    spec = importlib.util.find_spec("jaxrnn._recurrence")
+    try:
+        import scipy_openblas32
+    except ImportError:
+        scipy_openblas32 = None
+    if spec is None or spec.origin is None or scipy_openblas32 is None:
+        _log.info("jaxrnn's CPU kernels are not built; the XLA loops run instead")
+        return False
+    blas = ctypes.CDLL(
+        os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    )
+    blas.scipy_openblas_set_num_threads(1)  # the kernels split the work themselves
+    lib = ctypes.CDLL(spec.origin)
+    lib.jaxrnn_set_sgemm(ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p))
+    lib.jaxrnn_set_max_threads(_threads())
+    for name, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    _libraries.extend([blas, lib])
+    return True
+
+
+def available(*arrays: jax.Array) -> bool:
+    """Whether the kernels are built and every one of ``arrays`` is float32."""
+    return all(a.dtype == jnp.float32 for a in arrays) and _load()
+
+
+def mask(valid: jax.Array | None, steps: int, batch: int) -> jax.Array:
+    """The kernels' ``[time, batch]`` bool mask (all steps valid where ``valid`` is None)."""
+    return jnp.ones((steps, batch), jnp.bool_) if valid is None else valid
+
+
+def on_cpu(native: Callable, xla: Callable, *args):
+    """``native(*args)`` where the computation runs on a CPU and ``xla(*args)`` elsewhere, both
+    differentiated as ``xla`` (the two compute the same function)."""
+
+    def either(*args):
+        return jax.lax.platform_dependent(*args, cpu=native, default=xla)
+
+    def fwd(*args):
+        return either(*args), args
+
+    def bwd(args, cotangents):
+        return jax.vjp(xla, *args)[1](cotangents)
+
+    call = jax.custom_vjp(either)
+    call.defvjp(fwd, bwd)
+    return call(*args)
+
+
+def _outputs(*shapes) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+
+
+def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool):
+    """``(ys, c, h, c_prevs, (i, f, g, o))``: the LSTM over ``xp`` (``[T, B, 4H]`` or
+    ``[B, T, 4H]``, gates ``i, f, g, o`` with every bias added), from ``(c0, h0)``; the
+    per-step outputs, the cell states before each step and the gate activations are
+    ``[T, B, H]``."""
+    steps, batch = valid.shape
+    step = (steps, batch, w_h.shape[0])
+    state = (batch, w_h.shape[0])
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_forward",
+        _outputs(step, state, state, step, step, step, step, step),
+        vmap_method="sequential",
+    )
+    ys, c, h, c_prevs, i, f, g, o = call(
+        xp,
+        w_h,
+        c0,
+        h0,
+        valid,
+        forget_bias=np.float32(forget_bias),
+        reverse=np.int32(reverse),
+        time_major=np.int32(time_major),
+    )
+    return ys, c, h, c_prevs, (i, f, g, o)
+
+
+def lstm_backward(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, *, reverse: bool):
+    """``(d_z, d_c0, d_h0)``: the cotangents of the LSTM's pre-activations (``[T, B, 4H]``)
+    and of its initial state, given those of its outputs and final state."""
+    steps, batch, hidden = c_prevs.shape
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_backward",
+        _outputs((steps, batch, 4 * hidden), (batch, hidden), (batch, hidden)),
+        vmap_method="sequential",
+    )
+    return tuple(call(w_h, c_prevs, *gates, valid, d_ys, d_c, d_h, reverse=np.int32(reverse)))
+
+
+def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
+    """``(ys, h)``: the SimpleRNN over ``xp`` (``[T, B, H]`` or ``[B, T, H]`` with the bias
+    added) from ``h0``."""
+    steps, batch = valid.shape
+    hidden = w_h.shape[0]
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_forward",
+        _outputs((steps, batch, hidden), (batch, hidden)),
+        vmap_method="sequential",
+    )
+    ys, h = call(
+        xp,
+        w_h,
+        h0,
+        valid,
+        relu=np.int32(relu),
+        reverse=np.int32(reverse),
+        time_major=np.int32(time_major),
+    )
+    return ys, h
+
+
+def simple_backward(w_h, ys, valid, d_ys, d_h, *, relu: bool, reverse: bool):
+    """``(d_z, d_h0)``: the cotangents of the SimpleRNN's pre-activations and initial state."""
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_backward", _outputs(ys.shape, d_h.shape), vmap_method="sequential"
+    )
+    return tuple(call(w_h, ys, valid, d_ys, d_h, relu=np.int32(relu), reverse=np.int32(reverse)))

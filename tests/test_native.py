@@ -1,0 +1,186 @@
+"""The CPU kernels (``csrc/recurrence.cc`` through ``jaxrnn._native``): against the NumPy
+reference and the XLA loops they replace, at sizes that split the units across threads."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _reference import run as np_run
+from conftest import random_params
+
+import jaxrnn
+from jaxrnn import _fused, _native
+
+# B * H * H * gates >= 2**17 and H >= 32: the kernels split the units over two threads.
+CASES = [
+    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 9),
+    ("rnn_tanh", jaxrnn.SimpleRNN(64), {"activation": "tanh"}, 33),
+    ("rnn_relu", jaxrnn.SimpleRNN(64, activation="relu"), {"activation": "relu"}, 33),
+    ("lstm_small", jaxrnn.LSTM(5), {}, 4),  # one thread, units not a multiple of 16
+]
+T, I = 6, 3  # noqa: E741
+
+
+@pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
+def case(request):
+    name, cell, hyper, batch = request.param
+    kind = "lstm" if name.startswith("lstm") else "rnn"
+    return cell, kind, {**hyper, "hidden": cell.hidden_size}, batch
+
+
+def _lengths(batch):
+    return np.random.default_rng(1).integers(0, T + 1, batch).astype(np.int32)
+
+
+def test_the_kernels_are_built_and_used():
+    """CI builds them (setup.py); a silent fallback to the XLA loops would hide a broken build."""
+    assert os.environ.get(_native.ENV_NATIVE, "1") != "0"
+    assert _native.available(jnp.zeros(1, jnp.float32))
+    assert not _native.available(np.zeros(1, np.float64))
+    cell = jaxrnn.LSTM(8)
+    params = cell.init(jax.random.key(0), I)
+    hlo = jax.jit(lambda p, x: jaxrnn.rnn(cell, p, x)[0]).lower(params, jnp.zeros((2, T, I)))
+    assert "jaxrnn_lstm_forward" in hlo.as_text()
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fw", "bw"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+@pytest.mark.parametrize("time_major", [False, True], ids=["bf", "tm"])
+def test_matches_numpy(case, reverse, masked, time_major):
+    cell, kind, hyper, batch = case
+    params = random_params(cell, I)
+    xs = np.random.default_rng(0).normal(size=(batch, T, I)).astype(np.float32)
+    lengths = _lengths(batch) if masked else None
+    ys, carry = jax.jit(jaxrnn.rnn, static_argnums=0, static_argnames=("reverse", "time_major"))(
+        cell,
+        params,
+        np.swapaxes(xs, 0, 1) if time_major else xs,
+        lengths,
+        reverse=reverse,
+        time_major=time_major,
+    )
+    ref_ys, ref_carry = np_run(kind, params, xs, lengths, reverse=reverse, **hyper)
+    ys = np.swapaxes(ys, 0, 1) if time_major else ys
+    np.testing.assert_allclose(ys, ref_ys, rtol=2e-5, atol=2e-6)
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def _loops(cell, batch, time_major, reverse, valid):
+    """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
+    rng = np.random.default_rng(2)
+    hidden, gates = cell.hidden_size, 4 if isinstance(cell, jaxrnn.LSTM) else 1
+    w_h = jnp.asarray(rng.normal(0, 0.3, (hidden, gates * hidden)), jnp.float32)
+    lead = (T, batch) if time_major else (batch, T)
+    xp = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
+    state = [jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32) for _ in range(2)]
+    d_ys = jnp.asarray(rng.normal(size=(T, batch, hidden)), jnp.float32)
+    if isinstance(cell, jaxrnn.LSTM):
+        fb = {"forget_bias": cell.forget_bias, "time_major": time_major}
+        return (
+            lambda: _native.lstm_forward(w_h, xp, valid, *state, reverse=reverse, **fb),
+            lambda: _fused._lstm_forward_xla(
+                w_h, xp, valid, *state, backwards=reverse, unroll=1, **fb
+            ),
+            lambda fw: _native.lstm_backward(
+                w_h, fw[3], fw[4], valid, d_ys, *state, reverse=reverse
+            ),
+            lambda fw: _fused._lstm_backward_xla(
+                w_h, fw[3], fw[4], valid, d_ys, *state, backwards=reverse, unroll=1
+            ),
+        )
+    relu = cell.activation == "relu"
+    opts = {"relu": relu, "time_major": time_major}
+    return (
+        lambda: _native.simple_forward(w_h, xp, valid, state[0], reverse=reverse, **opts),
+        lambda: _fused._simple_forward_xla(
+            w_h, xp, valid, state[0], backwards=reverse, unroll=1, **opts
+        ),
+        lambda fw: _native.simple_backward(
+            w_h, fw[0], valid, d_ys, state[1], relu=relu, reverse=reverse
+        ),
+        lambda fw: _fused._simple_backward_xla(
+            w_h, fw[0], valid, d_ys, state[1], relu=relu, backwards=reverse, unroll=1
+        ),
+    )
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fw", "bw"])
+@pytest.mark.parametrize("time_major", [False, True], ids=["bf", "tm"])
+def test_kernels_match_the_xla_loops(case, reverse, time_major):
+    """Every output of both passes, including what the forward pass keeps for the backward
+    one, with a mask that has empty, partial and full sequences."""
+    cell, _, _, batch = case
+    lengths = _lengths(batch)
+    valid = jnp.arange(T)[:, None] < jnp.asarray(lengths)[None, :]
+    forward, forward_xla, backward, backward_xla = _loops(cell, batch, time_major, reverse, valid)
+    fw, fw_xla = jax.jit(forward)(), jax.jit(forward_xla)()
+    for got, want in zip(jax.tree.leaves(fw), jax.tree.leaves(fw_xla), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    bw, bw_xla = jax.jit(backward)(fw_xla), jax.jit(backward_xla)(fw_xla)
+    for got, want in zip(jax.tree.leaves(bw), jax.tree.leaves(bw_xla), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _loss(driver, cell, lengths):
+    def loss(params, xs):
+        ys, carry = driver(cell, params, xs, lengths)
+        weights = jnp.linspace(-1.0, 1.0, ys.size).reshape(ys.shape)
+        return jnp.sum(ys * weights) + sum(jnp.sum(c**2) for c in jax.tree.leaves(carry))
+
+    return loss
+
+
+def test_gradients_match_the_autodiff_path(case):
+    """The kernels' backward pass against autodiff of the Python-unrolled ``static_rnn``."""
+    cell, _, _, batch = case
+    params = random_params(cell, I)
+    xs = jnp.asarray(np.random.default_rng(3).normal(size=(batch, T, I)), jnp.float32)
+    lengths = jnp.asarray(_lengths(batch))
+    got = jax.jit(jax.grad(_loss(jaxrnn.rnn, cell, lengths), argnums=(0, 1)))(params, xs)
+    want = jax.grad(_loss(jaxrnn.static_rnn, cell, lengths), argnums=(0, 1))(params, xs)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_second_order_gradients_use_the_xla_derivatives():
+    """The kernels have no derivatives of their own: reverse over reverse still works."""
+    cell = jaxrnn.LSTM(32)
+    params = random_params(cell, I)
+    xs = jnp.asarray(np.random.default_rng(4).normal(size=(16, T, I)), jnp.float32)
+
+    def hvp(driver):
+        loss = _loss(driver, cell, None)
+        return jax.grad(lambda p: jnp.vdot(jax.grad(loss)(p, xs)["w_h"], params["w_h"]))
+
+    for g, w in zip(
+        jax.tree.leaves(jax.jit(hvp(jaxrnn.rnn))(params)),
+        jax.tree.leaves(hvp(jaxrnn.static_rnn)(params)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4)
+
+
+def test_vmap_and_repeat_runs():
+    """``vmap`` over the kernels (one call per example) and bitwise-equal repeated runs."""
+    cell = jaxrnn.LSTM(64)
+    params = random_params(cell, I)
+    xs = jnp.asarray(np.random.default_rng(5).normal(size=(3, 9, T, I)), jnp.float32)
+    run = jax.jit(jax.vmap(lambda x: jaxrnn.rnn(cell, params, x)[0]))
+    ys = run(xs)
+    for k in range(3):
+        np.testing.assert_allclose(ys[k], jaxrnn.rnn(cell, params, xs[k])[0], rtol=1e-6)
+    np.testing.assert_array_equal(ys, run(xs))
+
+
+def test_non_finite_values_propagate():
+    """A NaN input must reach the outputs (the training loop's non-finite guard relies on it)."""
+    for cell in (jaxrnn.LSTM(32), jaxrnn.SimpleRNN(32), jaxrnn.SimpleRNN(32, activation="relu")):
+        params = random_params(cell, I)
+        xs = np.zeros((4, T, I), np.float32)
+        xs[1, 2, 0] = np.nan
+        ys, _ = jax.jit(lambda p, x, c=cell: jaxrnn.rnn(c, p, x))(params, xs)
+        assert np.isnan(np.asarray(ys)[1, 2:]).any(axis=-1).all()
+        assert np.isfinite(np.asarray(ys)[[0, 2, 3]]).all()
