@@ -4,9 +4,9 @@
 // operation costs a dispatch; these handlers run the whole loop in one call and split each
 // step's hidden units across threads. Thread k owns a block of hidden units: it multiplies
 // the full previous state by its own columns of the recurrent weights (OpenBLAS sgemm, one
-// thread each), computes its units' elementwise update and writes them; one barrier per step
-// separates the writes of step t from the reads of step t+1. Each unit's arithmetic does not
-// depend on the split, so results are the same from run to run.
+// thread each), computes its units' elementwise update and writes them; step t+1 starts when
+// every chunk of step t is written (RunRounds). A chunk's arithmetic does not depend on the
+// thread that runs it, so results are the same from run to run.
 //
 // Shapes (T steps, B batch, H hidden, G = gates * H): `xp` [T, B, G] (time-major) or
 // [B, T, G] (batch-first), the input projections with every bias added; `valid` [T, B]: a
@@ -46,54 +46,54 @@ void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const floa
 
 // ------------------------------------------------------------------------------ threads
 
-// A sense-reversing barrier that spins briefly, then yields (the machine may be shared).
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void Wait() {
-    if (n_ == 1) return;
-    int generation = generation_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins > 4000) std::this_thread::yield();
-    }
-  }
-
- private:
-  const int n_;
-  std::atomic<int> count_{0};
-  std::atomic<int> generation_{0};
+// Counters shared with the helper tasks, which may start late, or after the call returned.
+struct Tickets {
+  std::atomic<int64_t> next{0};  // the next work item to claim
+  std::atomic<int64_t> done{0};  // work items finished
 };
 
-// Runs body(k) for k in [0, n): k = 0 on the calling thread, the others as tasks on XLA's
-// intra-op thread pool (whose idle workers would otherwise spin on the cores the kernel needs).
-template <typename Body>
-void RunThreads(ffi::ThreadPool& pool, int n, const Body& body) {
-  std::atomic<int> done{0};
-  for (int k = 1; k < n; ++k) {
-    pool.Schedule([&body, &done, k] {
-      body(k);
-      done.fetch_add(1, std::memory_order_release);
-    });
-  }
-  body(0);
-  for (int spins = 0; done.load(std::memory_order_acquire) != n - 1; ++spins) {
-    if (spins > 4000) std::this_thread::yield();
+inline void SpinUntil(const std::atomic<int64_t>& counter, int64_t value) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < value; ++spins) {
+    if (spins > 4000) std::this_thread::yield();  // the machine may be shared
   }
 }
 
-// The number of threads for H hidden units, batch B and G gate columns per unit, and the
-// first unit of each thread (a multiple of 16, so that threads write whole cache lines).
-std::vector<int> SplitUnits(ffi::ThreadPool& pool, int64_t batch, int64_t hidden, int gates) {
+// Runs `rounds` rounds of `chunks` work items, work(round, chunk, scratch): every item of a
+// round after every item of the previous round, on whichever thread claims it. The calling
+// thread claims items until none are left; `helpers` tasks on XLA's intra-op thread pool (whose
+// idle workers would otherwise spin on the cores the kernel needs) join when they start. The
+// caller never waits for a helper to start, so a busy pool, or none, cannot deadlock it, and an
+// item's arithmetic depends only on (round, chunk), so neither do the results. `scratch` holds
+// `scratch_size` floats per thread.
+template <typename Work>
+void RunRounds(ffi::ThreadPool& pool, int helpers, int64_t rounds, int chunks,
+               size_t scratch_size, const Work& work) {
+  const int64_t total = rounds * chunks;
+  auto tickets = std::make_shared<Tickets>();
+  // A helper that starts after the last item was claimed returns without touching `work`.
+  auto participate = [tickets, total, chunks, scratch_size, &work] {
+    std::vector<float> scratch;
+    for (;;) {
+      const int64_t item = tickets->next.fetch_add(1, std::memory_order_relaxed);
+      if (item >= total) return;
+      if (scratch.empty()) scratch.resize(scratch_size);
+      const int64_t round = item / chunks;
+      SpinUntil(tickets->done, round * chunks);
+      work(round, static_cast<int>(item % chunks), scratch.data());
+      tickets->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int k = 0; k < helpers; ++k) pool.Schedule([participate] { participate(); });
+  participate();
+  SpinUntil(tickets->done, total);
+}
+
+// The chunks of H hidden units (one per thread, given batch B and G gate columns per unit) as
+// the first unit of each, a multiple of 16 so that chunks write whole cache lines, and H.
+std::vector<int> SplitUnits(int64_t batch, int64_t hidden, int gates) {
   int64_t macs = batch * hidden * hidden * gates;  // one step's recurrent multiply-adds
-  // Without a pool (no workers), a scheduled task would run inline and never meet the barrier.
-  int workers = pool.num_threads() > 0 ? g_max_threads : 1;
-  int n = static_cast<int>(std::min<int64_t>(workers, hidden / 16));
-  if (macs < (1 << 17)) n = 1;  // too little work per step to pay for a barrier
+  int n = static_cast<int>(std::min<int64_t>(g_max_threads, hidden / 16));
+  if (macs < (1 << 17)) n = 1;  // too little work per step to pay for a second thread
   n = std::max(n, 1);
   int64_t chunk = (hidden + n - 1) / n;
   if (n > 1) chunk = (chunk + 15) / 16 * 16;
@@ -241,20 +241,22 @@ ffi::Error CheckGemm() {
 
 // ------------------------------------------------------------------------------- LSTM
 
-ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> w_h,
-                           ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
-                           ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
-                           ffi::ResultBuffer<ffi::F32> c_out, ffi::ResultBuffer<ffi::F32> h_out,
-                           ffi::ResultBuffer<ffi::F32> c_prevs, ffi::ResultBuffer<ffi::F32> gate_i,
-                           ffi::ResultBuffer<ffi::F32> gate_f, ffi::ResultBuffer<ffi::F32> gate_g,
-                           ffi::ResultBuffer<ffi::F32> gate_o, float forget_bias,
-                           int32_t reverse, int32_t time_major) {
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
+                           ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c0,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
+                           ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
+                           ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> c_prevs,
+                           ffi::ResultBuffer<ffi::F32> gate_i, ffi::ResultBuffer<ffi::F32> gate_f,
+                           ffi::ResultBuffer<ffi::F32> gate_g, ffi::ResultBuffer<ffi::F32> gate_o,
+                           float forget_bias, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
   const Steps order{steps, batch, reverse != 0};
-  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 4);
-  const int threads = static_cast<int>(starts.size()) - 1;
+  const std::vector<int> starts = SplitUnits(batch, hidden, 4);
+  const int chunks = static_cast<int>(starts.size()) - 1;
+  int widest = 0;
+  for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
 
   const float* x = xp.typed_data();
   const float* w = w_h.typed_data();
@@ -270,53 +272,53 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::
   // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
   std::vector<float> h_buf(2 * batch * hidden);
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  Barrier barrier(threads);
-
-  RunThreads(pool, threads, [&](int k) {
+  // Each chunk's columns of w_h, gate by gate: [hidden, 4 * n].
+  std::vector<std::vector<float>> w_chunk(chunks);
+  for (int k = 0; k < chunks; ++k) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
-    // This thread's columns of w_h, gate by gate: [hidden, 4 * n].
-    std::vector<float> w_k(hidden * 4 * n);
+    w_chunk[k].resize(hidden * 4 * n);
     for (int64_t r = 0; r < hidden; ++r)
       for (int gate = 0; gate < 4; ++gate)
-        std::memcpy(&w_k[r * 4 * n + gate * n], w + r * width + gate * hidden + j0,
+        std::memcpy(&w_chunk[k][(r * 4 + gate) * n], w + r * width + gate * hidden + j0,
                     sizeof(float) * n);
-    std::vector<float> acc(batch * 4 * n);
-    std::vector<float> scratch_y(n), scratch_c(n), scratch_h(n);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = order.At(s);
-      const float* h_cur = &h_buf[(s % 2) * batch * hidden];
-      float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
-      Gemm(false, batch, 4 * n, hidden, h_cur, hidden, w_k.data(), 4 * n, 0.0f, acc.data(),
-           4 * n);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t row = (t * batch + b) * hidden + j0;
-        const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
-        float* c_row = c + b * hidden + j0;
-        if (v[t * batch + b]) {
-          LstmRow(n, x_row, hidden, &acc[b * 4 * n], n, forget_bias, c_row,
-                  h_next + b * hidden + j0, y + row, cp_out + row, gi + row, gf + row, gg + row,
-                  go + row);
-        } else {  // past the length: the state is copied and the output is zero
-          std::memcpy(scratch_c.data(), c_row, sizeof(float) * n);
-          LstmRow(n, x_row, hidden, &acc[b * 4 * n], n, forget_bias, scratch_c.data(),
-                  scratch_h.data(), scratch_y.data(), cp_out + row, gi + row, gf + row,
-                  gg + row, go + row);
-          std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
-          std::fill_n(y + row, n, 0.0f);
-        }
+  }
+
+  // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y.
+  auto step = [&](int64_t s, int k, float* scratch) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    const int64_t t = order.At(s);
+    const float* h_cur = &h_buf[(s % 2) * batch * hidden];
+    float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
+    float* acc = scratch;
+    float *sc = acc + batch * 4 * n, *sh = sc + n, *sy = sh + n;
+    Gemm(false, batch, 4 * n, hidden, h_cur, hidden, w_chunk[k].data(), 4 * n, 0.0f, acc, 4 * n);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
+      float* c_row = c + b * hidden + j0;
+      if (v[t * batch + b]) {
+        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, c_row,
+                h_next + b * hidden + j0, y + row, cp_out + row, gi + row, gf + row, gg + row,
+                go + row);
+      } else {  // past the length: the state is copied and the output is zero
+        std::memcpy(sc, c_row, sizeof(float) * n);
+        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, cp_out + row,
+                gi + row, gf + row, gg + row, go + row);
+        std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
+        std::fill_n(y + row, n, 0.0f);
       }
-      barrier.Wait();
     }
-  });
+  };
+  RunRounds(pool, chunks - 1, steps, chunks, batch * 4 * widest + 3 * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
               sizeof(float) * batch * hidden);
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c_prevs,
-                            ffi::Buffer<ffi::F32> gate_i, ffi::Buffer<ffi::F32> gate_f,
-                            ffi::Buffer<ffi::F32> gate_g, ffi::Buffer<ffi::F32> gate_o,
-                            ffi::Buffer<ffi::PRED> valid,
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
+                            ffi::Buffer<ffi::F32> c_prevs, ffi::Buffer<ffi::F32> gate_i,
+                            ffi::Buffer<ffi::F32> gate_f, ffi::Buffer<ffi::F32> gate_g,
+                            ffi::Buffer<ffi::F32> gate_o, ffi::Buffer<ffi::PRED> valid,
                             ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
                             ffi::Buffer<ffi::F32> d_h, ffi::ResultBuffer<ffi::F32> d_z,
                             ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0,
@@ -326,8 +328,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi
   const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
   // The backward pass runs the steps in the opposite order of the forward pass.
   const Steps order{steps, batch, reverse == 0};
-  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 4);
-  const int threads = static_cast<int>(starts.size()) - 1;
+  const std::vector<int> starts = SplitUnits(batch, hidden, 4);
+  const int chunks = static_cast<int>(starts.size()) - 1;
 
   const float* w = w_h.typed_data();
   const float* cp = c_prevs.typed_data();
@@ -342,43 +344,48 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi
   float* dh = d_h0->typed_data();
   std::memcpy(dc, d_c.typed_data(), sizeof(float) * batch * hidden);
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
-  Barrier barrier(threads);
 
-  RunThreads(pool, threads, [&](int k) {
+  // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
+  // of that step: the previous round) and runs the pointwise part of step u.
+  auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = order.At(s);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t row = (t * batch + b) * hidden + j0;
-        float* dz_row = dz + (t * batch + b) * width + j0;
-        if (v[t * batch + b]) {
-          LstmBackwardRow(n, gi + row, gf + row, gg + row, go + row, cp + row, dy + row,
-                          dc + b * hidden + j0, dh + b * hidden + j0, dz_row, hidden);
-        } else {  // a copied state: its cotangents pass through, the step gets none
-          for (int gate = 0; gate < 4; ++gate) std::fill_n(dz_row + gate * hidden, n, 0.0f);
-        }
-      }
-      barrier.Wait();  // every unit's d_z of step t is written
-      // dh[:, j0:j0+n] += d_z[t] @ w_h[j0:j0+n, :]^T
+    if (u > 0) {
+      const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, width, dz + t * batch * width, width, w + j0 * width, width, 1.0f,
            dh + j0, hidden);
     }
-  });
+    if (u == steps) return;
+    const int64_t t = order.At(u);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      float* dz_row = dz + (t * batch + b) * width + j0;
+      if (v[t * batch + b]) {
+        LstmBackwardRow(n, gi + row, gf + row, gg + row, go + row, cp + row, dy + row,
+                        dc + b * hidden + j0, dh + b * hidden + j0, dz_row, hidden);
+      } else {  // a copied state: its cotangents pass through, the step gets none
+        for (int gate = 0; gate < 4; ++gate) std::fill_n(dz_row + gate * hidden, n, 0.0f);
+      }
+    }
+  };
+  RunRounds(pool, chunks - 1, steps + 1, chunks, 0, round);
   return ffi::Error::Success();
 }
 
 // -------------------------------------------------------------------------- SimpleRNN
 
-ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> w_h,
-                             ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
-                             ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
-                             int32_t relu, int32_t reverse, int32_t time_major) {
+ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
+                             ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
+                             ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
+                             ffi::ResultBuffer<ffi::F32> h_out, int32_t relu, int32_t reverse,
+                             int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0];
   const Steps order{steps, batch, reverse != 0};
-  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 1);
-  const int threads = static_cast<int>(starts.size()) - 1;
+  const std::vector<int> starts = SplitUnits(batch, hidden, 1);
+  const int chunks = static_cast<int>(starts.size()) - 1;
+  int widest = 0;
+  for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
 
   const float* x = xp.typed_data();
   const float* w = w_h.typed_data();
@@ -386,44 +393,41 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi
   float* y = ys->typed_data();
   std::vector<float> h_buf(2 * batch * hidden);
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  Barrier barrier(threads);
 
-  RunThreads(pool, threads, [&](int k) {
+  auto step = [&](int64_t s, int k, float* acc) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
-    std::vector<float> acc(batch * n), scratch(n);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = order.At(s);
-      const float* h_cur = &h_buf[(s % 2) * batch * hidden];
-      float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
-      Gemm(false, batch, n, hidden, h_cur, hidden, w + j0, hidden, 0.0f, acc.data(), n);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t row = (t * batch + b) * hidden + j0;
-        const float* x_row = x + XpOffset(time_major, t, b, steps, batch, hidden) + j0;
-        if (v[t * batch + b]) {
-          SimpleRow(n, relu != 0, x_row, &acc[b * n], h_next + b * hidden + j0, y + row);
-        } else {
-          std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
-          std::fill_n(y + row, n, 0.0f);
-        }
+    const int64_t t = order.At(s);
+    const float* h_cur = &h_buf[(s % 2) * batch * hidden];
+    float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
+    Gemm(false, batch, n, hidden, h_cur, hidden, w + j0, hidden, 0.0f, acc, n);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      const float* x_row = x + XpOffset(time_major, t, b, steps, batch, hidden) + j0;
+      if (v[t * batch + b]) {
+        SimpleRow(n, relu != 0, x_row, acc + b * n, h_next + b * hidden + j0, y + row);
+      } else {
+        std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
+        std::fill_n(y + row, n, 0.0f);
       }
-      barrier.Wait();
     }
-  });
+  };
+  RunRounds(pool, chunks - 1, steps, chunks, batch * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
               sizeof(float) * batch * hidden);
   return ffi::Error::Success();
 }
 
-ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> ys,
-                              ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::F32> d_ys,
-                              ffi::Buffer<ffi::F32> d_h, ffi::ResultBuffer<ffi::F32> d_z,
-                              ffi::ResultBuffer<ffi::F32> d_h0, int32_t relu, int32_t reverse) {
+ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
+                              ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::PRED> valid,
+                              ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
+                              ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_h0,
+                              int32_t relu, int32_t reverse) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0];
   const Steps order{steps, batch, reverse == 0};
-  const std::vector<int> starts = SplitUnits(pool, batch, hidden, 1);
-  const int threads = static_cast<int>(starts.size()) - 1;
+  const std::vector<int> starts = SplitUnits(batch, hidden, 1);
+  const int chunks = static_cast<int>(starts.size()) - 1;
 
   const float* w = w_h.typed_data();
   const float* y = ys.typed_data();
@@ -432,25 +436,26 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h, f
   float* dz = d_z->typed_data();
   float* dh = d_h0->typed_data();
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
-  Barrier barrier(threads);
 
-  RunThreads(pool, threads, [&](int k) {
+  auto round = [&](int64_t u, int k, float*) {  // as in the LSTM's backward pass
     const int j0 = starts[k], n = starts[k + 1] - j0;
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = order.At(s);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t row = (t * batch + b) * hidden + j0;
-        if (v[t * batch + b]) {
-          SimpleBackwardRow(n, relu != 0, y + row, dy + row, dh + b * hidden + j0, dz + row);
-        } else {
-          std::fill_n(dz + row, n, 0.0f);
-        }
-      }
-      barrier.Wait();
+    if (u > 0) {
+      const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, hidden, dz + t * batch * hidden, hidden, w + j0 * hidden, hidden,
            1.0f, dh + j0, hidden);
     }
-  });
+    if (u == steps) return;
+    const int64_t t = order.At(u);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      if (v[t * batch + b]) {
+        SimpleBackwardRow(n, relu != 0, y + row, dy + row, dh + b * hidden + j0, dz + row);
+      } else {
+        std::fill_n(dz + row, n, 0.0f);
+      }
+    }
+  };
+  RunRounds(pool, chunks - 1, steps + 1, chunks, 0, round);
   return ffi::Error::Success();
 }
 

@@ -66,10 +66,22 @@ def _load() -> bool:
     if spec is None or spec.origin is None or scipy_openblas32 is None:
         _log.info("jaxrnn's CPU kernels are not built; the XLA loops run instead")
         return False
-    blas = ctypes.CDLL(
-        os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
-    )
-    blas.scipy_openblas_set_num_threads(1)  # the kernels split the work themselves
+    # The kernels split the work themselves: OpenBLAS starts no threads of its own (idle, they
+    # poll, on the cores that the kernels need).
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        blas = ctypes.CDLL(
+            os.path.join(
+                scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)
+            )
+        )
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    blas.scipy_openblas_set_num_threads(1)
     lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_set_sgemm(ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p))
     lib.jaxrnn_set_max_threads(_threads())

@@ -72,7 +72,7 @@ def _loops(cell, batch, time_major, reverse, valid):
     """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
     rng = np.random.default_rng(2)
     hidden, gates = cell.hidden_size, 4 if isinstance(cell, jaxrnn.LSTM) else 1
-    w_h = jnp.asarray(rng.normal(0, 0.3, (hidden, gates * hidden)), jnp.float32)
+    w_h = jnp.asarray(rng.normal(0, hidden**-0.5, (hidden, gates * hidden)), jnp.float32)
     lead = (T, batch) if time_major else (batch, T)
     xp = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
     state = [jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32) for _ in range(2)]
