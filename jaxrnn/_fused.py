@@ -65,6 +65,13 @@ def _per_gate(xp, gates, time_major):
     return split if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in split)
 
 
+def _native_loops(unroll: int | bool, *arrays: Array) -> bool:
+    """Whether the loops run as jaxrnn's CPU kernels (on a CPU): only for ``unroll=1``, since
+    an explicit ``unroll`` asks for ``lax.scan``'s unrolled loop, and only for float32."""
+    default = unroll is False or (not isinstance(unroll, bool) and unroll == 1)
+    return default and _native.available(*arrays)
+
+
 def _with_backward(forward: Callable, backward: Callable) -> Callable:
     """``scan(cell, backwards, unroll, time_major, params, xs, valid, carry0) -> (ys, carry)``
     as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0, backwards,
@@ -211,7 +218,7 @@ def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
     xla = functools.partial(
         _simple_forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
     )
-    if _native.available(w_h, xp, h0):
+    if _native_loops(unroll, w_h, xp, h0):
         native = functools.partial(
             _native.simple_forward, relu=relu, reverse=backwards, time_major=time_major
         )
@@ -226,7 +233,7 @@ def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
     d_ys, d_h = cotangents
     relu, w_h = cell.activation == "relu", params["w_h"]
     xla = functools.partial(_simple_backward_xla, relu=relu, backwards=backwards, unroll=unroll)
-    if _native.available(w_h, ys, d_ys, d_h):
+    if _native_loops(unroll, w_h, ys, d_ys, d_h):
         native = functools.partial(_native.simple_backward, relu=relu, reverse=backwards)
         valid_ = _native.mask(valid, *ys.shape[:2])
         d_z, d_h0 = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h)
@@ -310,7 +317,7 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
-    if _native.available(w_h, xp, *carry0):
+    if _native_loops(unroll, w_h, xp, *carry0):
         native = functools.partial(_native.lstm_forward, reverse=backwards, **options)
         valid_ = _native.mask(valid, steps, batch)
         ys, c, h, c_prevs, gates = _native.on_cpu(native, xla, w_h, xp, valid_, *carry0)
@@ -324,7 +331,7 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
     d_ys, (d_c, d_h) = cotangents
     w_h = params["w_h"]
     xla = functools.partial(_lstm_backward_xla, backwards=backwards, unroll=unroll)
-    if _native.available(w_h, c_prevs, d_ys, d_c, d_h):
+    if _native_loops(unroll, w_h, c_prevs, d_ys, d_c, d_h):
         native = functools.partial(_native.lstm_backward, reverse=backwards)
         valid_ = _native.mask(valid, *ys.shape[:2])
         d_z, d_c0, d_h0 = _native.on_cpu(native, xla, w_h, c_prevs, gates, valid_, d_ys, d_c, d_h)

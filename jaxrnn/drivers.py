@@ -22,7 +22,11 @@ measurements behind each choice):
   (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
   pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and
   the cell's elementwise derivative, and the weight and input gradients are one matmul each
-  after it. Forward-mode differentiation (``jax.jvp``) of this path is not defined.
+  after it. Forward-mode differentiation (``jax.jvp``) of this path is not defined. On a CPU,
+  for float32 ``SimpleRNN`` and ``LSTM`` with the default ``unroll=1``, both loops run as
+  jaxrnn's kernels (``csrc/recurrence.cc`` via ``jaxrnn/_native.py``): the whole loop in one
+  call, each step's hidden units split over the cores; an explicit ``unroll``, another
+  platform or dtype, or ``JAXRNN_NATIVE=0`` runs ``lax.scan`` instead.
 * Otherwise (``GRU(reset_after=False)``, ``remat``, recurrent dropout) ``lax.scan`` is
   differentiated by JAX, with the input projection inside the step; it supports ``jax.jvp``.
   ``static_rnn`` projects all steps at once and is differentiated by JAX.
@@ -199,7 +203,8 @@ def rnn(
         are padding (see the module docstring). ``None`` means every step is valid.
       initial_carry: optional carry (default zeros), leaves ``[batch, hidden_size]``.
       reverse: run each sequence (its valid prefix, with ``lengths``) from the end.
-      unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all).
+      unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all). Any value but
+        1 also turns off the CPU kernels (see the module docstring).
       time_major: layout of ``xs`` and ``ys``.
       remat: memory of the backward pass. ``False`` keeps every step's intermediate values
         (fastest); ``True`` keeps only each step's carry and input and recomputes the step in

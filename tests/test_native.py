@@ -184,3 +184,12 @@ def test_non_finite_values_propagate():
         ys, _ = jax.jit(lambda p, x, c=cell: jaxrnn.rnn(c, p, x))(params, xs)
         assert np.isnan(np.asarray(ys)[1, 2:]).any(axis=-1).all()
         assert np.isfinite(np.asarray(ys)[[0, 2, 3]]).all()
+
+
+def test_an_explicit_unroll_runs_lax_scan():
+    cell = jaxrnn.LSTM(8)
+    params = cell.init(jax.random.key(0), I)
+    xs = jnp.zeros((2, T, I))
+    for unroll, native in ((1, True), (False, True), (2, False), (True, False)):
+        hlo = jax.jit(lambda p, x, u=unroll: jaxrnn.rnn(cell, p, x, unroll=u)[0]).lower(params, xs)
+        assert ("jaxrnn_lstm_forward" in hlo.as_text()) == native, unroll
