@@ -44,6 +44,25 @@ void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const floa
           c, ldc);
 }
 
+// The recurrent weights' gradient for `width` of its columns (from column `col`):
+// d_w[:, col:col+width] = sum over steps of h_prev[t]^T @ d_z[t][:, col:col+width], where
+// h_prev[t] is the state before step t: the previous step's output (ys [T, B, H], in the
+// direction the steps ran), or h0 for the first step. Where a step is past a sequence's
+// length its d_z row is zero, so the (wrong) h_prev row there adds nothing.
+void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden, bool reverse,
+                             const float* ys, const float* h0, const float* dz, int64_t dz_width,
+                             int col, int width, float* d_w) {
+  const int64_t first = reverse ? steps - 1 : 0;  // the step whose previous state is h0
+  // h0 x d_z[first], then the outputs of steps [0, T-1) x d_z[1, T) (or [1, T) x [0, T-1)).
+  g_sgemm(kRowMajor, kTrans, kNoTrans, hidden, width, batch, 1.0f, h0, hidden,
+          dz + first * batch * dz_width + col, dz_width, 0.0f, d_w + col, dz_width);
+  if (steps == 1) return;
+  const float* h = reverse ? ys + batch * hidden : ys;
+  const float* d = reverse ? dz + col : dz + batch * dz_width + col;
+  g_sgemm(kRowMajor, kTrans, kNoTrans, hidden, width, (steps - 1) * batch, 1.0f, h, hidden, d,
+          dz_width, 1.0f, d_w + col, dz_width);
+}
+
 // ------------------------------------------------------------------------------ threads
 
 // Counters shared with the helper tasks, which may start late, or after the call returned.
@@ -320,9 +339,10 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                             ffi::Buffer<ffi::F32> gate_f, ffi::Buffer<ffi::F32> gate_g,
                             ffi::Buffer<ffi::F32> gate_o, ffi::Buffer<ffi::PRED> valid,
                             ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
-                            ffi::Buffer<ffi::F32> d_h, ffi::ResultBuffer<ffi::F32> d_z,
+                            ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
+                            ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> d_z,
                             ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0,
-                            int32_t reverse) {
+                            ffi::ResultBuffer<ffi::F32> d_w_h, int32_t reverse) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
@@ -346,9 +366,17 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
 
   // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
-  // of that step: the previous round) and runs the pointwise part of step u.
+  // of that step: the previous round) and runs the pointwise part of step u; the last round
+  // computes the chunk's columns of w_h's gradient, once every d_z is written.
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 1) {
+      for (int gate = 0; gate < 4; ++gate)
+        RecurrentWeightGradient(steps, batch, hidden, reverse != 0, ys.typed_data(),
+                                h0.typed_data(), dz, width, gate * hidden + j0, n,
+                                d_w_h->typed_data());
+      return;
+    }
     if (u > 0) {
       const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, width, dz + t * batch * width, width, w + j0 * width, width, 1.0f,
@@ -367,7 +395,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps + 1, chunks, 0, round);
+  RunRounds(pool, chunks - 1, steps + 2, chunks, 0, round);
   return ffi::Error::Success();
 }
 
@@ -420,7 +448,8 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                               ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::PRED> valid,
                               ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
-                              ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_h0,
+                              ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> d_z,
+                              ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
                               int32_t relu, int32_t reverse) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
@@ -439,6 +468,11 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
 
   auto round = [&](int64_t u, int k, float*) {  // as in the LSTM's backward pass
     const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 1) {
+      RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(), dz, hidden,
+                              j0, n, d_w_h->typed_data());
+      return;
+    }
     if (u > 0) {
       const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, hidden, dz + t * batch * hidden, hidden, w + j0 * hidden, hidden,
@@ -455,7 +489,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps + 1, chunks, 0, round);
+  RunRounds(pool, chunks - 1, steps + 2, chunks, 0, round);
   return ffi::Error::Success();
 }
 
@@ -494,6 +528,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -520,6 +557,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("relu")

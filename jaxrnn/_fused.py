@@ -94,8 +94,19 @@ def _with_backward(forward: Callable, backward: Callable) -> Callable:
 def _previous_h(cell, backwards, carry0, ys):
     """The ``h`` before every step: the previous output (time-major). Past a sequence's length
     (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
-    h0 = cell.hidden(carry0)[None]
+    return _states_before(backwards, cell.hidden(carry0), ys)
+
+
+def _states_before(backwards, h0, ys):
+    """``_previous_h`` from the initial ``h0`` ``[batch, hidden]``."""
+    h0 = h0[None]
     return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
+
+
+def _recurrent_weight_gradient(backwards, h0, ys, d_z):
+    """``w_h``'s gradient, ``sum_t h_prev[t]^T d_z[t]``, as one matmul over all steps."""
+    h_prev = _states_before(backwards, h0, ys)
+    return h_prev.reshape(-1, h_prev.shape[-1]).T @ d_z.reshape(-1, d_z.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,19 +166,22 @@ _gru_scan = _with_backward(_gru_forward, _gru_backward)
 def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
     """The gradients of the parameters and of ``xs`` from all steps at once (one matmul each),
     given the state before each step and the cotangents of the input and recurrent
-    pre-activations (time-major, gates concatenated)."""
+    pre-activations (time-major, gates concatenated). ``h_prev=None``: ``d_hh`` is already
+    ``w_h``'s gradient (the SimpleRNN's and LSTM's loops compute it)."""
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     steps, batch, features = xs_tm.shape
     flat = xs_tm.reshape(steps * batch, features)
     _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
     d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
+    d_xs = d_flat.reshape(xs_tm.shape)
+    d_xs = d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+    if h_prev is None:
+        return {**d_params, "w_h": d_hh}, d_xs
     h_flat = h_prev.reshape(steps * batch, -1)
     (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_flat), params)[1](
         d_hh.reshape(steps * batch, -1)
     )
-    d_params = jax.tree.map(jnp.add, d_params, d_params_h)
-    d_xs = d_flat.reshape(xs_tm.shape)
-    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+    return jax.tree.map(jnp.add, d_params, d_params_h), d_xs
 
 
 # ------------------------------------------------------------------------------------------
@@ -192,7 +206,7 @@ def _simple_forward_xla(w_h, xp, valid, h0, *, relu, backwards, time_major, unro
     return ys, h
 
 
-def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, *, relu, backwards, unroll):
+def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, *, relu, backwards, unroll):
     w_h_t = w_h.T
 
     def body(d_h, inputs):
@@ -208,7 +222,7 @@ def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, *, relu, backwards, unroll):
         return d_z @ w_h_t, d_z
 
     d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
-    return d_z, d_h0
+    return d_z, d_h0, _recurrent_weight_gradient(backwards, h0, ys, d_z)
 
 
 def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
@@ -236,12 +250,10 @@ def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
     if _native_loops(unroll, w_h, ys, d_ys, d_h):
         native = functools.partial(_native.simple_backward, relu=relu, reverse=backwards)
         valid_ = _native.mask(valid, *ys.shape[:2])
-        d_z, d_h0 = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h)
+        d_z, d_h0, d_w_h = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h, h0)
     else:
-        d_z, d_h0 = xla(w_h, ys, valid, d_ys, d_h)
-    # The state before each step is the previous step's output (where d_z is not zero).
-    h_prev = _previous_h(cell, backwards, h0, ys)
-    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
+        d_z, d_h0, d_w_h = xla(w_h, ys, valid, d_ys, d_h, h0)
+    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, None, d_z, d_w_h)
     return d_params, d_xs, None, d_h0
 
 
@@ -279,7 +291,7 @@ def _lstm_forward_xla(w_h, xp, valid, c0, h0, *, forget_bias, backwards, time_ma
     return ys, c, h, c_prevs, gates
 
 
-def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, *, backwards, unroll):
+def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, *, backwards, unroll):
     w_h_t = w_h.T
 
     def body(d_carry, inputs):
@@ -309,7 +321,7 @@ def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, *, backwards,
     (d_c0, d_h0), d_z = jax.lax.scan(
         body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    return d_z, d_c0, d_h0
+    return d_z, d_c0, d_h0, _recurrent_weight_gradient(backwards, h0, ys, d_z)
 
 
 def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
@@ -334,11 +346,11 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
     if _native_loops(unroll, w_h, c_prevs, d_ys, d_c, d_h):
         native = functools.partial(_native.lstm_backward, reverse=backwards)
         valid_ = _native.mask(valid, *ys.shape[:2])
-        d_z, d_c0, d_h0 = _native.on_cpu(native, xla, w_h, c_prevs, gates, valid_, d_ys, d_c, d_h)
+        args = (w_h, c_prevs, gates, valid_, d_ys, d_c, d_h, ys, carry0[1])
+        d_z, d_c0, d_h0, d_w_h = _native.on_cpu(native, xla, *args)
     else:
-        d_z, d_c0, d_h0 = xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h)
-    h_prev = _previous_h(cell, backwards, carry0, ys)
-    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_z, d_z)
+        d_z, d_c0, d_h0, d_w_h = xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, carry0[1])
+    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, None, d_z, d_w_h)
     return d_params, d_xs, None, (d_c0, d_h0)
 
 

@@ -149,16 +149,19 @@ def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, t
     return ys, c, h, c_prevs, (i, f, g, o)
 
 
-def lstm_backward(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, *, reverse: bool):
-    """``(d_z, d_c0, d_h0)``: the cotangents of the LSTM's pre-activations (``[T, B, 4H]``)
-    and of its initial state, given those of its outputs and final state."""
+def lstm_backward(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, *, reverse: bool):
+    """``(d_z, d_c0, d_h0, d_w_h)``: the cotangents of the LSTM's pre-activations
+    (``[T, B, 4H]``), of its initial state and of ``w_h``, given those of its outputs and final
+    state, and its outputs ``ys`` and initial ``h0`` (the state before each step)."""
     steps, batch, hidden = c_prevs.shape
+    state = (batch, hidden)
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_backward",
-        _outputs((steps, batch, 4 * hidden), (batch, hidden), (batch, hidden)),
+        _outputs((steps, batch, 4 * hidden), state, state, w_h.shape),
         vmap_method="sequential",
     )
-    return tuple(call(w_h, c_prevs, *gates, valid, d_ys, d_c, d_h, reverse=np.int32(reverse)))
+    args = (w_h, c_prevs, *gates, valid, d_ys, d_c, d_h, ys, h0)
+    return tuple(call(*args, reverse=np.int32(reverse)))
 
 
 def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
@@ -183,9 +186,13 @@ def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major:
     return ys, h
 
 
-def simple_backward(w_h, ys, valid, d_ys, d_h, *, relu: bool, reverse: bool):
-    """``(d_z, d_h0)``: the cotangents of the SimpleRNN's pre-activations and initial state."""
+def simple_backward(w_h, ys, valid, d_ys, d_h, h0, *, relu: bool, reverse: bool):
+    """``(d_z, d_h0, d_w_h)``: the cotangents of the SimpleRNN's pre-activations, initial
+    state and ``w_h``."""
     call = jax.ffi.ffi_call(
-        "jaxrnn_simple_backward", _outputs(ys.shape, d_h.shape), vmap_method="sequential"
+        "jaxrnn_simple_backward",
+        _outputs(ys.shape, d_h.shape, w_h.shape),
+        vmap_method="sequential",
     )
-    return tuple(call(w_h, ys, valid, d_ys, d_h, relu=np.int32(relu), reverse=np.int32(reverse)))
+    args = (w_h, ys, valid, d_ys, d_h, h0)
+    return tuple(call(*args, relu=np.int32(relu), reverse=np.int32(reverse)))

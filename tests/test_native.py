@@ -85,10 +85,10 @@ def _loops(cell, batch, time_major, reverse, valid):
                 w_h, xp, valid, *state, backwards=reverse, unroll=1, **fb
             ),
             lambda fw: _native.lstm_backward(
-                w_h, fw[3], fw[4], valid, d_ys, *state, reverse=reverse
+                w_h, fw[3], fw[4], valid, d_ys, *state, fw[0], state[1], reverse=reverse
             ),
             lambda fw: _fused._lstm_backward_xla(
-                w_h, fw[3], fw[4], valid, d_ys, *state, backwards=reverse, unroll=1
+                w_h, fw[3], fw[4], valid, d_ys, *state, fw[0], state[1], backwards=reverse, unroll=1
             ),
         )
     relu = cell.activation == "relu"
@@ -99,10 +99,10 @@ def _loops(cell, batch, time_major, reverse, valid):
             w_h, xp, valid, state[0], backwards=reverse, unroll=1, **opts
         ),
         lambda fw: _native.simple_backward(
-            w_h, fw[0], valid, d_ys, state[1], relu=relu, reverse=reverse
+            w_h, fw[0], valid, d_ys, state[1], state[0], relu=relu, reverse=reverse
         ),
         lambda fw: _fused._simple_backward_xla(
-            w_h, fw[0], valid, d_ys, state[1], relu=relu, backwards=reverse, unroll=1
+            w_h, fw[0], valid, d_ys, state[1], state[0], relu=relu, backwards=reverse, unroll=1
         ),
     )
 
@@ -111,7 +111,7 @@ def _loops(cell, batch, time_major, reverse, valid):
 @pytest.mark.parametrize("time_major", [False, True], ids=["bf", "tm"])
 def test_kernels_match_the_xla_loops(case, reverse, time_major):
     """Every output of both passes, including what the forward pass keeps for the backward
-    one, with a mask that has empty, partial and full sequences."""
+    one and ``w_h``'s gradient, with a mask that has empty, partial and full sequences."""
     cell, _, _, batch = case
     lengths = _lengths(batch)
     valid = jnp.arange(T)[:, None] < jnp.asarray(lengths)[None, :]
