@@ -2,7 +2,8 @@
 
 Writes ``benchmarks/results/tutorials.json`` (every run's report and the summary per config,
 merged with the configs already there) and ``benchmarks/results/tutorials.md`` (the README
-table). Each run is a fresh process (``python -m jaxrnn train ... --overwrite``), so compile
+table). Each run is a fresh process in an emptied work directory (``--overwrite`` alone would
+resume a finished run of the same config, not repeat it), so compile
 time is the cold figure; training time excludes data preparation, compilation and evaluation.
 
     python scripts/reproduce_tutorials.py                      # all five, seeds 0 1 2
@@ -19,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +44,7 @@ def time_bar(name: str) -> float:
 
 def run_one(name: str, seed: int, root: str, extra: list[str]) -> dict:
     workdir = os.path.join(root, f"{name}-seed{seed}")
+    shutil.rmtree(workdir, ignore_errors=True)
     cmd = [sys.executable, "-m", "jaxrnn", "train", "--config", name, "--workdir", workdir]
     cmd += ["--set", f"seed={seed}", "--overwrite", *extra]
     print("$", " ".join(cmd), flush=True)
