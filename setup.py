@@ -17,7 +17,7 @@ setup(
             include_dirs=[os.path.join(os.path.dirname(jaxlib.__file__), "include")],
             language="c++",
             # -fno-trapping-math lets the pointwise loops vectorise; NaN still propagates.
-            extra_compile_args=["-std=c++17", "-O3", "-fno-trapping-math", "-fno-math-errno"],
+            extra_compile_args=["-std=c++20", "-O3", "-fno-trapping-math", "-fno-math-errno"],
             optional=True,
         )
     ]

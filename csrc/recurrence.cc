@@ -71,9 +71,20 @@ struct Tickets {
   std::atomic<int64_t> done{0};  // work items finished
 };
 
-inline void SpinUntil(const std::atomic<int64_t>& counter, int64_t value) {
-  for (int spins = 0; counter.load(std::memory_order_acquire) < value; ++spins) {
-    if (spins > 4000) std::this_thread::yield();  // the machine may be shared
+// Waits until `counter` reaches `value`: spins for a few microseconds (a step's chunks finish
+// close together), then sleeps until notified, so that a waiting thread gives its core to the
+// thread it waits for when the two share one (a busy or oversubscribed machine).
+inline void WaitUntil(const std::atomic<int64_t>& counter, int64_t value) {
+  for (int spins = 0;; ++spins) {
+    const int64_t now = counter.load(std::memory_order_acquire);
+    if (now >= value) return;
+    if (spins < 2000) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+      continue;
+    }
+    counter.wait(now, std::memory_order_acquire);
   }
 }
 
@@ -97,14 +108,15 @@ void RunRounds(ffi::ThreadPool& pool, int helpers, int64_t rounds, int chunks,
       if (item >= total) return;
       if (scratch.empty()) scratch.resize(scratch_size);
       const int64_t round = item / chunks;
-      SpinUntil(tickets->done, round * chunks);
+      WaitUntil(tickets->done, round * chunks);
       work(round, static_cast<int>(item % chunks), scratch.data());
       tickets->done.fetch_add(1, std::memory_order_release);
+      tickets->done.notify_all();
     }
   };
   for (int k = 0; k < helpers; ++k) pool.Schedule([participate] { participate(); });
   participate();
-  SpinUntil(tickets->done, total);
+  WaitUntil(tickets->done, total);
 }
 
 // The chunks of H hidden units (one per thread, given batch B and G gate columns per unit) as
