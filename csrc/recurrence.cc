@@ -256,6 +256,15 @@ struct Steps {
   int64_t At(int64_t s) const { return reverse ? steps - 1 - s : s; }  // s-th step run
 };
 
+// What the LSTM's forward pass keeps for its backward pass, chunk by chunk: the chunk of units
+// [j0, j0 + n) owns floats [T * B * 5 * j0, T * B * 5 * (j0 + n)), laid out [T, B, 5, n] (the
+// previous cell state, then the gates i, f, g, o), so that each row's writes are contiguous.
+// jaxrnn/_native.py packs and unpacks the same layout for the XLA loops.
+template <typename F>
+inline F* KeptRow(F* kept, int64_t steps, int64_t batch, int j0, int n, int64_t t, int64_t b) {
+  return kept + steps * batch * 5 * j0 + (t * batch + b) * 5 * n;
+}
+
 // Offset of xp[t, b, 0] for either layout.
 inline int64_t XpOffset(bool time_major, int64_t t, int64_t b, int64_t steps, int64_t batch,
                         int64_t width) {
@@ -276,9 +285,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                            ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c0,
                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
                            ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
-                           ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> c_prevs,
-                           ffi::ResultBuffer<ffi::F32> gate_i, ffi::ResultBuffer<ffi::F32> gate_f,
-                           ffi::ResultBuffer<ffi::F32> gate_g, ffi::ResultBuffer<ffi::F32> gate_o,
+                           ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,
                            float forget_bias, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
@@ -293,11 +300,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
   float* y = ys->typed_data();
-  float* cp_out = c_prevs->typed_data();
-  float* gi = gate_i->typed_data();
-  float* gf = gate_f->typed_data();
-  float* gg = gate_g->typed_data();
-  float* go = gate_o->typed_data();
+  float* kept_out = kept->typed_data();
   float* c = c_out->typed_data();  // the cell state, updated in place
   std::memcpy(c, c0.typed_data(), sizeof(float) * batch * hidden);
   // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
@@ -327,14 +330,15 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
       const int64_t row = (t * batch + b) * hidden + j0;
       const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
       float* c_row = c + b * hidden + j0;
+      float* k_row = KeptRow(kept_out, steps, batch, j0, n, t, b);
       if (v[t * batch + b]) {
         LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, c_row,
-                h_next + b * hidden + j0, y + row, cp_out + row, gi + row, gf + row, gg + row,
-                go + row);
+                h_next + b * hidden + j0, y + row, k_row, k_row + n, k_row + 2 * n,
+                k_row + 3 * n, k_row + 4 * n);
       } else {  // past the length: the state is copied and the output is zero
         std::memcpy(sc, c_row, sizeof(float) * n);
-        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, cp_out + row,
-                gi + row, gf + row, gg + row, go + row);
+        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, k_row,
+                k_row + n, k_row + 2 * n, k_row + 3 * n, k_row + 4 * n);
         std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
         std::fill_n(y + row, n, 0.0f);
       }
@@ -347,9 +351,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 }
 
 ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
-                            ffi::Buffer<ffi::F32> c_prevs, ffi::Buffer<ffi::F32> gate_i,
-                            ffi::Buffer<ffi::F32> gate_f, ffi::Buffer<ffi::F32> gate_g,
-                            ffi::Buffer<ffi::F32> gate_o, ffi::Buffer<ffi::PRED> valid,
+                            ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
                             ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
                             ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
                             ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> d_z,
@@ -364,11 +366,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   const int chunks = static_cast<int>(starts.size()) - 1;
 
   const float* w = w_h.typed_data();
-  const float* cp = c_prevs.typed_data();
-  const float* gi = gate_i.typed_data();
-  const float* gf = gate_f.typed_data();
-  const float* gg = gate_g.typed_data();
-  const float* go = gate_o.typed_data();
+  const float* kept_in = kept.typed_data();
   const bool* v = valid.typed_data();
   const float* dy = d_ys.typed_data();
   float* dz = d_z->typed_data();
@@ -400,7 +398,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       const int64_t row = (t * batch + b) * hidden + j0;
       float* dz_row = dz + (t * batch + b) * width + j0;
       if (v[t * batch + b]) {
-        LstmBackwardRow(n, gi + row, gf + row, gg + row, go + row, cp + row, dy + row,
+        const float* k = KeptRow(kept_in, steps, batch, j0, n, t, b);
+        LstmBackwardRow(n, k + n, k + 2 * n, k + 3 * n, k + 4 * n, k, dy + row,
                         dc + b * hidden + j0, dh + b * hidden + j0, dz_row, hidden);
       } else {  // a copied state: its cotangents pass through, the step gets none
         for (int gate = 0; gate < 4; ++gate) std::fill_n(dz_row + gate * hidden, n, 0.0f);
@@ -519,10 +518,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("forget_bias")
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("time_major"));
@@ -530,10 +525,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()

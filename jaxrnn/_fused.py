@@ -329,27 +329,35 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
-    if _native_loops(unroll, w_h, xp, *carry0):
-        native = functools.partial(_native.lstm_forward, reverse=backwards, **options)
-        valid_ = _native.mask(valid, steps, batch)
-        ys, c, h, c_prevs, gates = _native.on_cpu(native, xla, w_h, xp, valid_, *carry0)
-    else:
+    if not _native_loops(unroll, w_h, xp, *carry0):
         ys, c, h, c_prevs, gates = xla(w_h, xp, valid, *carry0)
-    return ys, (c, h), (carry0, ys, c_prevs, gates)
+        return ys, (c, h), (carry0, ys, (c_prevs, gates))
+
+    def xla_packed(*args):
+        ys, c, h, c_prevs, gates = xla(*args)
+        return ys, c, h, _native.pack_kept(c_prevs, gates)
+
+    native = functools.partial(_native.lstm_forward, reverse=backwards, **options)
+    valid_ = _native.mask(valid, steps, batch)
+    ys, c, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, valid_, *carry0)
+    return ys, (c, h), (carry0, ys, kept)
 
 
 def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (carry0, ys, c_prevs, gates) = saved
+    params, xs, valid, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
-    w_h = params["w_h"]
+    w_h, h0 = params["w_h"], carry0[1]
     xla = functools.partial(_lstm_backward_xla, backwards=backwards, unroll=unroll)
-    if _native_loops(unroll, w_h, c_prevs, d_ys, d_c, d_h):
-        native = functools.partial(_native.lstm_backward, reverse=backwards)
-        valid_ = _native.mask(valid, *ys.shape[:2])
-        args = (w_h, c_prevs, gates, valid_, d_ys, d_c, d_h, ys, carry0[1])
-        d_z, d_c0, d_h0, d_w_h = _native.on_cpu(native, xla, *args)
+    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
+        d_z, d_c0, d_h0, d_w_h = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0)
     else:
-        d_z, d_c0, d_h0, d_w_h = xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, carry0[1])
+
+        def xla_packed(w_h, kept, *args):
+            return xla(w_h, *_native.unpack_kept(kept, *ys.shape), *args)
+
+        native = functools.partial(_native.lstm_backward, reverse=backwards)
+        args = (w_h, kept, _native.mask(valid, *ys.shape[:2]), d_ys, d_c, d_h, ys, h0)
+        d_z, d_c0, d_h0, d_w_h = _native.on_cpu(native, xla_packed, *args)
     d_params, d_xs = _weight_gradients(cell, params, xs, time_major, None, d_z, d_w_h)
     return d_params, d_xs, None, (d_c0, d_h0)
 

@@ -38,6 +38,7 @@ _TARGETS = {
 }
 _log = logging.getLogger(__name__)
 _libraries: list[ctypes.CDLL] = []  # kept alive for the life of the process
+_max_threads = 1  # what the kernels were told at load time
 
 
 def _threads() -> int:
@@ -84,7 +85,9 @@ def _load() -> bool:
     blas.scipy_openblas_set_num_threads(1)
     lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_set_sgemm(ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p))
-    lib.jaxrnn_set_max_threads(_threads())
+    global _max_threads
+    _max_threads = _threads()
+    lib.jaxrnn_set_max_threads(_max_threads)
     for name, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     _libraries.extend([blas, lib])
@@ -123,20 +126,55 @@ def _outputs(*shapes) -> list[jax.ShapeDtypeStruct]:
     return [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
 
 
+def chunk_starts(batch: int, hidden: int, gates: int) -> list[int]:
+    """The first unit of each chunk the kernels split ``hidden`` units into, then ``hidden``
+    (``SplitUnits`` in ``csrc/recurrence.cc``: one chunk per thread, multiples of 16)."""
+    n = min(_max_threads, hidden // 16)
+    if batch * hidden * hidden * gates < 1 << 17:
+        n = 1
+    n = max(n, 1)
+    chunk = -(-hidden // n)
+    if n > 1:
+        chunk = -(-chunk // 16) * 16
+    return [*range(0, hidden, chunk), hidden]
+
+
+def pack_kept(c_prevs, gates):
+    """What the LSTM kernels keep for the backward pass, in their layout (``KeptRow`` in
+    ``csrc/recurrence.cc``): per chunk of units, ``[T, B, 5, n]`` of the previous cell state
+    and the gates ``i, f, g, o``, chunks one after another, flat."""
+    steps, batch, hidden = c_prevs.shape
+    stacked = jnp.stack([c_prevs, *gates], axis=2)
+    starts = chunk_starts(batch, hidden, 4)
+    return jnp.concatenate(
+        [stacked[..., a:b].reshape(-1) for a, b in zip(starts, starts[1:], strict=False)]
+    )
+
+
+def unpack_kept(kept, steps: int, batch: int, hidden: int):
+    """``(c_prevs, (i, f, g, o))``, each ``[T, B, H]``, from :func:`pack_kept`'s layout."""
+    starts = chunk_starts(batch, hidden, 4)
+    parts = [
+        kept[steps * batch * 5 * a : steps * batch * 5 * b].reshape(steps, batch, 5, b - a)
+        for a, b in zip(starts, starts[1:], strict=False)
+    ]
+    stacked = jnp.concatenate(parts, axis=-1)
+    return stacked[:, :, 0], tuple(stacked[:, :, k] for k in range(1, 5))
+
+
 def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool):
-    """``(ys, c, h, c_prevs, (i, f, g, o))``: the LSTM over ``xp`` (``[T, B, 4H]`` or
-    ``[B, T, 4H]``, gates ``i, f, g, o`` with every bias added), from ``(c0, h0)``; the
-    per-step outputs, the cell states before each step and the gate activations are
-    ``[T, B, H]``."""
+    """``(ys, c, h, kept)``: the LSTM over ``xp`` (``[T, B, 4H]`` or ``[B, T, 4H]``, gates
+    ``i, f, g, o`` with every bias added) from ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``:
+    the cell states before each step and the gate activations (:func:`pack_kept`)."""
     steps, batch = valid.shape
-    step = (steps, batch, w_h.shape[0])
-    state = (batch, w_h.shape[0])
+    hidden = w_h.shape[0]
+    state = (batch, hidden)
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_forward",
-        _outputs(step, state, state, step, step, step, step, step),
+        _outputs((steps, batch, hidden), state, state, (steps * batch * 5 * hidden,)),
         vmap_method="sequential",
     )
-    ys, c, h, c_prevs, i, f, g, o = call(
+    ys, c, h, kept = call(
         xp,
         w_h,
         c0,
@@ -146,21 +184,21 @@ def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, t
         reverse=np.int32(reverse),
         time_major=np.int32(time_major),
     )
-    return ys, c, h, c_prevs, (i, f, g, o)
+    return ys, c, h, kept
 
 
-def lstm_backward(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, *, reverse: bool):
+def lstm_backward(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, *, reverse: bool):
     """``(d_z, d_c0, d_h0, d_w_h)``: the cotangents of the LSTM's pre-activations
     (``[T, B, 4H]``), of its initial state and of ``w_h``, given those of its outputs and final
-    state, and its outputs ``ys`` and initial ``h0`` (the state before each step)."""
-    steps, batch, hidden = c_prevs.shape
+    state, what the forward pass kept, its outputs ``ys`` and initial ``h0``."""
+    steps, batch, hidden = ys.shape
     state = (batch, hidden)
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_backward",
         _outputs((steps, batch, 4 * hidden), state, state, w_h.shape),
         vmap_method="sequential",
     )
-    args = (w_h, c_prevs, *gates, valid, d_ys, d_c, d_h, ys, h0)
+    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0)
     return tuple(call(*args, reverse=np.int32(reverse)))
 
 

@@ -68,6 +68,11 @@ def test_matches_numpy(case, reverse, masked, time_major):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
+def _packed(forward):
+    ys, c, h, c_prevs, gates = forward
+    return ys, c, h, _native.pack_kept(c_prevs, gates)
+
+
 def _loops(cell, batch, time_major, reverse, valid):
     """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
     rng = np.random.default_rng(2)
@@ -81,14 +86,22 @@ def _loops(cell, batch, time_major, reverse, valid):
         fb = {"forget_bias": cell.forget_bias, "time_major": time_major}
         return (
             lambda: _native.lstm_forward(w_h, xp, valid, *state, reverse=reverse, **fb),
-            lambda: _fused._lstm_forward_xla(
-                w_h, xp, valid, *state, backwards=reverse, unroll=1, **fb
+            lambda: _packed(
+                _fused._lstm_forward_xla(w_h, xp, valid, *state, backwards=reverse, unroll=1, **fb)
             ),
             lambda fw: _native.lstm_backward(
-                w_h, fw[3], fw[4], valid, d_ys, *state, fw[0], state[1], reverse=reverse
+                w_h, fw[3], valid, d_ys, *state, fw[0], state[1], reverse=reverse
             ),
             lambda fw: _fused._lstm_backward_xla(
-                w_h, fw[3], fw[4], valid, d_ys, *state, fw[0], state[1], backwards=reverse, unroll=1
+                w_h,
+                *_native.unpack_kept(fw[3], T, batch, hidden),
+                valid,
+                d_ys,
+                *state,
+                fw[0],
+                state[1],
+                backwards=reverse,
+                unroll=1,
             ),
         )
     relu = cell.activation == "relu"
@@ -117,6 +130,7 @@ def test_kernels_match_the_xla_loops(case, reverse, time_major):
     valid = jnp.arange(T)[:, None] < jnp.asarray(lengths)[None, :]
     forward, forward_xla, backward, backward_xla = _loops(cell, batch, time_major, reverse, valid)
     fw, fw_xla = jax.jit(forward)(), jax.jit(forward_xla)()
+    # (the kept activations in the kernels' layout: pack_kept and unpack_kept invert each other)
     for got, want in zip(jax.tree.leaves(fw), jax.tree.leaves(fw_xla), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     bw, bw_xla = jax.jit(backward)(fw_xla), jax.jit(backward_xla)(fw_xla)
