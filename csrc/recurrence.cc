@@ -2,11 +2,11 @@
 //
 // XLA:CPU runs the body of a while loop one operation after another on one core, and every
 // operation costs a dispatch; these handlers run the whole loop in one call and split each
-// step's hidden units across threads. Thread k owns a block of hidden units: it multiplies
-// the full previous state by its own columns of the recurrent weights (OpenBLAS sgemm, one
-// thread each), computes its units' elementwise update and writes them; step t+1 starts when
-// every chunk of step t is written (RunRounds). A chunk's arithmetic does not depend on the
-// thread that runs it, so results are the same from run to run.
+// step's hidden units into chunks, one per core. A chunk multiplies the full previous state
+// by its columns of the recurrent weights (OpenBLAS sgemm, single-threaded), computes its
+// units' elementwise update and writes it; step t+1 starts when every chunk of step t is
+// written (RunRounds). The backward handlers also return w_h's gradient. A chunk's
+// arithmetic does not depend on the thread that runs it, so results repeat from run to run.
 //
 // Shapes (T steps, B batch, H hidden, G = gates * H): `xp` [T, B, G] (time-major) or
 // [B, T, G] (batch-first), the input projections with every bias added; `valid` [T, B]: a
@@ -163,12 +163,15 @@ inline float Tanh(float x) {
   float e = Exp(-2.0f * a);
   float t = (1.0f - e) / (1.0f + e);
   float x2 = x * x;  // the series near 0, where 1 - e cancels
-  float s = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  float s =
+      x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
   return a < 0.25f ? s : std::copysign(t, x);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define JAXRNN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// One build serves every x86-64 machine: AVX-512, AVX2 and baseline versions, picked at load.
+#define JAXRNN_VECTOR_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define JAXRNN_VECTOR_CLONES
 #endif

@@ -15,6 +15,10 @@ previous cell state and its four gate activations (its backward loop then has no
 divide: about 5% off W1 and W2 and 12% off W5 in ``benchmarks/NOTES.md``); the GRU keeps the
 recurrent pre-activations and differentiates its elementwise step with ``jax.vjp``. All
 functions take and return time-major per-step arrays.
+
+On a CPU the SimpleRNN's and the LSTM's two loops (and ``w_h``'s gradient) run as jaxrnn's
+kernels instead (``jaxrnn._native``, under the conditions of :func:`_native_loops`); the XLA
+loops here are then their derivatives, and what they run on other platforms.
 """
 
 from __future__ import annotations

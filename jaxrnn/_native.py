@@ -5,7 +5,8 @@ each: at the tutorials' sizes that, not arithmetic, sets the step time. ``csrc/r
 runs the whole recurrent loop (forward, or backward) in one call and splits every step's
 hidden units across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
 ``scipy-openblas32``). It is built with the package (``setup.py``); where it is missing, or
-``JAXRNN_NATIVE=0``, or the computation is not float32, jaxrnn runs its XLA loops instead.
+``JAXRNN_NATIVE=0``, or the computation is not float32, or ``rnn`` is given an explicit
+``unroll``, jaxrnn runs its XLA loops instead.
 
 :func:`on_cpu` is how the fused path uses a kernel: the kernel where the computation runs on
 a CPU (``lax.platform_dependent``), the XLA loop on GPU and TPU, and the XLA loop's
@@ -72,18 +73,18 @@ def _load() -> bool:
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
-        blas = ctypes.CDLL(
-            os.path.join(
-                scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)
-            )
-        )
+        name = scipy_openblas32.get_library(fullname=True)
+        blas = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), name))
+        lib = ctypes.CDLL(spec.origin)
+    except OSError as err:  # a build for another jaxlib or machine
+        _log.warning("jaxrnn's CPU kernels did not load (%s); the XLA loops run instead", err)
+        return False
     finally:
         if saved is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
         else:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
     blas.scipy_openblas_set_num_threads(1)
-    lib = ctypes.CDLL(spec.origin)
     lib.jaxrnn_set_sgemm(ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p))
     global _max_threads
     _max_threads = _threads()

@@ -18,6 +18,7 @@ CASES = [
     ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 9),
     ("rnn_tanh", jaxrnn.SimpleRNN(64), {"activation": "tanh"}, 33),
     ("rnn_relu", jaxrnn.SimpleRNN(64, activation="relu"), {"activation": "relu"}, 33),
+    ("lstm_uneven", jaxrnn.LSTM(40), {}, 30),  # two chunks of 32 and 8 units
     ("lstm_small", jaxrnn.LSTM(5), {}, 4),  # one thread, units not a multiple of 16
 ]
 T, I = 6, 3  # noqa: E741
@@ -32,6 +33,14 @@ def case(request):
 
 def _lengths(batch):
     return np.random.default_rng(1).integers(0, T + 1, batch).astype(np.int32)
+
+
+def test_chunks_match_the_kernels_rule():
+    """``chunk_starts`` (the kept activations' layout) mirrors ``SplitUnits`` in C++."""
+    threads = _native._max_threads
+    assert _native.chunk_starts(30, 40, 4) == ([0, 32, 40] if threads >= 2 else [0, 40])
+    assert _native.chunk_starts(4, 5, 4) == [0, 5]  # too little work for a second thread
+    assert _native.chunk_starts(9, 64, 4) == ([0, 32, 64] if threads >= 2 else [0, 64])
 
 
 def test_the_kernels_are_built_and_used():
