@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 import jaxrnn  # noqa: E402
+import jaxrnn._native  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CELLS = {
@@ -177,6 +178,8 @@ def markdown(payload: dict) -> str:
                     cells.append(f"**{text}**" if v == best else text)
             out.append(f"| {cell} | {steps} | {hidden} | " + " | ".join(cells) + " |")
         out.append("")
+    if payload.get("settings", {}).get("cpu_kernels"):
+        out.append("`unroll_1` of `rnn` and `lstm`: jaxrnn's CPU kernels; the rest: XLA's loops.")
     return "\n".join(out)
 
 
@@ -224,6 +227,10 @@ def main(argv=None):
             "repeats": args.repeats,
             "target_s": args.target_s,
             "compile_budget_s": args.compile_budget,
+            # On a CPU with jaxrnn's kernels built, rnn(unroll=1) of the SimpleRNN and the LSTM
+            # runs them (float32); every other variant is XLA's loop.
+            "cpu_kernels": env["backend"] == "cpu"
+            and jaxrnn._native.available(np.zeros(1, np.float32)),
         },
         "complete": False,
         "entries": entries,
