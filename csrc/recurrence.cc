@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -61,6 +62,41 @@ void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden, bool 
   const float* d = reverse ? dz + col : dz + batch * dz_width + col;
   g_sgemm(kRowMajor, kTrans, kNoTrans, hidden, width, (steps - 1) * batch, 1.0f, h, hidden, d,
           dz_width, 1.0f, d_w + col, dz_width);
+}
+
+// The input weights' and the bias's gradients for `width` of their columns (from `col`):
+// d_w_i[:, col:col+width] = sum over steps and rows of x^T @ d_z and d_b[col:col+width] the
+// column sums of d_z ([T, B, dz_width]). x is [T, B, F] (time-major) or [B, T, F].
+void InputWeightGradient(int64_t steps, int64_t batch, int64_t features, bool time_major,
+                         const float* x, const float* dz, int64_t dz_width, int col, int width,
+                         float* d_w_i, float* d_b) {
+  std::fill_n(d_b + col, width, 0.0f);
+  if (steps * batch == 0) {
+    for (int64_t f = 0; f < features; ++f) std::fill_n(d_w_i + f * dz_width + col, width, 0.0f);
+    return;
+  }
+  if (time_major) {
+    g_sgemm(kRowMajor, kTrans, kNoTrans, features, width, steps * batch, 1.0f, x, features,
+            dz + col, dz_width, 0.0f, d_w_i + col, dz_width);
+  } else {  // step t's rows of x are B rows strided by T * F
+    for (int64_t t = 0; t < steps; ++t)
+      g_sgemm(kRowMajor, kTrans, kNoTrans, features, width, batch, 1.0f, x + t * features,
+              steps * features, dz + t * batch * dz_width + col, dz_width, t ? 1.0f : 0.0f,
+              d_w_i + col, dz_width);
+  }
+  float* sum = d_b + col;
+  for (int64_t r = 0; r < steps * batch; ++r) {
+    const float* row = dz + r * dz_width + col;
+    for (int j = 0; j < width; ++j) sum[j] += row[j];
+  }
+}
+
+// The columns [start, end) of the k-th of `chunks` parts of `width` columns (multiples of 16).
+inline std::pair<int, int> ColumnPart(int64_t width, int k, int chunks) {
+  auto at = [&](int i) {
+    return static_cast<int>(std::min<int64_t>(width, (width * i / chunks + 15) / 16 * 16));
+  };
+  return {k == 0 ? 0 : at(k), k == chunks - 1 ? static_cast<int>(width) : at(k + 1)};
 }
 
 // ------------------------------------------------------------------------------ threads
@@ -176,19 +212,22 @@ inline float Tanh(float x) {
 #define JAXRNN_VECTOR_CLONES
 #endif
 
-// One batch row of one LSTM step over units [0, n): `xp` and `acc` hold the four gates'
-// pre-activations (input projection, recurrent product; gate g of unit j at g * stride + j).
+// One batch row of one LSTM step over units [0, n): `xp`, `bias` and `acc` hold the four
+// gates' pre-activations (input projection, bias, recurrent product; gate g of unit j at
+// g * stride + j, `bias` with `xp`'s stride).
 JAXRNN_VECTOR_CLONES
-void LstmRow(int n, const float* __restrict__ xp, int64_t xp_stride,
-             const float* __restrict__ acc, int64_t acc_stride, float forget_bias,
+void LstmRow(int n, const float* __restrict__ xp, const float* __restrict__ bias,
+             int64_t xp_stride, const float* __restrict__ acc, int64_t acc_stride,
+             float forget_bias,
              float* __restrict__ c, float* __restrict__ h, float* __restrict__ y,
              float* __restrict__ c_prev, float* __restrict__ gi, float* __restrict__ gf,
              float* __restrict__ gg, float* __restrict__ go) {
   for (int j = 0; j < n; ++j) {
-    float i = Sigmoid(xp[j] + acc[j]);
-    float f = Sigmoid(xp[xp_stride + j] + acc[acc_stride + j] + forget_bias);
-    float g = Tanh(xp[2 * xp_stride + j] + acc[2 * acc_stride + j]);
-    float o = Sigmoid(xp[3 * xp_stride + j] + acc[3 * acc_stride + j]);
+    float i = Sigmoid(xp[j] + bias[j] + acc[j]);
+    float f = Sigmoid(xp[xp_stride + j] + bias[xp_stride + j] + acc[acc_stride + j] +
+                      forget_bias);
+    float g = Tanh(xp[2 * xp_stride + j] + bias[2 * xp_stride + j] + acc[2 * acc_stride + j]);
+    float o = Sigmoid(xp[3 * xp_stride + j] + bias[3 * xp_stride + j] + acc[3 * acc_stride + j]);
     float cp = c[j];
     float cn = f * cp + i * g;
     float hn = o * Tanh(cn);
@@ -228,15 +267,15 @@ void LstmBackwardRow(int n, const float* __restrict__ gi, const float* __restric
 }
 
 JAXRNN_VECTOR_CLONES
-void SimpleRow(int n, bool relu, const float* __restrict__ xp, const float* __restrict__ acc,
-               float* __restrict__ h, float* __restrict__ y) {
+void SimpleRow(int n, bool relu, const float* __restrict__ xp, const float* __restrict__ bias,
+               const float* __restrict__ acc, float* __restrict__ h, float* __restrict__ y) {
   if (relu) {
     for (int j = 0; j < n; ++j) {
-      float z = xp[j] + acc[j];
+      float z = xp[j] + bias[j] + acc[j];
       h[j] = y[j] = z > 0.0f ? z : (z == z ? 0.0f : z);
     }
   } else {
-    for (int j = 0; j < n; ++j) h[j] = y[j] = Tanh(xp[j] + acc[j]);
+    for (int j = 0; j < n; ++j) h[j] = y[j] = Tanh(xp[j] + bias[j] + acc[j]);
   }
 }
 
@@ -285,7 +324,7 @@ ffi::Error CheckGemm() {
 // ------------------------------------------------------------------------------- LSTM
 
 ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
-                           ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c0,
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c0,
                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
                            ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
                            ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,
@@ -300,10 +339,13 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
 
   const float* x = xp.typed_data();
+  const float* bs = bias.typed_data();
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
   float* y = ys->typed_data();
-  float* kept_out = kept->typed_data();
+  // An empty `kept` (inference: nothing will differentiate this call): each row's kept values
+  // go to a scratch row that stays in L1 instead.
+  float* kept_out = kept->element_count() > 0 ? kept->typed_data() : nullptr;
   float* c = c_out->typed_data();  // the cell state, updated in place
   std::memcpy(c, c0.typed_data(), sizeof(float) * batch * hidden);
   // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
@@ -320,34 +362,35 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                     sizeof(float) * n);
   }
 
-  // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y.
+  // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y, then
+  // one row's discarded kept values when `kept` is empty.
   auto step = [&](int64_t s, int k, float* scratch) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
     const int64_t t = order.At(s);
     const float* h_cur = &h_buf[(s % 2) * batch * hidden];
     float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
     float* acc = scratch;
-    float *sc = acc + batch * 4 * n, *sh = sc + n, *sy = sh + n;
+    float *sc = acc + batch * 4 * n, *sh = sc + n, *sy = sh + n, *sk = sy + n;
     Gemm(false, batch, 4 * n, hidden, h_cur, hidden, w_chunk[k].data(), 4 * n, 0.0f, acc, 4 * n);
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = (t * batch + b) * hidden + j0;
       const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
       float* c_row = c + b * hidden + j0;
-      float* k_row = KeptRow(kept_out, steps, batch, j0, n, t, b);
+      float* k_row = kept_out ? KeptRow(kept_out, steps, batch, j0, n, t, b) : sk;
       if (v[t * batch + b]) {
-        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, c_row,
+        LstmRow(n, x_row, bs + j0, hidden, acc + b * 4 * n, n, forget_bias, c_row,
                 h_next + b * hidden + j0, y + row, k_row, k_row + n, k_row + 2 * n,
                 k_row + 3 * n, k_row + 4 * n);
       } else {  // past the length: the state is copied and the output is zero
         std::memcpy(sc, c_row, sizeof(float) * n);
-        LstmRow(n, x_row, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, k_row,
+        LstmRow(n, x_row, bs + j0, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, k_row,
                 k_row + n, k_row + 2 * n, k_row + 3 * n, k_row + 4 * n);
         std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
         std::fill_n(y + row, n, 0.0f);
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps, chunks, batch * 4 * widest + 3 * widest, step);
+  RunRounds(pool, chunks - 1, steps, chunks, batch * 4 * widest + 8 * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
               sizeof(float) * batch * hidden);
   return ffi::Error::Success();
@@ -357,9 +400,11 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                             ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
                             ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
                             ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
-                            ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> d_z,
-                            ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0,
-                            ffi::ResultBuffer<ffi::F32> d_w_h, int32_t reverse) {
+                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
+                            ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_c0,
+                            ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
+                            ffi::ResultBuffer<ffi::F32> d_w_i, ffi::ResultBuffer<ffi::F32> d_b,
+                            int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
@@ -380,7 +425,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
 
   // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
   // of that step: the previous round) and runs the pointwise part of step u; the last round
-  // computes the chunk's columns of w_h's gradient, once every d_z is written.
+  // computes the chunk's columns of w_h's gradient and a part of w_i's and b's, once every d_z
+  // is written.
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
     if (u == steps + 1) {
@@ -388,6 +434,9 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, ys.typed_data(),
                                 h0.typed_data(), dz, width, gate * hidden + j0, n,
                                 d_w_h->typed_data());
+      const auto [c0, c1] = ColumnPart(width, k, chunks);
+      InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dz,
+                          width, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
       return;
     }
     if (u > 0) {
@@ -416,7 +465,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
 // -------------------------------------------------------------------------- SimpleRNN
 
 ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
-                             ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
                              ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
                              ffi::ResultBuffer<ffi::F32> h_out, int32_t relu, int32_t reverse,
                              int32_t time_major) {
@@ -430,6 +479,7 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
 
   const float* x = xp.typed_data();
+  const float* bs = bias.typed_data();
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
   float* y = ys->typed_data();
@@ -446,7 +496,7 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
       const int64_t row = (t * batch + b) * hidden + j0;
       const float* x_row = x + XpOffset(time_major, t, b, steps, batch, hidden) + j0;
       if (v[t * batch + b]) {
-        SimpleRow(n, relu != 0, x_row, acc + b * n, h_next + b * hidden + j0, y + row);
+        SimpleRow(n, relu != 0, x_row, bs + j0, acc + b * n, h_next + b * hidden + j0, y + row);
       } else {
         std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
         std::fill_n(y + row, n, 0.0f);
@@ -462,9 +512,11 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                               ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::PRED> valid,
                               ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
-                              ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> d_z,
-                              ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
-                              int32_t relu, int32_t reverse) {
+                              ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
+                              ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_h0,
+                              ffi::ResultBuffer<ffi::F32> d_w_h,
+                              ffi::ResultBuffer<ffi::F32> d_w_i, ffi::ResultBuffer<ffi::F32> d_b,
+                              int32_t relu, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
   const int64_t hidden = w_h.dimensions()[0];
@@ -485,6 +537,9 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
     if (u == steps + 1) {
       RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(), dz, hidden,
                               j0, n, d_w_h->typed_data());
+      const auto [c0, c1] = ColumnPart(hidden, k, chunks);
+      InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dz,
+                          hidden, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
       return;
     }
     if (u > 0) {
@@ -516,6 +571,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -536,15 +592,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("reverse"));
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleForward, SimpleForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -564,11 +625,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("relu")
-                                  .Attr<int32_t>("reverse"));
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
 
 extern "C" {
 // Called once from Python before any handler runs.

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _native
-from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
+from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN, input_bias
 
 Array = jax.Array
 
@@ -63,6 +63,14 @@ def _projected(cell, params, xs):
     )
 
 
+def _projected_unbiased(params, xs):
+    """``(xs @ w_i, bias)`` (``xs``'s layout kept): the loops add the bias themselves, which
+    saves a pass over the projection (XLA:CPU does not fuse it into the matmul)."""
+    lead = xs.shape[:2]
+    flat = xs.reshape(lead[0] * lead[1], xs.shape[2]) @ params["w_i"]
+    return flat.reshape(*lead, -1), input_bias(params)
+
+
 def _per_gate(xp, gates, time_major):
     """``xp`` split per gate, each time-major (see the module docstring for why)."""
     split = _gates(xp, gates)
@@ -79,11 +87,13 @@ def _native_loops(unroll: int | bool, *arrays: Array) -> bool:
 def _with_backward(forward: Callable, backward: Callable) -> Callable:
     """``scan(cell, backwards, unroll, time_major, params, xs, valid, carry0) -> (ys, carry)``
     as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0, backwards,
-    unroll, time_major) -> (ys, carry, kept)`` and ``backward(cell, backwards, unroll,
-    time_major, (params, xs, valid, kept), (d_ys, d_carry))``."""
+    unroll, time_major, keep) -> (ys, carry, kept)`` and ``backward(cell, backwards, unroll,
+    time_major, (params, xs, valid, kept), (d_ys, d_carry))``. The primal (nothing
+    differentiates it) runs ``forward`` with ``keep=False``: what it keeps may be skipped."""
 
     def scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-        ys, carry, _ = forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
+        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major)
+        ys, carry, _ = forward(*args, keep=False)
         return ys, carry
 
     def scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
@@ -118,7 +128,8 @@ def _recurrent_weight_gradient(backwards, h0, ys, d_z):
 # differentiated with ``jax.vjp``.
 
 
-def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
+def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
+    del keep  # what it keeps is dropped by XLA where unused
     xp = _per_gate(_projected(cell, params, xs), 3, time_major)
 
     def body(h, inputs):
@@ -170,8 +181,7 @@ _gru_scan = _with_backward(_gru_forward, _gru_backward)
 def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
     """The gradients of the parameters and of ``xs`` from all steps at once (one matmul each),
     given the state before each step and the cotangents of the input and recurrent
-    pre-activations (time-major, gates concatenated). ``h_prev=None``: ``d_hh`` is already
-    ``w_h``'s gradient (the SimpleRNN's and LSTM's loops compute it)."""
+    pre-activations (time-major, gates concatenated)."""
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     steps, batch, features = xs_tm.shape
     flat = xs_tm.reshape(steps * batch, features)
@@ -179,13 +189,29 @@ def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
     d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
     d_xs = d_flat.reshape(xs_tm.shape)
     d_xs = d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
-    if h_prev is None:
-        return {**d_params, "w_h": d_hh}, d_xs
     h_flat = h_prev.reshape(steps * batch, -1)
     (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_flat), params)[1](
         d_hh.reshape(steps * batch, -1)
     )
     return jax.tree.map(jnp.add, d_params, d_params_h), d_xs
+
+
+def _input_weight_gradient(xs, d_z, time_major):
+    """``(d_w_i, d_b)``: ``sum_t xs[t]^T d_z[t]`` and the sum of ``d_z`` (time-major) over
+    steps and rows; ``xs`` in either layout."""
+    spec = "tbf,tbg->fg" if time_major else "btf,tbg->fg"
+    return jnp.einsum(spec, xs, d_z), d_z.sum(axis=(0, 1))
+
+
+def _loop_gradients(params, time_major, d_z, d_w_h, d_w_i, d_b):
+    """``(d_params, d_xs)`` of the SimpleRNN and the LSTM, whose backward loops return the
+    weights' gradients: ``b_h`` (where the parameters have one) gets ``b``'s, and ``xs``'s is
+    ``d_z @ w_i^T`` in ``xs``'s layout (dropped by XLA where unused)."""
+    d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b}
+    if "b_h" in params:
+        d_params["b_h"] = d_b
+    d_xs = d_z @ params["w_i"].T
+    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,13 +220,13 @@ def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
 # one is available (``jaxrnn._native``), else in XLA.
 
 
-def _simple_forward_xla(w_h, xp, valid, h0, *, relu, backwards, time_major, unroll):
+def _simple_forward_xla(w_h, xp, b, valid, h0, *, relu, backwards, time_major, unroll):
     act = jax.nn.relu if relu else jnp.tanh
     (xp,) = _per_gate(xp, 1, time_major)
 
     def body(h, inputs):
         xp_t, valid_t = inputs
-        new = act(xp_t + h @ w_h)
+        new = act(xp_t + b + h @ w_h)
         if valid_t is None:
             return new, new
         keep = valid_t[:, None]
@@ -210,7 +236,7 @@ def _simple_forward_xla(w_h, xp, valid, h0, *, relu, backwards, time_major, unro
     return ys, h
 
 
-def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, *, relu, backwards, unroll):
+def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, unroll, time_major):
     w_h_t = w_h.T
 
     def body(d_h, inputs):
@@ -226,12 +252,14 @@ def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, *, relu, backwards, unro
         return d_z @ w_h_t, d_z
 
     d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
-    return d_z, d_h0, _recurrent_weight_gradient(backwards, h0, ys, d_z)
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z)
+    return d_z, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major)
 
 
-def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
+def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
+    del keep  # what it keeps is dropped by XLA where unused
     relu = cell.activation == "relu"
-    xp, w_h = _projected(cell, params, xs), params["w_h"]
+    (xp, b), w_h = _projected_unbiased(params, xs), params["w_h"]
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     xla = functools.partial(
         _simple_forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
@@ -240,9 +268,9 @@ def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major):
         native = functools.partial(
             _native.simple_forward, relu=relu, reverse=backwards, time_major=time_major
         )
-        ys, h = _native.on_cpu(native, xla, w_h, xp, _native.mask(valid, steps, batch), h0)
+        ys, h = _native.on_cpu(native, xla, w_h, xp, b, _native.mask(valid, steps, batch), h0)
     else:
-        ys, h = xla(w_h, xp, valid, h0)
+        ys, h = xla(w_h, xp, b, valid, h0)
     return ys, h, (h0, ys)
 
 
@@ -250,14 +278,17 @@ def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
     params, xs, valid, (h0, ys) = saved
     d_ys, d_h = cotangents
     relu, w_h = cell.activation == "relu", params["w_h"]
-    xla = functools.partial(_simple_backward_xla, relu=relu, backwards=backwards, unroll=unroll)
+    options = {"relu": relu, "time_major": time_major}
+    xla = functools.partial(_simple_backward_xla, backwards=backwards, unroll=unroll, **options)
     if _native_loops(unroll, w_h, ys, d_ys, d_h):
-        native = functools.partial(_native.simple_backward, relu=relu, reverse=backwards)
+        native = functools.partial(_native.simple_backward, reverse=backwards, **options)
         valid_ = _native.mask(valid, *ys.shape[:2])
-        d_z, d_h0, d_w_h = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h, h0)
+        xs32 = xs.astype(jnp.float32)  # (float32 already, unless promoted by the projection)
+        grads = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32)
     else:
-        d_z, d_h0, d_w_h = xla(w_h, ys, valid, d_ys, d_h, h0)
-    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, None, d_z, d_w_h)
+        grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs)
+    d_z, d_h0, *weights = grads
+    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights)
     return d_params, d_xs, None, d_h0
 
 
@@ -268,14 +299,14 @@ _simple_scan = _with_backward(_simple_forward, _simple_backward)
 # LSTM: the gate activations are kept, so that the backward loop has no exp or divide.
 
 
-def _lstm_forward_xla(w_h, xp, valid, c0, h0, *, forget_bias, backwards, time_major, unroll):
-    xp = _per_gate(xp, 4, time_major)
+def _lstm_forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time_major, unroll):
+    xp, b = _per_gate(xp, 4, time_major), _gates(b, 4)
 
     def body(carry, inputs):
         xp_t, valid_t = inputs
         c_prev, h_prev = carry
         hh = _gates(h_prev @ w_h, 4)
-        zi, zf, zg, zo = (a + b for a, b in zip(xp_t, hh, strict=True))
+        zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
         if forget_bias:
             zf = zf + forget_bias
         i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
@@ -295,7 +326,9 @@ def _lstm_forward_xla(w_h, xp, valid, c0, h0, *, forget_bias, backwards, time_ma
     return ys, c, h, c_prevs, gates
 
 
-def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, *, backwards, unroll):
+def _lstm_backward_xla(
+    w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, xs, *, backwards, unroll, time_major
+):
     w_h_t = w_h.T
 
     def body(d_carry, inputs):
@@ -325,25 +358,26 @@ def _lstm_backward_xla(w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, *, ba
     (d_c0, d_h0), d_z = jax.lax.scan(
         body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    return d_z, d_c0, d_h0, _recurrent_weight_gradient(backwards, h0, ys, d_z)
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z)
+    return d_z, d_c0, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major)
 
 
-def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major):
-    xp, w_h = _projected(cell, params, xs), params["w_h"]
+def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, keep=True):
+    (xp, b), w_h = _projected_unbiased(params, xs), params["w_h"]
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
     if not _native_loops(unroll, w_h, xp, *carry0):
-        ys, c, h, c_prevs, gates = xla(w_h, xp, valid, *carry0)
+        ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0)
         return ys, (c, h), (carry0, ys, (c_prevs, gates))
 
     def xla_packed(*args):
         ys, c, h, c_prevs, gates = xla(*args)
-        return ys, c, h, _native.pack_kept(c_prevs, gates)
+        return ys, c, h, (_native.pack_kept(c_prevs, gates) if keep else jnp.zeros((0,)))
 
-    native = functools.partial(_native.lstm_forward, reverse=backwards, **options)
+    native = functools.partial(_native.lstm_forward, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
-    ys, c, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, valid_, *carry0)
+    ys, c, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, b, valid_, *carry0)
     return ys, (c, h), (carry0, ys, kept)
 
 
@@ -351,18 +385,22 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
     params, xs, valid, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
     w_h, h0 = params["w_h"], carry0[1]
-    xla = functools.partial(_lstm_backward_xla, backwards=backwards, unroll=unroll)
+    xla = functools.partial(
+        _lstm_backward_xla, backwards=backwards, unroll=unroll, time_major=time_major
+    )
     if isinstance(kept, tuple):  # the forward pass ran the XLA loop
-        d_z, d_c0, d_h0, d_w_h = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0)
+        grads = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0, xs)
     else:
 
         def xla_packed(w_h, kept, *args):
             return xla(w_h, *_native.unpack_kept(kept, *ys.shape), *args)
 
-        native = functools.partial(_native.lstm_backward, reverse=backwards)
-        args = (w_h, kept, _native.mask(valid, *ys.shape[:2]), d_ys, d_c, d_h, ys, h0)
-        d_z, d_c0, d_h0, d_w_h = _native.on_cpu(native, xla_packed, *args)
-    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, None, d_z, d_w_h)
+        native = functools.partial(_native.lstm_backward, reverse=backwards, time_major=time_major)
+        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
+        args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32)
+        grads = _native.on_cpu(native, xla_packed, *args)
+    d_z, d_c0, d_h0, *weights = grads
+    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights)
     return d_params, d_xs, None, (d_c0, d_h0)
 
 

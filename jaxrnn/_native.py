@@ -163,20 +163,26 @@ def unpack_kept(kept, steps: int, batch: int, hidden: int):
     return stacked[:, :, 0], tuple(stacked[:, :, k] for k in range(1, 5))
 
 
-def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool):
-    """``(ys, c, h, kept)``: the LSTM over ``xp`` (``[T, B, 4H]`` or ``[B, T, 4H]``, gates
-    ``i, f, g, o`` with every bias added) from ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``:
-    the cell states before each step and the gate activations (:func:`pack_kept`)."""
+def lstm_forward(
+    w_h, xp, b, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool, keep=True
+):
+    """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
+    ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
+    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``:
+    the cell states before each step and the gate activations (:func:`pack_kept`), or, with
+    ``keep=False`` (nothing will differentiate the call), an empty array, unwritten."""
     steps, batch = valid.shape
     hidden = w_h.shape[0]
     state = (batch, hidden)
+    kept_size = steps * batch * 5 * hidden if keep else 0
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_forward",
-        _outputs((steps, batch, hidden), state, state, (steps * batch * 5 * hidden,)),
+        _outputs((steps, batch, hidden), state, state, (kept_size,)),
         vmap_method="sequential",
     )
     ys, c, h, kept = call(
         xp,
+        b,
         w_h,
         c0,
         h0,
@@ -188,24 +194,32 @@ def lstm_forward(w_h, xp, valid, c0, h0, *, forget_bias: float, reverse: bool, t
     return ys, c, h, kept
 
 
-def lstm_backward(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, *, reverse: bool):
-    """``(d_z, d_c0, d_h0, d_w_h)``: the cotangents of the LSTM's pre-activations
-    (``[T, B, 4H]``), of its initial state and of ``w_h``, given those of its outputs and final
-    state, what the forward pass kept, its outputs ``ys`` and initial ``h0``."""
+def lstm_backward(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, *, reverse: bool, time_major):
+    """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
+    (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
+    final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
+    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``)."""
     steps, batch, hidden = ys.shape
     state = (batch, hidden)
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_backward",
-        _outputs((steps, batch, 4 * hidden), state, state, w_h.shape),
+        _outputs(
+            (steps, batch, 4 * hidden),
+            state,
+            state,
+            w_h.shape,
+            (xs.shape[2], 4 * hidden),
+            (4 * hidden,),
+        ),
         vmap_method="sequential",
     )
-    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0)
-    return tuple(call(*args, reverse=np.int32(reverse)))
+    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs)
+    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
 
 
-def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
-    """``(ys, h)``: the SimpleRNN over ``xp`` (``[T, B, H]`` or ``[B, T, H]`` with the bias
-    added) from ``h0``."""
+def simple_forward(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
+    """``(ys, h)``: the SimpleRNN over ``xp + b`` (``xp``: the input projection, ``[T, B, H]``
+    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``."""
     steps, batch = valid.shape
     hidden = w_h.shape[0]
     call = jax.ffi.ffi_call(
@@ -215,6 +229,7 @@ def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major:
     )
     ys, h = call(
         xp,
+        b,
         w_h,
         h0,
         valid,
@@ -225,13 +240,15 @@ def simple_forward(w_h, xp, valid, h0, *, relu: bool, reverse: bool, time_major:
     return ys, h
 
 
-def simple_backward(w_h, ys, valid, d_ys, d_h, h0, *, relu: bool, reverse: bool):
-    """``(d_z, d_h0, d_w_h)``: the cotangents of the SimpleRNN's pre-activations, initial
-    state and ``w_h``."""
+def simple_backward(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: bool, time_major):
+    """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
+    initial state and weights (as :func:`lstm_backward`)."""
+    hidden = w_h.shape[0]
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_backward",
-        _outputs(ys.shape, d_h.shape, w_h.shape),
+        _outputs(ys.shape, d_h.shape, w_h.shape, (xs.shape[2], hidden), (hidden,)),
         vmap_method="sequential",
     )
-    args = (w_h, ys, valid, d_ys, d_h, h0)
-    return tuple(call(*args, relu=np.int32(relu), reverse=np.int32(reverse)))
+    args = (w_h, ys, valid, d_ys, d_h, h0, xs)
+    options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
+    return tuple(call(*args, **options, time_major=np.int32(time_major)))

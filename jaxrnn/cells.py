@@ -54,7 +54,9 @@ def _check_hidden_size(cell) -> None:
         )
 
 
-def _input_bias(params: Params) -> Array:
+def input_bias(params: Params) -> Array:
+    """The bias that the SimpleRNN's and LSTM's ``project_inputs`` add: ``b``, plus ``b_h``
+    where the parameters have one (PyTorch's second bias, from ``jaxrnn.interop``)."""
     b = params["b"]
     return b + params["b_h"] if "b_h" in params else b
 
@@ -98,7 +100,7 @@ class _Cell:
 
     def project_inputs(self, params: Params, x: Array) -> Array:
         """``[..., input_size] -> [..., gates * hidden_size]``: ``x @ w_i + b``."""
-        return x @ params["w_i"] + _input_bias(params)
+        return x @ params["w_i"] + input_bias(params)
 
     def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
         """One step. ``x``: ``[batch, input_size]``; returns ``(carry, y)``, y ``[batch, H]``."""

@@ -89,17 +89,22 @@ def _loops(cell, batch, time_major, reverse, valid):
     w_h = jnp.asarray(rng.normal(0, hidden**-0.5, (hidden, gates * hidden)), jnp.float32)
     lead = (T, batch) if time_major else (batch, T)
     xp = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(gates * hidden,)), jnp.float32)
+    xs = jnp.asarray(rng.normal(size=(*lead, I)), jnp.float32)
     state = [jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32) for _ in range(2)]
     d_ys = jnp.asarray(rng.normal(size=(T, batch, hidden)), jnp.float32)
+    tm = {"time_major": time_major}
     if isinstance(cell, jaxrnn.LSTM):
         fb = {"forget_bias": cell.forget_bias, "time_major": time_major}
         return (
-            lambda: _native.lstm_forward(w_h, xp, valid, *state, reverse=reverse, **fb),
+            lambda: _native.lstm_forward(w_h, xp, b, valid, *state, reverse=reverse, **fb),
             lambda: _packed(
-                _fused._lstm_forward_xla(w_h, xp, valid, *state, backwards=reverse, unroll=1, **fb)
+                _fused._lstm_forward_xla(
+                    w_h, xp, b, valid, *state, backwards=reverse, unroll=1, **fb
+                )
             ),
             lambda fw: _native.lstm_backward(
-                w_h, fw[3], valid, d_ys, *state, fw[0], state[1], reverse=reverse
+                w_h, fw[3], valid, d_ys, *state, fw[0], state[1], xs, reverse=reverse, **tm
             ),
             lambda fw: _fused._lstm_backward_xla(
                 w_h,
@@ -109,22 +114,34 @@ def _loops(cell, batch, time_major, reverse, valid):
                 *state,
                 fw[0],
                 state[1],
+                xs,
                 backwards=reverse,
                 unroll=1,
+                **tm,
             ),
         )
     relu = cell.activation == "relu"
     opts = {"relu": relu, "time_major": time_major}
     return (
-        lambda: _native.simple_forward(w_h, xp, valid, state[0], reverse=reverse, **opts),
+        lambda: _native.simple_forward(w_h, xp, b, valid, state[0], reverse=reverse, **opts),
         lambda: _fused._simple_forward_xla(
-            w_h, xp, valid, state[0], backwards=reverse, unroll=1, **opts
+            w_h, xp, b, valid, state[0], backwards=reverse, unroll=1, **opts
         ),
         lambda fw: _native.simple_backward(
-            w_h, fw[0], valid, d_ys, state[1], state[0], relu=relu, reverse=reverse
+            w_h, fw[0], valid, d_ys, state[1], state[0], xs, relu=relu, reverse=reverse, **tm
         ),
         lambda fw: _fused._simple_backward_xla(
-            w_h, fw[0], valid, d_ys, state[1], state[0], relu=relu, backwards=reverse, unroll=1
+            w_h,
+            fw[0],
+            valid,
+            d_ys,
+            state[1],
+            state[0],
+            xs,
+            relu=relu,
+            backwards=reverse,
+            unroll=1,
+            **tm,
         ),
     )
 
@@ -133,7 +150,7 @@ def _loops(cell, batch, time_major, reverse, valid):
 @pytest.mark.parametrize("time_major", [False, True], ids=["bf", "tm"])
 def test_kernels_match_the_xla_loops(case, reverse, time_major):
     """Every output of both passes, including what the forward pass keeps for the backward
-    one and ``w_h``'s gradient, with a mask that has empty, partial and full sequences."""
+    one and the weights' gradients, with a mask that has empty, partial and full sequences."""
     cell, _, _, batch = case
     lengths = _lengths(batch)
     valid = jnp.arange(T)[:, None] < jnp.asarray(lengths)[None, :]
@@ -216,3 +233,17 @@ def test_an_explicit_unroll_runs_lax_scan():
     for unroll, native in ((1, True), (False, True), (2, False), (True, False)):
         hlo = jax.jit(lambda p, x, u=unroll: jaxrnn.rnn(cell, p, x, unroll=u)[0]).lower(params, xs)
         assert ("jaxrnn_lstm_forward" in hlo.as_text()) == native, unroll
+
+
+def test_inference_skips_what_the_backward_pass_keeps():
+    """Undifferentiated, the LSTM's forward kernel returns an empty ``kept`` (and writes none);
+    under ``grad`` it keeps the ``[T, B, 5, H]`` activations."""
+    cell = jaxrnn.LSTM(8)
+    params = cell.init(jax.random.key(0), I)
+    xs = jnp.zeros((2, T, I))
+    kept = f"f32[{T * 2 * 5 * 8}]"
+    infer = jax.jit(lambda p, x: jaxrnn.rnn(cell, p, x)[0]).lower(params, xs).as_text("hlo")
+    train = jax.jit(jax.grad(lambda p, x: jaxrnn.rnn(cell, p, x)[0].sum())).lower(params, xs)
+    forward = [line for line in infer.splitlines() if "jaxrnn_lstm_forward" in line]
+    assert forward and all("f32[0]" in line and kept not in line for line in forward)
+    assert kept in train.as_text("hlo")
