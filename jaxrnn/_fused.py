@@ -35,40 +35,16 @@ from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN, input_bias
 Array = jax.Array
 
 
-def _gru_pointwise(h, xp, hh):
-    """The elementwise half of ``GRU(reset_after=True).step`` (``xp``, ``hh`` split per gate)."""
-    (xr, xz, xn), (hr, hz, hn) = xp, hh
-    r = jax.nn.sigmoid(xr + hr)
-    z = jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    h = (1.0 - z) * n + z * h
-    return h, h
-
-
-def _recurrent(cell: Cell, params: Params, h: Array) -> Array:
-    """The recurrent pre-activation ``hh`` of the cells that have a fused path."""
-    hh = h @ params["w_h"]
-    return hh + params["b_h"] if isinstance(cell, GRU) else hh
-
-
 def _gates(a: Array, n: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, n, axis=-1))
 
 
-def _projected(cell, params, xs):
-    """The input projection of all steps, ``xs``'s layout kept, gates concatenated."""
-    lead = xs.shape[:2]
-    return cell.project_inputs(params, xs.reshape(lead[0] * lead[1], xs.shape[2])).reshape(
-        *lead, -1
-    )
-
-
-def _projected_unbiased(params, xs):
-    """``(xs @ w_i, bias)`` (``xs``'s layout kept): the loops add the bias themselves, which
+def _projection(params, xs, bias):
+    """``(xs @ w_i, bias)``, ``xs``'s layout kept: the loops add the bias themselves, which
     saves a pass over the projection (XLA:CPU does not fuse it into the matmul)."""
     lead = xs.shape[:2]
     flat = xs.reshape(lead[0] * lead[1], xs.shape[2]) @ params["w_i"]
-    return flat.reshape(*lead, -1), input_bias(params)
+    return flat.reshape(*lead, -1), bias
 
 
 def _per_gate(xp, gates, time_major):
@@ -105,14 +81,10 @@ def _with_backward(forward: Callable, backward: Callable) -> Callable:
     return scan
 
 
-def _previous_h(cell, backwards, carry0, ys):
-    """The ``h`` before every step: the previous output (time-major). Past a sequence's length
-    (where ``ys`` is zero) the values are wrong, and unused: those steps get no gradient."""
-    return _states_before(backwards, cell.hidden(carry0), ys)
-
-
 def _states_before(backwards, h0, ys):
-    """``_previous_h`` from the initial ``h0`` ``[batch, hidden]``."""
+    """The ``h`` before every step: the previous output (time-major), or ``h0`` ``[batch,
+    hidden]``. Past a sequence's length (where ``ys`` is zero) the values are wrong, and
+    unused: those steps get no gradient."""
     h0 = h0[None]
     return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
 
@@ -123,79 +95,6 @@ def _recurrent_weight_gradient(backwards, h0, ys, d_z):
     return h_prev.reshape(-1, h_prev.shape[-1]).T @ d_z.reshape(-1, d_z.shape[-1])
 
 
-# ------------------------------------------------------------------------------------------
-# GRU (reset_after=True): the recurrent pre-activations are kept; its elementwise step is
-# differentiated with ``jax.vjp``.
-
-
-def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
-    del keep  # what it keeps is dropped by XLA where unused
-    xp = _per_gate(_projected(cell, params, xs), 3, time_major)
-
-    def body(h, inputs):
-        xp_t, valid_t = inputs
-        hh = _gates(_recurrent(cell, params, h), 3)
-        new, y = _gru_pointwise(h, xp_t, hh)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
-        return new, (y, hh)
-
-    h, (ys, hhs) = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
-    return ys, h, (h0, ys, xp, hhs)
-
-
-def _gru_backward(cell, backwards, unroll, time_major, saved, cotangents):
-    params, xs, valid, (h0, ys, xp, hhs) = saved
-    d_ys, d_h = cotangents
-    h_prev = _previous_h(cell, backwards, h0, ys)
-    w_h_t = params["w_h"].T
-
-    def body(d_h, inputs):
-        h, xp_t, hh_t, valid_t, d_y = inputs
-        _, vjp = jax.vjp(_gru_pointwise, h, xp_t, hh_t)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            d_y = jnp.where(keep, d_y, jnp.zeros_like(d_y))
-        d_prev, d_xp, d_hh = vjp((d_h, d_y))
-        d_xp, d_hh = jnp.concatenate(d_xp, axis=-1), jnp.concatenate(d_hh, axis=-1)
-        # h entered the step through the elementwise part and through ``h @ w_h``.
-        d_prev = d_prev + d_hh @ w_h_t
-        if valid_t is not None:
-            # A padded step copied the carry: its cotangent passes through unchanged.
-            d_prev = jnp.where(keep, d_prev, d_h)
-            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
-            d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-        return d_prev, (d_xp, d_hh)
-
-    d_h0, (d_xp, d_hh) = jax.lax.scan(
-        body, d_h, (h_prev, xp, hhs, valid, d_ys), reverse=not backwards, unroll=unroll
-    )
-    d_params, d_xs = _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh)
-    return d_params, d_xs, None, d_h0
-
-
-_gru_scan = _with_backward(_gru_forward, _gru_backward)
-
-
-def _weight_gradients(cell, params, xs, time_major, h_prev, d_xp, d_hh):
-    """The gradients of the parameters and of ``xs`` from all steps at once (one matmul each),
-    given the state before each step and the cotangents of the input and recurrent
-    pre-activations (time-major, gates concatenated)."""
-    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    steps, batch, features = xs_tm.shape
-    flat = xs_tm.reshape(steps * batch, features)
-    _, project_vjp = jax.vjp(cell.project_inputs, params, flat)
-    d_params, d_flat = project_vjp(d_xp.reshape(steps * batch, -1))
-    d_xs = d_flat.reshape(xs_tm.shape)
-    d_xs = d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
-    h_flat = h_prev.reshape(steps * batch, -1)
-    (d_params_h,) = jax.vjp(lambda p: _recurrent(cell, p, h_flat), params)[1](
-        d_hh.reshape(steps * batch, -1)
-    )
-    return jax.tree.map(jnp.add, d_params, d_params_h), d_xs
-
-
 def _input_weight_gradient(xs, d_z, time_major):
     """``(d_w_i, d_b)``: ``sum_t xs[t]^T d_z[t]`` and the sum of ``d_z`` (time-major) over
     steps and rows; ``xs`` in either layout."""
@@ -203,15 +102,19 @@ def _input_weight_gradient(xs, d_z, time_major):
     return jnp.einsum(spec, xs, d_z), d_z.sum(axis=(0, 1))
 
 
+def _input_cotangent(params, time_major, d_xp):
+    """``xs``'s cotangent, ``d_xp @ w_i^T``, in ``xs``'s layout (dropped by XLA where unused)."""
+    d_xs = d_xp @ params["w_i"].T
+    return d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+
+
 def _loop_gradients(params, time_major, d_z, d_w_h, d_w_i, d_b):
     """``(d_params, d_xs)`` of the SimpleRNN and the LSTM, whose backward loops return the
-    weights' gradients: ``b_h`` (where the parameters have one) gets ``b``'s, and ``xs``'s is
-    ``d_z @ w_i^T`` in ``xs``'s layout (dropped by XLA where unused)."""
+    weights' gradients (``b_h``, where the parameters have one, gets ``b``'s)."""
     d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b}
     if "b_h" in params:
         d_params["b_h"] = d_b
-    d_xs = d_z @ params["w_i"].T
-    return d_params, d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+    return d_params, _input_cotangent(params, time_major, d_z)
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,7 +162,7 @@ def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, 
 def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
     del keep  # what it keeps is dropped by XLA where unused
     relu = cell.activation == "relu"
-    (xp, b), w_h = _projected_unbiased(params, xs), params["w_h"]
+    (xp, b), w_h = _projection(params, xs, input_bias(params)), params["w_h"]
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     xla = functools.partial(
         _simple_forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
@@ -363,7 +266,7 @@ def _lstm_backward_xla(
 
 
 def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, keep=True):
-    (xp, b), w_h = _projected_unbiased(params, xs), params["w_h"]
+    (xp, b), w_h = _projection(params, xs, input_bias(params)), params["w_h"]
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
@@ -373,7 +276,8 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
 
     def xla_packed(*args):
         ys, c, h, c_prevs, gates = xla(*args)
-        return ys, c, h, (_native.pack_kept(c_prevs, gates) if keep else jnp.zeros((0,)))
+        kept = _native.pack_kept((c_prevs, *gates), 4) if keep else jnp.zeros((0,))
+        return ys, c, h, kept
 
     native = functools.partial(_native.lstm_forward, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
@@ -393,7 +297,8 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
     else:
 
         def xla_packed(w_h, kept, *args):
-            return xla(w_h, *_native.unpack_kept(kept, *ys.shape), *args)
+            c_prevs, *gates = _native.unpack_kept(kept, 5, 4, *ys.shape)
+            return xla(w_h, c_prevs, tuple(gates), *args)
 
         native = functools.partial(_native.lstm_backward, reverse=backwards, time_major=time_major)
         valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
@@ -405,6 +310,100 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
 
 
 _lstm_scan = _with_backward(_lstm_forward, _lstm_backward)
+
+
+# ------------------------------------------------------------------------------------------
+# GRU (reset_after=True): r, z, n and the recurrent pre-activation hh_n are kept.
+
+
+def _gru_forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unroll):
+    xp, b, b_h = _per_gate(xp, 3, time_major), _gates(b, 3), _gates(b_h, 3)
+
+    def body(h, inputs):
+        xp_t, valid_t = inputs
+        hr, hz, hn = (a + c for a, c in zip(_gates(h @ w_h, 3), b_h, strict=True))
+        r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
+        z = jax.nn.sigmoid(xp_t[1] + b[1] + hz)
+        n = jnp.tanh(xp_t[2] + b[2] + r * hn)
+        new = (1.0 - z) * n + z * h
+        y = new
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
+        return new, (y, (r, z, n, hn))
+
+    h, (ys, kept) = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    return ys, h, kept
+
+
+def _gru_backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, time_major):
+    w_h_t = w_h.T
+
+    def body(d_h, inputs):
+        h_prev, (r, z, n, hn), valid_t, d_y = inputs
+        g = d_h + d_y
+        d_an = g * (1.0 - z) * (1.0 - n * n)
+        d_az = g * (h_prev - n) * z * (1.0 - z)
+        d_ar = d_an * hn * r * (1.0 - r)
+        d_xp = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
+        d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
+        if valid_t is not None:
+            # A padded step copied the carry: its cotangent passes through unchanged.
+            keep = valid_t[:, None]
+            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
+            d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
+            return jnp.where(keep, g * z + d_hh @ w_h_t, d_h), (d_xp, d_hh)
+        return g * z + d_hh @ w_h_t, (d_xp, d_hh)
+
+    h_prev = _states_before(backwards, h0, ys)
+    d_h0, (d_xp, d_hh) = jax.lax.scan(
+        body, d_h, (h_prev, kept, valid, d_ys), reverse=not backwards, unroll=unroll
+    )
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_hh)
+    d_w_i, d_b = _input_weight_gradient(xs, d_xp, time_major)
+    return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
+
+
+def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
+    (xp, b), w_h, b_h = _projection(params, xs, params["b"]), params["w_h"], params["b_h"]
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    options = {"time_major": time_major}
+    xla = functools.partial(_gru_forward_xla, backwards=backwards, unroll=unroll, **options)
+    if not _native_loops(unroll, w_h, xp, h0):
+        ys, h, kept = xla(w_h, xp, b, b_h, valid, h0)
+        return ys, h, (h0, ys, kept)
+
+    def xla_packed(*args):
+        ys, h, kept = xla(*args)
+        return ys, h, (_native.pack_kept(kept, 3) if keep else jnp.zeros((0,)))
+
+    native = functools.partial(_native.gru_forward, reverse=backwards, keep=keep, **options)
+    valid_ = _native.mask(valid, steps, batch)
+    ys, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, b, b_h, valid_, h0)
+    return ys, h, (h0, ys, kept)
+
+
+def _gru_backward(cell, backwards, unroll, time_major, saved, cotangents):
+    params, xs, valid, (h0, ys, kept) = saved
+    d_ys, d_h = cotangents
+    w_h, options = params["w_h"], {"time_major": time_major}
+    xla = functools.partial(_gru_backward_xla, backwards=backwards, unroll=unroll, **options)
+    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
+        grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+    else:
+
+        def xla_packed(w_h, kept, *args):
+            return xla(w_h, _native.unpack_kept(kept, 4, 3, *ys.shape), *args)
+
+        native = functools.partial(_native.gru_backward, reverse=backwards, **options)
+        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
+        grads = _native.on_cpu(native, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
+    d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
+    d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}
+    return d_params, _input_cotangent(params, time_major, d_xp), None, d_h0
+
+
+_gru_scan = _with_backward(_gru_forward, _gru_backward)
 
 
 def has_fused_path(cell: Cell) -> bool:

@@ -36,6 +36,8 @@ _TARGETS = {
     "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
     "jaxrnn_simple_forward": "JaxrnnSimpleForward",
     "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+    "jaxrnn_gru_forward": "JaxrnnGruForward",
+    "jaxrnn_gru_backward": "JaxrnnGruBackward",
 }
 _log = logging.getLogger(__name__)
 _libraries: list[ctypes.CDLL] = []  # kept alive for the life of the process
@@ -129,7 +131,7 @@ def _outputs(*shapes) -> list[jax.ShapeDtypeStruct]:
 
 def chunk_starts(batch: int, hidden: int, gates: int) -> list[int]:
     """The first unit of each chunk the kernels split ``hidden`` units into, then ``hidden``
-    (``SplitUnits`` in ``csrc/recurrence.cc``: one chunk per thread, multiples of 16)."""
+    (``SplitUnits`` in ``csrc/recurrence.h``: one chunk per thread, multiples of 16)."""
     n = min(_max_threads, hidden // 16)
     if batch * hidden * hidden * gates < 1 << 17:
         n = 1
@@ -140,27 +142,29 @@ def chunk_starts(batch: int, hidden: int, gates: int) -> list[int]:
     return [*range(0, hidden, chunk), hidden]
 
 
-def pack_kept(c_prevs, gates):
-    """What the LSTM kernels keep for the backward pass, in their layout (``KeptRow`` in
-    ``csrc/recurrence.cc``): per chunk of units, ``[T, B, 5, n]`` of the previous cell state
-    and the gates ``i, f, g, o``, chunks one after another, flat."""
-    steps, batch, hidden = c_prevs.shape
-    stacked = jnp.stack([c_prevs, *gates], axis=2)
-    starts = chunk_starts(batch, hidden, 4)
+def pack_kept(arrays, gates: int):
+    """What a forward kernel keeps for the backward pass, in its layout (``KeptRow`` in
+    ``csrc/recurrence.h``), from ``K`` arrays ``[T, B, H]`` (the LSTM's previous cell state and
+    gates ``i, f, g, o``; the GRU's ``r, z, n, hh_n``): per chunk of units of a cell with
+    ``gates`` gate blocks, ``[T, B, K, n]``, chunks one after another, flat."""
+    steps, batch, hidden = arrays[0].shape
+    stacked = jnp.stack(arrays, axis=2)
+    starts = chunk_starts(batch, hidden, gates)
     return jnp.concatenate(
         [stacked[..., a:b].reshape(-1) for a, b in zip(starts, starts[1:], strict=False)]
     )
 
 
-def unpack_kept(kept, steps: int, batch: int, hidden: int):
-    """``(c_prevs, (i, f, g, o))``, each ``[T, B, H]``, from :func:`pack_kept`'s layout."""
-    starts = chunk_starts(batch, hidden, 4)
+def unpack_kept(kept, count: int, gates: int, steps: int, batch: int, hidden: int):
+    """The ``count`` arrays ``[T, B, H]`` of :func:`pack_kept`'s layout."""
+    starts = chunk_starts(batch, hidden, gates)
+    size = steps * batch * count
     parts = [
-        kept[steps * batch * 5 * a : steps * batch * 5 * b].reshape(steps, batch, 5, b - a)
+        kept[size * a : size * b].reshape(steps, batch, count, b - a)
         for a, b in zip(starts, starts[1:], strict=False)
     ]
     stacked = jnp.concatenate(parts, axis=-1)
-    return stacked[:, :, 0], tuple(stacked[:, :, k] for k in range(1, 5))
+    return tuple(stacked[:, :, k] for k in range(count))
 
 
 def lstm_forward(
@@ -252,3 +256,40 @@ def simple_backward(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: b
     args = (w_h, ys, valid, d_ys, d_h, h0, xs)
     options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
     return tuple(call(*args, **options, time_major=np.int32(time_major)))
+
+
+def gru_forward(w_h, xp, b, b_h, valid, h0, *, reverse: bool, time_major: bool, keep=True):
+    """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xp + b`` (``[T, B, 3H]`` or
+    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias; ``kept``: ``r, z,
+    n`` and ``hh_n`` of every step (:func:`pack_kept`), or empty with ``keep=False``."""
+    steps, batch = valid.shape
+    hidden = w_h.shape[0]
+    kept_size = steps * batch * 4 * hidden if keep else 0
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_forward",
+        _outputs((steps, batch, hidden), (batch, hidden), (kept_size,)),
+        vmap_method="sequential",
+    )
+    options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
+    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, **options)
+    return ys, h, kept
+
+
+def gru_backward(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, reverse: bool, time_major):
+    """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
+    pre-activations (``[T, B, 3H]``), initial state and weights (as :func:`lstm_backward`)."""
+    steps, batch, hidden = ys.shape
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_backward",
+        _outputs(
+            (steps, batch, 3 * hidden),
+            (batch, hidden),
+            w_h.shape,
+            (3 * hidden,),
+            (xs.shape[2], 3 * hidden),
+            (3 * hidden,),
+        ),
+        vmap_method="sequential",
+    )
+    args = (w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

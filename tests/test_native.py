@@ -20,6 +20,9 @@ CASES = [
     ("rnn_relu", jaxrnn.SimpleRNN(64, activation="relu"), {"activation": "relu"}, 33),
     ("lstm_uneven", jaxrnn.LSTM(40), {}, 30),  # two chunks of 32 and 8 units
     ("lstm_small", jaxrnn.LSTM(5), {}, 4),  # one thread, units not a multiple of 16
+    ("gru", jaxrnn.GRU(64), {}, 11),
+    ("gru_uneven", jaxrnn.GRU(40), {}, 30),
+    ("gru_small", jaxrnn.GRU(5), {}, 4),
 ]
 T, I = 6, 3  # noqa: E741
 
@@ -27,7 +30,7 @@ T, I = 6, 3  # noqa: E741
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
 def case(request):
     name, cell, hyper, batch = request.param
-    kind = "lstm" if name.startswith("lstm") else "rnn"
+    kind = name.split("_")[0]
     return cell, kind, {**hyper, "hidden": cell.hidden_size}, batch
 
 
@@ -79,13 +82,23 @@ def test_matches_numpy(case, reverse, masked, time_major):
 
 def _packed(forward):
     ys, c, h, c_prevs, gates = forward
-    return ys, c, h, _native.pack_kept(c_prevs, gates)
+    return ys, c, h, _native.pack_kept((c_prevs, *gates), 4)
+
+
+def _packed_gru(forward):
+    ys, h, kept = forward
+    return ys, h, _native.pack_kept(kept, 3)
+
+
+def _unpack_lstm(kept, batch, hidden):
+    c_prevs, *gates = _native.unpack_kept(kept, 5, 4, T, batch, hidden)
+    return c_prevs, tuple(gates)
 
 
 def _loops(cell, batch, time_major, reverse, valid):
     """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
     rng = np.random.default_rng(2)
-    hidden, gates = cell.hidden_size, 4 if isinstance(cell, jaxrnn.LSTM) else 1
+    hidden, gates = cell.hidden_size, cell.gates
     w_h = jnp.asarray(rng.normal(0, hidden**-0.5, (hidden, gates * hidden)), jnp.float32)
     lead = (T, batch) if time_major else (batch, T)
     xp = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
@@ -108,7 +121,7 @@ def _loops(cell, batch, time_major, reverse, valid):
             ),
             lambda fw: _fused._lstm_backward_xla(
                 w_h,
-                *_native.unpack_kept(fw[3], T, batch, hidden),
+                *_unpack_lstm(fw[3], batch, hidden),
                 valid,
                 d_ys,
                 *state,
@@ -118,6 +131,33 @@ def _loops(cell, batch, time_major, reverse, valid):
                 backwards=reverse,
                 unroll=1,
                 **tm,
+            ),
+        )
+    if isinstance(cell, jaxrnn.GRU):
+        b_h = jnp.asarray(rng.normal(size=(3 * hidden,)), jnp.float32)
+        opts = {"time_major": time_major}
+        return (
+            lambda: _native.gru_forward(w_h, xp, b, b_h, valid, state[0], reverse=reverse, **opts),
+            lambda: _packed_gru(
+                _fused._gru_forward_xla(
+                    w_h, xp, b, b_h, valid, state[0], backwards=reverse, unroll=1, **opts
+                )
+            ),
+            lambda fw: _native.gru_backward(
+                w_h, fw[2], valid, d_ys, state[1], fw[0], state[0], xs, reverse=reverse, **opts
+            ),
+            lambda fw: _fused._gru_backward_xla(
+                w_h,
+                _native.unpack_kept(fw[2], 4, 3, T, batch, hidden),
+                valid,
+                d_ys,
+                state[1],
+                fw[0],
+                state[0],
+                xs,
+                backwards=reverse,
+                unroll=1,
+                **opts,
             ),
         )
     relu = cell.activation == "relu"
@@ -235,15 +275,16 @@ def test_an_explicit_unroll_runs_lax_scan():
         assert ("jaxrnn_lstm_forward" in hlo.as_text()) == native, unroll
 
 
-def test_inference_skips_what_the_backward_pass_keeps():
-    """Undifferentiated, the LSTM's forward kernel returns an empty ``kept`` (and writes none);
-    under ``grad`` it keeps the ``[T, B, 5, H]`` activations."""
-    cell = jaxrnn.LSTM(8)
+@pytest.mark.parametrize("cell", [jaxrnn.LSTM(8), jaxrnn.GRU(8)], ids=["lstm", "gru"])
+def test_inference_skips_what_the_backward_pass_keeps(cell):
+    """Undifferentiated, the forward kernel returns an empty ``kept`` (and writes none); under
+    ``grad`` it keeps its ``[T, B, K, H]`` activations."""
     params = cell.init(jax.random.key(0), I)
     xs = jnp.zeros((2, T, I))
-    kept = f"f32[{T * 2 * 5 * 8}]"
+    kept = f"f32[{T * 2 * (5 if isinstance(cell, jaxrnn.LSTM) else 4) * 8}]"
+    target = "jaxrnn_lstm_forward" if isinstance(cell, jaxrnn.LSTM) else "jaxrnn_gru_forward"
     infer = jax.jit(lambda p, x: jaxrnn.rnn(cell, p, x)[0]).lower(params, xs).as_text("hlo")
     train = jax.jit(jax.grad(lambda p, x: jaxrnn.rnn(cell, p, x)[0].sum())).lower(params, xs)
-    forward = [line for line in infer.splitlines() if "jaxrnn_lstm_forward" in line]
+    forward = [line for line in infer.splitlines() if target in line]
     assert forward and all("f32[0]" in line and kept not in line for line in forward)
     assert kept in train.as_text("hlo")
