@@ -179,7 +179,7 @@ def markdown(payload: dict) -> str:
             out.append(f"| {cell} | {steps} | {hidden} | " + " | ".join(cells) + " |")
         out.append("")
     if payload.get("settings", {}).get("cpu_kernels"):
-        out.append("`unroll_1` of `rnn` and `lstm`: jaxrnn's CPU kernels; the rest: XLA's loops.")
+        out.append("`unroll_1`: jaxrnn's CPU kernels; the rest: XLA's loops.")
     return "\n".join(out)
 
 
@@ -227,8 +227,8 @@ def main(argv=None):
             "repeats": args.repeats,
             "target_s": args.target_s,
             "compile_budget_s": args.compile_budget,
-            # On a CPU with jaxrnn's kernels built, rnn(unroll=1) of the SimpleRNN and the LSTM
-            # runs them (float32); every other variant is XLA's loop.
+            # On a CPU with jaxrnn's kernels built, rnn(unroll=1) runs them (float32; every
+            # cell of the grid); every other variant is XLA's loop.
             "cpu_kernels": env["backend"] == "cpu"
             and jaxrnn._native.available(np.zeros(1, np.float32)),
         },
