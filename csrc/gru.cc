@@ -19,7 +19,8 @@ void GruRow(int n, const float* __restrict__ xp, const float* __restrict__ bias,
             float* __restrict__ kn, float* __restrict__ khn) {
   for (int j = 0; j < n; ++j) {
     float r = Sigmoid(xp[j] + bias[j] + (acc[j] + bias_h[j]));
-    float z = Sigmoid(xp[stride + j] + bias[stride + j] + (acc[acc_stride + j] + bias_h[stride + j]));
+    float z =
+        Sigmoid(xp[stride + j] + bias[stride + j] + (acc[acc_stride + j] + bias_h[stride + j]));
     float hn = acc[2 * acc_stride + j] + bias_h[2 * stride + j];
     float c = Tanh(xp[2 * stride + j] + bias[2 * stride + j] + r * hn);
     float hv = (1.0f - z) * c + z * h_prev[j];
@@ -151,7 +152,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   float* dx = d_xp->typed_data();
   float* dh = d_h0->typed_data();  // the running cotangent of h, updated in place
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
-  std::vector<float> dhh(steps * batch * width);  // the recurrent pre-activations' cotangents
+  // The recurrent pre-activations' cotangents; every row is written before it is read.
+  std::unique_ptr<float[]> dhh(new float[steps * batch * width]);
 
   // As in the LSTM's backward pass: round u adds step u - 1's d_hh @ w_h^T to the chunk's
   // units of dh, then runs the pointwise part of step u; the last round, the weights'
@@ -161,16 +163,16 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
     if (u == steps + 1) {
       for (int gate = 0; gate < 3; ++gate)
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(),
-                                dhh.data(), width, gate * hidden + j0, n, d_w_h->typed_data());
+                                dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
       const auto [c0, c1] = ColumnPart(width, k, chunks);
       InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dx,
                           width, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
-      ColumnSums(steps * batch, dhh.data(), width, c0, c1 - c0, d_b_h->typed_data());
+      ColumnSums(steps * batch, dhh.get(), width, c0, c1 - c0, d_b_h->typed_data());
       return;
     }
     if (u > 0) {
       const int64_t t = order.At(u - 1);
-      Gemm(true, batch, n, width, dhh.data() + t * batch * width, width, w + j0 * width, width,
+      Gemm(true, batch, n, width, dhh.get() + t * batch * width, width, w + j0 * width, width,
            1.0f, dh + j0, hidden);
     }
     if (u == steps) return;
@@ -179,10 +181,11 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = (t * batch + b) * hidden + j0;
       float* dx_row = dx + (t * batch + b) * width + j0;
-      float* dhh_row = dhh.data() + (t * batch + b) * width + j0;
+      float* dhh_row = dhh.get() + (t * batch + b) * width + j0;
       if (v[t * batch + b]) {
         const float* k = KeptRow<kKept>(kept_in, steps, batch, j0, n, t, b);
-        const float* hp = (t == first ? h0.typed_data() + b * hidden : y + (prev * batch + b) * hidden) + j0;
+        const float* hp =
+            (t == first ? h0.typed_data() + b * hidden : y + (prev * batch + b) * hidden) + j0;
         GruBackwardRow(n, k, k + n, k + 2 * n, k + 3 * n, hp, dy + row, dh + b * hidden + j0,
                        dx_row, dhh_row, hidden);
       } else {  // a copied state: its cotangent passes through, the step gets none

@@ -62,7 +62,8 @@ void LstmBackwardRow(int n, const float* __restrict__ gi, const float* __restric
 // ------------------------------------------------------------------------------- LSTM
 
 ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
-                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> c0,
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
+                           ffi::Buffer<ffi::F32> c0,
                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
                            ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
                            ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,

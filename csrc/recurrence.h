@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -45,8 +46,8 @@ inline Sgemm g_sgemm = nullptr;
 inline int g_max_threads = 1;
 
 // C[m, n] = beta * C + A[m, k] @ op(B) with op(B) = B[k, n] or B[n, k]^T (row-major).
-inline void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-          float beta, float* c, int ldc) {
+inline void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const float* b,
+                 int ldb, float beta, float* c, int ldc) {
   g_sgemm(kRowMajor, kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta,
           c, ldc);
 }
@@ -57,8 +58,8 @@ inline void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, con
 // direction the steps ran), or h0 for the first step. Where a step is past a sequence's
 // length its d_z row is zero, so the (wrong) h_prev row there adds nothing.
 inline void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden, bool reverse,
-                             const float* ys, const float* h0, const float* dz, int64_t dz_width,
-                             int col, int width, float* d_w) {
+                                    const float* ys, const float* h0, const float* dz,
+                                    int64_t dz_width, int col, int width, float* d_w) {
   const int64_t first = reverse ? steps - 1 : 0;  // the step whose previous state is h0
   // h0 x d_z[first], then the outputs of steps [0, T-1) x d_z[1, T) (or [1, T) x [0, T-1)).
   g_sgemm(kRowMajor, kTrans, kNoTrans, hidden, width, batch, 1.0f, h0, hidden,
@@ -70,23 +71,24 @@ inline void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden
           dz_width, 1.0f, d_w + col, dz_width);
 }
 
-// sums[col:col+width] = the sums over `rows` rows of z[:, col:col+width] (z: [rows, z_width]).
+// sums[col:col+width] = the sums over `rows` rows of z[:, col:col+width] (z: [rows, z_width]),
+// accumulated in double (thousands of rows; a float running sum would lose digits).
 inline void ColumnSums(int64_t rows, const float* z, int64_t z_width, int col, int width,
                        float* sums) {
-  float* sum = sums + col;
-  std::fill_n(sum, width, 0.0f);
+  std::vector<double> sum(width, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = z + r * z_width + col;
     for (int j = 0; j < width; ++j) sum[j] += row[j];
   }
+  for (int j = 0; j < width; ++j) sums[col + j] = static_cast<float>(sum[j]);
 }
 
 // The input weights' and the bias's gradients for `width` of their columns (from `col`):
 // d_w_i[:, col:col+width] = sum over steps and rows of x^T @ d_z and d_b[col:col+width] the
 // column sums of d_z ([T, B, dz_width]). x is [T, B, F] (time-major) or [B, T, F].
-inline void InputWeightGradient(int64_t steps, int64_t batch, int64_t features, bool time_major,
-                         const float* x, const float* dz, int64_t dz_width, int col, int width,
-                         float* d_w_i, float* d_b) {
+inline void InputWeightGradient(int64_t steps, int64_t batch, int64_t features,
+                                bool time_major, const float* x, const float* dz,
+                                int64_t dz_width, int col, int width, float* d_w_i, float* d_b) {
   if (steps * batch == 0) {
     for (int64_t f = 0; f < features; ++f) std::fill_n(d_w_i + f * dz_width + col, width, 0.0f);
     std::fill_n(d_b + col, width, 0.0f);

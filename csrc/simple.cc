@@ -34,7 +34,8 @@ void SimpleBackwardRow(int n, bool relu, const float* __restrict__ y,
 // -------------------------------------------------------------------------- SimpleRNN
 
 ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
-                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
+                             ffi::Buffer<ffi::F32> h0,
                              ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
                              ffi::ResultBuffer<ffi::F32> h_out, int32_t relu, int32_t reverse,
                              int32_t time_major) {

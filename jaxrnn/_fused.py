@@ -1,24 +1,27 @@
 """The fused path of :func:`jaxrnn.rnn`: hoisted input projections, hand-written backward passes.
 
 For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (see ``jaxrnn.drivers`` for when it
-is used). The input half of every step is one matmul over all steps before the loop, kept per
-gate (``[time, batch, hidden]`` each: XLA:CPU runs an elementwise fusion that slices several
-gates out of one loop-indexed ``[time, batch, k*hidden]`` buffer several times slower); the
-backward loop holds only the recurrent matmul and the cell's elementwise derivative, and the
-gradients of ``w_i``, ``w_h``, the biases and ``xs`` are one matmul each after it.
+is used). The input half of every step is one matmul over all steps before the loop (the
+loop adds the bias: XLA:CPU does not fuse it into the matmul, and a separate pass over the
+whole projection cost up to a fifth of a forward pass), split per gate (``[time, batch,
+hidden]`` each: XLA:CPU runs an elementwise fusion that slices several gates out of one
+loop-indexed ``[time, batch, k*hidden]`` buffer several times slower); the backward loop
+holds only the recurrent matmul and the cell's elementwise derivative, and the gradients of
+``w_i``, ``w_h``, the biases and ``xs`` are one matmul each after it.
 
 Every per-step value the forward loop writes is a separate buffer write (one more operation
 per step, which dominates small models on CPU), so each cell keeps only what its backward
 pass needs, and the previous ``h`` is always the previous output: the ``SimpleRNN`` keeps
 nothing but its outputs (its derivative is a function of the output); the LSTM keeps the
 previous cell state and its four gate activations (its backward loop then has no exp or
-divide: about 5% off W1 and W2 and 12% off W5 in ``benchmarks/NOTES.md``); the GRU keeps the
-recurrent pre-activations and differentiates its elementwise step with ``jax.vjp``. All
-functions take and return time-major per-step arrays.
+divide: about 5% off W1 and W2 and 12% off W5 in ``benchmarks/NOTES.md``); the GRU keeps
+``r, z, n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
+Undifferentiated (the ``custom_vjp``'s primal), the forward pass keeps nothing. All functions
+take and return time-major per-step arrays.
 
-On a CPU the SimpleRNN's and the LSTM's two loops (and ``w_h``'s gradient) run as jaxrnn's
-kernels instead (``jaxrnn._native``, under the conditions of :func:`_native_loops`); the XLA
-loops here are then their derivatives, and what they run on other platforms.
+On a CPU the three cells' two loops (and the weights' gradients) run as jaxrnn's kernels
+instead (``jaxrnn._native``, under the conditions of :func:`_native_loops`); the XLA loops
+here are then their derivatives, and what they run on other platforms.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""jaxrnn's CPU kernels for the SimpleRNN and LSTM recurrences, called through the XLA FFI.
+"""jaxrnn's CPU kernels for the SimpleRNN, LSTM and GRU recurrences, called through the XLA FFI.
 
 XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a dispatch for
-each: at the tutorials' sizes that, not arithmetic, sets the step time. ``csrc/recurrence.cc``
-runs the whole recurrent loop (forward, or backward) in one call and splits every step's
-hidden units across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
+each: at the tutorials' sizes that, not arithmetic, sets the step time. The kernels
+(``csrc/``: ``recurrence.h`` and one file per cell) run the whole recurrent loop (forward,
+or backward with every weight gradient) in one call and split every step's hidden units
+across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
 ``scipy-openblas32``). It is built with the package (``setup.py``); where it is missing, or
 ``JAXRNN_NATIVE=0``, or the computation is not float32, or ``rnn`` is given an explicit
 ``unroll``, jaxrnn runs its XLA loops instead.

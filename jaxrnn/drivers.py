@@ -23,10 +23,10 @@ measurements behind each choice):
   pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and
   the cell's elementwise derivative, and the weight and input gradients are one matmul each
   after it. Forward-mode differentiation (``jax.jvp``) of this path is not defined. On a CPU,
-  for float32 ``SimpleRNN`` and ``LSTM`` with the default ``unroll=1``, both loops run as
-  jaxrnn's kernels (``csrc/recurrence.cc`` via ``jaxrnn/_native.py``): the whole loop in one
-  call, each step's hidden units split over the cores; an explicit ``unroll``, another
-  platform or dtype, or ``JAXRNN_NATIVE=0`` runs ``lax.scan`` instead.
+  in float32 with the default ``unroll=1``, both loops of each of these cells run as
+  jaxrnn's kernels (``csrc/`` via ``jaxrnn/_native.py``): the whole loop in one call, each
+  step's hidden units split over the cores; an explicit ``unroll``, another platform or
+  dtype, or ``JAXRNN_NATIVE=0`` runs ``lax.scan`` instead.
 * Otherwise (``GRU(reset_after=False)``, ``remat``, recurrent dropout) ``lax.scan`` is
   differentiated by JAX, with the input projection inside the step; it supports ``jax.jvp``.
   ``static_rnn`` projects all steps at once and is differentiated by JAX.

@@ -1,4 +1,4 @@
-"""The CPU kernels (``csrc/recurrence.cc`` through ``jaxrnn._native``): against the NumPy
+"""The CPU kernels (``csrc/`` through ``jaxrnn._native``): against the NumPy
 reference and the XLA loops they replace, at sizes that split the units across threads."""
 
 import os
