@@ -154,20 +154,26 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
   // The recurrent pre-activations' cotangents; every row is written before it is read.
   std::unique_ptr<float[]> dhh(new float[steps * batch * width]);
+  const int64_t features = xs.dimensions()[2];
+  TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
 
   // As in the LSTM's backward pass: round u adds step u - 1's d_hh @ w_h^T to the chunk's
-  // units of dh, then runs the pointwise part of step u; the last round, the weights'
+  // units of dh, then runs the pointwise part of step u; rounds T + 1 and T + 2, the weights'
   // gradients.
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 2) {
+      const auto [c0, c1] = ColumnPart(width, k, chunks);
+      InputWeightGradient(steps * batch, features, inputs.data(), dx, width, c0, c1 - c0,
+                          d_w_i->typed_data(), d_b->typed_data());
+      ColumnSums(steps * batch, dhh.get(), width, c0, c1 - c0, d_b_h->typed_data());
+      return;
+    }
     if (u == steps + 1) {
       for (int gate = 0; gate < 3; ++gate)
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(),
                                 dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
-      const auto [c0, c1] = ColumnPart(width, k, chunks);
-      InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dx,
-                          width, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
-      ColumnSums(steps * batch, dhh.get(), width, c0, c1 - c0, d_b_h->typed_data());
+      inputs.CopyPart(k, chunks);
       return;
     }
     if (u > 0) {
@@ -196,7 +202,7 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps + 2, chunks, 0, round);
+  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
   return ffi::Error::Success();
 }
 

@@ -161,21 +161,27 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   float* dh = d_h0->typed_data();
   std::memcpy(dc, d_c.typed_data(), sizeof(float) * batch * hidden);
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
+  const int64_t features = xs.dimensions()[2];
+  TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
 
   // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
-  // of that step: the previous round) and runs the pointwise part of step u; the last round
-  // computes the chunk's columns of w_h's gradient and a part of w_i's and b's, once every d_z
-  // is written.
+  // of that step: the previous round) and runs the pointwise part of step u. Once every d_z is
+  // written, round T + 1 computes the chunk's columns of w_h's gradient (and its part of the
+  // time-major copy of batch-first inputs), round T + 2 its part of w_i's and b's columns.
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 2) {
+      const auto [c0, c1] = ColumnPart(width, k, chunks);
+      InputWeightGradient(steps * batch, features, inputs.data(), dz, width, c0, c1 - c0,
+                          d_w_i->typed_data(), d_b->typed_data());
+      return;
+    }
     if (u == steps + 1) {
       for (int gate = 0; gate < 4; ++gate)
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, ys.typed_data(),
                                 h0.typed_data(), dz, width, gate * hidden + j0, n,
                                 d_w_h->typed_data());
-      const auto [c0, c1] = ColumnPart(width, k, chunks);
-      InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dz,
-                          width, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
+      inputs.CopyPart(k, chunks);
       return;
     }
     if (u > 0) {
@@ -197,7 +203,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps + 2, chunks, 0, round);
+  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
   return ffi::Error::Success();
 }
 

@@ -101,15 +101,21 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   float* dz = d_z->typed_data();
   float* dh = d_h0->typed_data();
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
+  const int64_t features = xs.dimensions()[2];
+  TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
 
   auto round = [&](int64_t u, int k, float*) {  // as in the LSTM's backward pass
     const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 2) {
+      const auto [c0, c1] = ColumnPart(hidden, k, chunks);
+      InputWeightGradient(steps * batch, features, inputs.data(), dz, hidden, c0, c1 - c0,
+                          d_w_i->typed_data(), d_b->typed_data());
+      return;
+    }
     if (u == steps + 1) {
       RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(), dz, hidden,
                               j0, n, d_w_h->typed_data());
-      const auto [c0, c1] = ColumnPart(hidden, k, chunks);
-      InputWeightGradient(steps, batch, xs.dimensions()[2], time_major != 0, xs.typed_data(), dz,
-                          hidden, c0, c1 - c0, d_w_i->typed_data(), d_b->typed_data());
+      inputs.CopyPart(k, chunks);
       return;
     }
     if (u > 0) {
@@ -128,7 +134,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       }
     }
   };
-  RunRounds(pool, chunks - 1, steps + 2, chunks, 0, round);
+  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
   return ffi::Error::Success();
 }
 
