@@ -73,8 +73,7 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const Steps order{steps, batch, reverse != 0};
   const std::vector<int> starts = SplitUnits(batch, hidden, 3);
   const int chunks = static_cast<int>(starts.size()) - 1;
-  int widest = 0;
-  for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
+  const int widest = WidestChunk(starts);
 
   const float* x = xp.typed_data();
   const float* bs = bias.typed_data();
@@ -86,15 +85,7 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   float* kept_out = kept->element_count() > 0 ? kept->typed_data() : nullptr;
   std::vector<float> h_buf(2 * batch * hidden);  // step s reads h[s % 2], writes h[(s+1) % 2]
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  std::vector<std::vector<float>> w_chunk(chunks);  // each chunk's columns: [hidden, 3 * n]
-  for (int k = 0; k < chunks; ++k) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    w_chunk[k].resize(hidden * 3 * n);
-    for (int64_t r = 0; r < hidden; ++r)
-      for (int gate = 0; gate < 3; ++gate)
-        std::memcpy(&w_chunk[k][(r * 3 + gate) * n], w + r * width + gate * hidden + j0,
-                    sizeof(float) * n);
-  }
+  const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 3, starts);
 
   // scratch: the recurrent products [batch, 3 * n], one row's discarded h and y, and one
   // row's kept values when they are not kept.

@@ -74,8 +74,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const Steps order{steps, batch, reverse != 0};
   const std::vector<int> starts = SplitUnits(batch, hidden, 4);
   const int chunks = static_cast<int>(starts.size()) - 1;
-  int widest = 0;
-  for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
+  const int widest = WidestChunk(starts);
 
   const float* x = xp.typed_data();
   const float* bs = bias.typed_data();
@@ -90,16 +89,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
   std::vector<float> h_buf(2 * batch * hidden);
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  // Each chunk's columns of w_h, gate by gate: [hidden, 4 * n].
-  std::vector<std::vector<float>> w_chunk(chunks);
-  for (int k = 0; k < chunks; ++k) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    w_chunk[k].resize(hidden * 4 * n);
-    for (int64_t r = 0; r < hidden; ++r)
-      for (int gate = 0; gate < 4; ++gate)
-        std::memcpy(&w_chunk[k][(r * 4 + gate) * n], w + r * width + gate * hidden + j0,
-                    sizeof(float) * n);
-  }
+  const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 4, starts);
 
   // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y, then
   // one row's discarded kept values when `kept` is empty.

@@ -203,6 +203,30 @@ inline std::vector<int> SplitUnits(int64_t batch, int64_t hidden, int gates) {
   return starts;
 }
 
+// The most units of any chunk of `starts` (SplitUnits), for the threads' scratch sizes.
+inline int WidestChunk(const std::vector<int>& starts) {
+  int widest = 0;
+  for (size_t k = 0; k + 1 < starts.size(); ++k)
+    widest = std::max(widest, starts[k + 1] - starts[k]);
+  return widest;
+}
+
+// Each chunk's columns of w_h ([H, gates * H], gate blocks of H), gate by gate: [H, gates * n]
+// per chunk of n units, so that one sgemm computes every gate of the chunk's units.
+inline std::vector<std::vector<float>> ChunkColumns(const float* w, int64_t hidden, int gates,
+                                                    const std::vector<int>& starts) {
+  std::vector<std::vector<float>> out(starts.size() - 1);
+  for (size_t k = 0; k + 1 < starts.size(); ++k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    out[k].resize(hidden * gates * n);
+    for (int64_t r = 0; r < hidden; ++r)
+      for (int gate = 0; gate < gates; ++gate)
+        std::memcpy(&out[k][(r * gates + gate) * n], w + (r * gates + gate) * hidden + j0,
+                    sizeof(float) * n);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------- pointwise
 // exp to about 1 ulp (range reduction by ln 2, a degree-6 polynomial), written so that the
 // compiler vectorises loops over it; NaN propagates through every function.

@@ -45,8 +45,7 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const Steps order{steps, batch, reverse != 0};
   const std::vector<int> starts = SplitUnits(batch, hidden, 1);
   const int chunks = static_cast<int>(starts.size()) - 1;
-  int widest = 0;
-  for (int k = 0; k < chunks; ++k) widest = std::max(widest, starts[k + 1] - starts[k]);
+  const int widest = WidestChunk(starts);
 
   const float* x = xp.typed_data();
   const float* bs = bias.typed_data();
