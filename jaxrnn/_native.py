@@ -173,9 +173,9 @@ def lstm_forward(
 ):
     """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
     ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
-    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``:
-    the cell states before each step and the gate activations (:func:`pack_kept`), or, with
-    ``keep=False`` (nothing will differentiate the call), an empty array, unwritten."""
+    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
+    gate activations (:func:`pack_kept`), or, with ``keep=False`` (nothing will differentiate
+    the call), an empty array, unwritten."""
     steps, batch = valid.shape
     hidden = w_h.shape[0]
     state = (batch, hidden)
