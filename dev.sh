@@ -3,6 +3,7 @@
 #   ./dev.sh train [jaxrnn train flags]   train (default: the lstm_sequences config, no download)
 #   ./dev.sh test  [pytest flags]         ruff (lint, format), mypy, and the whole test suite
 #   ./dev.sh bench [benchmark flags]      the scan-vs-unroll benchmark (see benchmarks/)
+#   ./dev.sh docs  [mkdocs build flags]   the documentation site, into site/ (warnings are errors)
 #   ./dev.sh shell                        a shell with the venv active
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,12 +50,24 @@ case "$cmd" in
     setup
     exec "$VENV/bin/python" benchmarks/scan_vs_unroll.py "$@"
     ;;
+  docs)
+    setup
+    # The `docs` extra of pyproject.toml, installed on its own (no reinstall of the package).
+    docs_stamp="$VENV/.jaxrnn-docs-installed"
+    if [ ! -f "$docs_stamp" ] || [ pyproject.toml -nt "$docs_stamp" ] \
+      || [ constraints.txt -nt "$docs_stamp" ]; then
+      "$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))' \
+        | PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -r /dev/stdin
+      touch "$docs_stamp"
+    fi
+    NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
+    ;;
   shell)
     setup
     exec bash --rcfile <(echo "source '$VENV/bin/activate'")
     ;;
   *)
-    echo "usage: ./dev.sh {train|test|bench|shell} [args]" >&2
+    echo "usage: ./dev.sh {train|test|bench|docs|shell} [args]" >&2
     exit 2
     ;;
 esac
