@@ -28,11 +28,12 @@ from jaxrnn import parallel
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import feed as feed_lib
-from jaxrnn.training import optimizers, steps
+from jaxrnn.training import optimizers, runlog, steps
 from jaxrnn.training import state as state_lib
 from jaxrnn.training import workdir as workdir_lib
 from jaxrnn.training.checkpointing import Checkpointer
-from jaxrnn.training.workdir import WorkdirError, load_run, read_metrics
+from jaxrnn.training.runlog import read_metrics
+from jaxrnn.training.workdir import WorkdirError, load_run
 
 __all__ = [
     "NonFiniteError",
@@ -240,7 +241,7 @@ def train(
         compiled[k] = train_block.lower(state, abstract).compile()  # type: ignore[attr-defined]
     compile_time = time.perf_counter() - t_compile
 
-    log = workdir_lib.RunLog(workdir, start, last_step) if main else workdir_lib.NoLog()
+    log = runlog.RunLog(workdir, start, last_step) if main else runlog.NoLog()
     bar = tqdm(
         total=last_step,
         initial=start,

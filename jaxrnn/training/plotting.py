@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 
 from jaxrnn.training import workdir as workdir_lib
+from jaxrnn.training.runlog import read_metrics
 
 
 def plot_run(workdir: str, path: str | None = None) -> str:
-    """Draw ``metrics.jsonl`` of ``workdir`` into ``path`` (default ``workdir/curves.png``).
+    """Draw the metrics rows of ``workdir`` into ``path`` (default ``workdir/curves.png``).
 
     Both may be on any ``epath`` file system (``gs://`` included): the PNG is rendered in
     memory and written whole.
@@ -18,7 +19,7 @@ def plot_run(workdir: str, path: str | None = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = workdir_lib.read_metrics(workdir)
+    rows = read_metrics(workdir)
     if not rows:
         raise FileNotFoundError(f"{workdir} has no metrics.jsonl rows to plot")
     root = workdir_lib.as_path(workdir)

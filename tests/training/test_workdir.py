@@ -11,57 +11,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import sys
 
 import jax
 import numpy as np
 import pytest
 from etils import epath
-from etils.epath import backend as epath_backend
-from etils.epath import gpath
-from fsspec.implementations.memory import MemoryFileSystem
 
 from jaxrnn.configs import get_config
 from jaxrnn.training import loop, workdir
 from jaxrnn.training.plotting import plot_run
 
 TIME = 6
-
-
-class _Bucket(MemoryFileSystem):
-    """An in-memory object store: whole-object writes only, as GCS (no append, no update)."""
-
-    cachable = False
-
-    def __init__(self):
-        super().__init__()
-        self.store = {}
-        self.pseudo_dirs = [""]
-        self.opened: list[tuple[str, str]] = []
-
-    def _open(self, path, mode="rb", **kwargs):
-        if "a" in mode or "+" in mode:
-            raise OSError(f"an object store cannot open {path} with mode {mode!r}")
-        self.opened.append((path, mode))
-        return super()._open(path, mode, **kwargs)
-
-
-class _BucketBackend(epath_backend._FileSystemSpecBackend):
-    def __init__(self, fs):
-        self._bucket = fs
-
-    def fs(self, path):
-        return self._bucket
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    """``gs://`` paths in epath go to a fresh in-memory bucket."""
-    fs = _Bucket()
-    monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", _BucketBackend(fs))
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    return fs
 
 
 class _BucketCheckpointer:
@@ -167,7 +128,9 @@ def local_writes():
         _RECORDING = None
 
 
-def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(bucket, local_writes, monkeypatch):
+def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(
+    bucket, local_writes, monkeypatch, event_files
+):
     monkeypatch.setattr(loop, "load_split", _toy_split)
     monkeypatch.setattr(loop, "split_size", _toy_size)
     monkeypatch.setattr(loop, "Checkpointer", _BucketCheckpointer)
@@ -189,7 +152,7 @@ def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(bucket, local_writ
     first = loop.train(config, run, name="toy", **quiet)
     assert _BucketCheckpointer.given == ["gs://bucket/runs/toy/checkpoints"]  # orbax's path
     names = {p.name for p in epath.Path(run).iterdir()}
-    assert names == {"config.json", "metrics.jsonl", "report.json", "tb", "checkpoints"}
+    assert names == {"config.json", "metrics", "report.json", "tb", "checkpoints"}
     rows = loop.read_metrics(run)
     assert [(r["step"], r["split"]) for r in rows] == [
         (20, "train"),
@@ -200,8 +163,8 @@ def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(bucket, local_writ
         (60, "test"),
     ]
     assert json.loads(epath.Path(run, "report.json").read_text())["steps"] == 60
-    (events,) = list(epath.Path(run, "tb").iterdir())
-    scalars = [(e.step, v.tag) for e in _read_events(events.read_bytes()) for v in e.summary.value]
+    (events,) = event_files(run)
+    scalars = [(e.step, v.tag) for e in events for v in e.summary.value]
     assert (60, "train/loss") in scalars and (60, "test/accuracy") in scalars
 
     # Killed after the checkpoint at 40: the rows past it are dropped, then written again.
@@ -210,7 +173,7 @@ def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(bucket, local_writ
     assert resumed["resumed_from"] == 40
     assert loop.read_metrics(run) == rows  # truncated exactly, rewritten, bitwise the same
     assert resumed["test_loss"] == first["test_loss"]
-    assert len(list(epath.Path(run, "tb").iterdir())) == 2  # one event file per invocation
+    assert len(event_files(run)) == 2  # one event file per invocation
 
     assert loop.evaluate_workdir(run, **quiet)["test_loss"] == first["test_loss"]
     assert plot_run(run) == f"{run}/curves.png"
@@ -223,108 +186,6 @@ def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(bucket, local_writ
 
     assert not [m for p, m in bucket.opened if "a" in m]
     assert local_writes == []
-
-
-def test_run_log_rewrites_whole_files_and_truncates_on_resume(bucket):
-    run = "gs://bucket/log"
-    log = workdir.RunLog(run, 0, 30, flush_secs=0)
-    for step in (10, 20, 30):
-        log.write(step, "train", {"loss": 1.0 / step})
-    log.write(20, "test", {"loss": 0.5})
-    log.write(30, "test", {"loss": 0.25})
-    log.close()
-    rows = workdir.read_metrics(run)
-    assert [(r["step"], r["split"]) for r in rows] == [
-        (10, "train"),
-        (20, "train"),
-        (30, "train"),
-        (20, "test"),
-        (30, "test"),
-    ]
-    # Resuming at 20: rows after 20 go, and so does nothing else.
-    workdir.RunLog(run, 20, 30)
-    assert [(r["step"], r["split"]) for r in workdir.read_metrics(run)] == [
-        (10, "train"),
-        (20, "train"),
-        (20, "test"),
-    ]
-    # A finished run evaluated again: its final test row goes, its train rows stay.
-    workdir.RunLog(run, 20, 20)
-    assert [(r["step"], r["split"]) for r in workdir.read_metrics(run)] == [
-        (10, "train"),
-        (20, "train"),
-    ]
-    assert {m for _, m in bucket.opened} <= {"rb", "wb"}
-
-
-def test_remote_log_flushes_at_most_every_interval(bucket, monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(workdir.time, "monotonic", lambda: clock[0])
-    log = workdir.RunLog("gs://bucket/slow", 0, 100)
-    log.write(1, "train", {"loss": 1.0})  # the first write flushes
-    log.write(2, "train", {"loss": 1.0})
-    assert len(workdir.read_metrics("gs://bucket/slow")) == 1
-    clock[0] += workdir.REMOTE_FLUSH_SECS
-    log.write(3, "train", {"loss": 1.0})
-    assert len(workdir.read_metrics("gs://bucket/slow")) == 3
-    log.write(4, "train", {"loss": 1.0})
-    log.flush()
-    assert len(workdir.read_metrics("gs://bucket/slow")) == 4
-
-
-def _read_events(data: bytes) -> list:
-    """The ``Event`` records of a TFRecord file, checking each length and data CRC."""
-    from tensorboardX.proto.event_pb2 import Event
-    from tensorboardX.record_writer import masked_crc32c
-
-    events, pos = [], 0
-    while pos < len(data):
-        header = data[pos : pos + 8]
-        (size,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
-        body = data[pos + 12 : pos + 12 + size]
-        assert struct.unpack("<I", data[pos + 12 + size : pos + 16 + size])[0] == masked_crc32c(
-            body
-        )
-        events.append(Event.FromString(body))
-        pos += 16 + size
-    assert pos == len(data)
-    return events
-
-
-def test_event_file_has_tensorboardx_records(tmp_path):
-    from tensorboardX import SummaryWriter
-
-    values = [(7, "train/loss", 0.5), (7, "train/accuracy", 0.25), (9, "test/loss", 0.125)]
-    writer = SummaryWriter(str(tmp_path / "tbx"), purge_step=5)
-    for step, tag, value in values:
-        writer.add_scalar(tag, value, step)
-    writer.close()
-    ours = workdir.EventFile(epath.Path(tmp_path / "ours"), purge_step=5)
-    for step, tag, value in values:
-        ours.scalar(tag, value, step)
-    ours.flush()
-
-    def content(directory):
-        (path,) = list(directory.iterdir())
-        out = []
-        for e in _read_events(path.read_bytes()):
-            what = e.WhichOneof("what")
-            if what == "summary":
-                out += [(e.step, v.tag, v.simple_value) for v in e.summary.value]
-            elif what == "session_log":
-                out.append((e.step, "session_log", e.session_log.status))
-            else:
-                out.append((e.step, what, e.file_version))
-        return out
-
-    got = content(tmp_path / "ours")
-    assert got == content(tmp_path / "tbx")
-    assert got[:3] == [
-        (0, "file_version", "brain.Event:2"),
-        (5, "file_version", "brain.Event:2"),
-        (5, "session_log", 1),  # START: TensorBoard hides steps >= 5 of earlier files
-    ]
 
 
 def test_config_json_of_an_older_version_is_the_same_run(tmp_path):
