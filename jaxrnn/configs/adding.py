@@ -4,7 +4,7 @@ sequence of 50 (regression, mean squared error on the last step's output).
 Not a tutorial: a long-memory check for the LSTM. ``--set dataset=adding_200`` (or
 ``adding_1000``) makes it harder; a model that ignores the inputs scores an MSE of ~0.167.
 
-Run::
+Run:
 
     jaxrnn train --config adding
 """

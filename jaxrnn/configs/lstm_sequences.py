@@ -1,17 +1,18 @@
 """Masked LSTM 32 on toy sequences: linear vs random, lengths 5 to 20 padded with -1.
 
-Tutorial: ``../shared/seeds/dynamic_lstm_toy_sequences_tf2.md`` (TF2 Keras ``Masking(-1)`` then
-``LSTM(32)`` and ``Dense(2)``; Adam 1e-3, batch 64, 2000 steps; ~0.95 on the last batches).
-The LSTM's output at each sequence's last valid step feeds the head.
+Tutorial: "Dynamic Recurrent Neural Network" (Aymeric Damien's TensorFlow-Examples, TF2),
+https://github.com/aymericdamien/TensorFlow-Examples/blob/master/tensorflow_v2/notebooks/3_NeuralNetworks/dynamic_rnn.ipynb
+Keras ``Masking(-1)``, ``LSTM(32)`` and ``Dense(2)``; Adam 1e-3, batch 64, 2000 steps; about
+0.95 on the last batches. The LSTM's output at each sequence's last valid step feeds the head.
 
-Run::
+Run:
 
     jaxrnn train --config lstm_sequences
 
-Expected (3 seeds, AVX-512 CPU): test accuracy 0.959 mean, 0.955-0.964, below issue 7's Keras 3
-mean 0.978; over six seeds on this data jaxrnn averages 0.969 and Keras 3 0.970 (JAX backend)
-and 0.940 (TensorFlow): see benchmarks/results/lstm_sequences_seeds.md. The task is chaotic:
-float rounding (another CPU, another backward pass) moves single seeds by up to 0.02.
+Expected: test accuracy 0.967 mean over 3 seeds (0.963-0.969); Keras 3 on the same data
+0.978 (0.976-0.981). The task is chaotic in float rounding: another CPU moves single seeds
+by up to 0.02, and over six seeds jaxrnn and Keras 3 average within the seeds' spread of
+each other (see the benchmarks page of the documentation).
 """
 
 from jaxrnn.configs.base import Config
