@@ -98,6 +98,12 @@ class _Cell:
         """The carry with its ``h`` replaced (used by recurrent dropout)."""
         return h
 
+    def masked_step(self, params: Params, carry: Carry, xp: Array, mask: Array):
+        """``step`` with ``h * mask`` (``[batch, H]``) where ``h`` enters the recurrent
+        weights (recurrent dropout); every other use of the state sees it unmasked."""
+        h = self.hidden(carry)
+        return self.step(params, self.with_hidden(carry, h * mask.astype(h.dtype)), xp)
+
     def project_inputs(self, params: Params, x: Array) -> Array:
         """``[..., input_size] -> [..., gates * hidden_size]``: ``x @ w_i + b``."""
         return x @ params["w_i"] + input_bias(params)
@@ -218,8 +224,13 @@ class GRU(_Cell):
     def project_inputs(self, params: Params, x: Array) -> Array:
         return x @ params["w_i"] + params["b"]
 
-    def step(self, params: Params, carry: Array, xp: Array):
-        h = carry
+    def masked_step(self, params: Params, carry: Array, xp: Array, mask: Array):
+        # The mask reaches the matmuls only: z * h interpolates with the unmasked state.
+        return self.step(params, carry, xp, recurrent=carry * mask.astype(carry.dtype))
+
+    def step(self, params: Params, carry: Array, xp: Array, recurrent: Array | None = None):
+        """``recurrent``: the ``h`` that enters ``w_h`` (default ``carry``)."""
+        h = carry if recurrent is None else recurrent
         w_h = params["w_h"]
         xr, xz, xn = jnp.split(xp, 3, axis=-1)
         if self.reset_after:
@@ -233,7 +244,7 @@ class GRU(_Cell):
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)
             n = jnp.tanh(xn + (r * h) @ w_h[:, 2 * size :])
-        h = (1.0 - z) * n + z * h
+        h = (1.0 - z) * n + z * carry
         return h, h
 
 

@@ -57,10 +57,10 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
     """
 
     def step(carry, xp_t, valid_t):
-        carry_in = carry
-        if hidden_mask is not None:
-            carry_in = cell.with_hidden(carry, cell.hidden(carry) * hidden_mask)
-        new_carry, y = cell.step(params, carry_in, xp_t)
+        if hidden_mask is None:
+            new_carry, y = cell.step(params, carry, xp_t)
+        else:
+            new_carry, y = cell.masked_step(params, carry, xp_t, hidden_mask)
         if valid_t is not None:
             keep = valid_t[:, None]
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
