@@ -90,6 +90,42 @@ def tutorials() -> str:
     return _table(header, rows) + "\n\n" + note
 
 
+def seeds() -> str:
+    data = _load("lstm_sequences_seeds.json")
+    runs = data["test_accuracy"]
+    seed_names = sorted(next(iter(runs.values())), key=int)
+    rows = []
+    for name, by_seed in runs.items():
+        accs = [by_seed[k] for k in seed_names]
+        mean = sum(accs) / len(accs)
+        cells = [f"{a:.3f}" for a in accs]
+        rows.append([name, *cells, f"**{mean:.3f}**", f"{min(accs):.3f}-{max(accs):.3f}"])
+    header = [f"`{data['config']}`", *(f"seed {k}" for k in seed_names), "mean", "range"]
+    note = (
+        "Test accuracy at the end of training, every run on the same data, model, optimizer "
+        "and budget, only the seed (initialisation and batch order) changing. Command: "
+        "`python scripts/seed_spread.py` (its docstring lists the runs it collects). Results: "
+        "`benchmarks/results/lstm_sequences_seeds.json` (the file does not record the "
+        "machine)."
+    )
+    return _table(header, rows) + "\n\n" + note
+
+
+def keras_parity() -> str:
+    d = _load("keras_parity/comparison.json")
+    return (
+        f"Over the first 100 of {d['steps']} steps the two training losses differ by at most "
+        f"{d['max_abs_loss_difference_first_100_steps']:.1e}, over all steps by "
+        f"{d['median_abs_loss_difference']:.1e} in the median (the runs drift apart as float "
+        f"rounding accumulates); final test accuracy: Keras {d['keras_test_accuracy']}, jaxrnn "
+        f"{d['jaxrnn_test_accuracy']} (Keras {d['keras_version']}, jax {d['jax_version']}). "
+        "Commands: `python benchmarks/keras_parity.py keras` in an environment with Keras, then "
+        "`python benchmarks/keras_parity.py jaxrnn`. Results: "
+        "`benchmarks/results/keras_parity/comparison.json` (the file does not record the "
+        "machine)."
+    )
+
+
 def _train_step_rows(data: dict, names: list[str]) -> list[list[str]]:
     rows = []
     for name in names:
@@ -264,6 +300,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "tutorials": tutorials,
     "train_step": train_step,
     "keras_fit": keras_fit,
+    "seeds": seeds,
+    "keras_parity": keras_parity,
     "unroll_train": lambda: _unroll("train"),
     "unroll_fwd": lambda: _unroll("fwd"),
     "long_sequences": long_sequences,

@@ -37,14 +37,20 @@ def test_pages_have_code():
         assert python_blocks((ROOT / name).read_text()), f"{name} has no ```python block"
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """One tfds data directory for every page, so a dataset is prepared once."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest.mark.parametrize(
     "page",
     [p for p in PAGES if python_blocks(p.read_text())],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
-def test_page_runs(page: pathlib.Path, tmp_path, monkeypatch):
+def test_page_runs(page: pathlib.Path, tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("JAXRNN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JAXRNN_DATA_DIR", str(data_dir))
     namespace: dict = {"__name__": "__docs__"}
     relative = page.relative_to(ROOT)
     for line, code in python_blocks(page.read_text()):
