@@ -19,14 +19,19 @@ from jaxrnn.training.state import TrainState
 class Checkpointer:
     """Save and restore ``(TrainState, data_state)`` pairs in ``directory``."""
 
-    def __init__(self, directory: str, keep: int = 2):
+    def __init__(self, directory: str, keep: int = 2, *, read_only: bool = False):
+        """``keep`` checkpoints are kept; ``read_only`` only restores (creates, saves, cleans
+        up and removes nothing: a reader beside a writer leaves its half-written saves alone)."""
         # Orbax writes URIs (gs://bucket/run) itself; only local paths are made absolute.
         self.directory = directory if "://" in directory else os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max(int(keep), 1),
-            create=True,
-            cleanup_tmp_directories=True,
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max(int(keep), 1), create=True, cleanup_tmp_directories=True
+            )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data")
         )

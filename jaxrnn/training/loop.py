@@ -28,15 +28,18 @@ from jaxrnn import parallel
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import feed as feed_lib
+from jaxrnn.training import lock as lock_lib
 from jaxrnn.training import optimizers, runlog, steps
 from jaxrnn.training import state as state_lib
 from jaxrnn.training import workdir as workdir_lib
 from jaxrnn.training.checkpointing import Checkpointer
+from jaxrnn.training.lock import WorkdirBusyError
 from jaxrnn.training.runlog import read_metrics
 from jaxrnn.training.workdir import WorkdirError, load_run
 
 __all__ = [
     "NonFiniteError",
+    "WorkdirBusyError",
     "WorkdirError",
     "build_model",
     "evaluate",
@@ -104,7 +107,17 @@ def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
         recurrent_dropout=config.recurrent_dropout,
         head_init=config.head_init,
         unroll=config.unroll,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        implementation=_implementation(config),
     )
+
+
+def _implementation(config: Config) -> str | None:
+    choices = ("auto", "scan", "fused", "kernel")
+    if config.implementation not in choices:
+        raise ValueError(f"implementation must be one of {choices}, got {config.implementation!r}")
+    return None if config.implementation == "auto" else config.implementation
 
 
 def total_steps(config: Config, num_train: int) -> int:
@@ -165,9 +178,35 @@ def train(
     overwrite: bool = False,
     print_fn=print,
 ) -> dict:
-    """Train (or resume) the run of ``config`` in ``workdir``; returns the report dict."""
+    """Train (or resume) the run of ``config`` in ``workdir``; returns the report dict.
+
+    Holds ``workdir`` throughout (:mod:`jaxrnn.training.lock`): raises ``WorkdirBusyError``
+    at once, having touched nothing, if another command holds it.
+    """
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+    with lock_lib.hold(workdir, "train"):
+        return _train(
+            config,
+            workdir,
+            name=name,
+            mnist_dir=mnist_dir,
+            data_dir=data_dir,
+            overwrite=overwrite,
+            print_fn=print_fn,
+        )
+
+
+def _train(
+    config: Config,
+    workdir: str,
+    *,
+    name: str,
+    mnist_dir: str | None,
+    data_dir: str | None,
+    overwrite: bool,
+    print_fn,
+) -> dict:
     main = parallel.is_main_process()  # the one process that prints and writes logs
     if not main:
         print_fn = lambda *args, **kwargs: None
@@ -339,6 +378,8 @@ def train(
         "device_count": mesh.devices.size,
         "device_kind": jax.devices()[0].device_kind,
         "test_examples": len(test_arrays["inputs"]),
+        "dtype": config.dtype,
+        "param_dtype": config.param_dtype,
     }
     earlier = workdir_lib.read_report(workdir) if start == last_step else None
     if earlier is not None:
@@ -366,7 +407,15 @@ def summary_line(report: dict) -> str:
 
 
 def evaluate_workdir(workdir: str, *, mnist_dir=None, data_dir=None, print_fn=print) -> dict:
-    """Evaluate the latest checkpoint of the run in ``workdir`` on the test split."""
+    """Evaluate the latest checkpoint of the run in ``workdir`` on the test split.
+
+    Holds ``workdir`` meanwhile, as ``train`` does, and writes nothing there.
+    """
+    with lock_lib.hold(workdir, "eval", create=False):
+        return _evaluate_workdir(workdir, mnist_dir=mnist_dir, data_dir=data_dir, print_fn=print_fn)
+
+
+def _evaluate_workdir(workdir: str, *, mnist_dir, data_dir, print_fn) -> dict:
     name, config = load_run(workdir)
     # This process's shard of the training split: enough for the class count and input size.
     shards = parallel.process_count()
@@ -378,9 +427,7 @@ def evaluate_workdir(workdir: str, *, mnist_dir=None, data_dir=None, print_fn=pr
     mesh = steps.make_mesh()
     tx = optimizers.from_config(config, total_steps(config, num_train))
     like = init_state(config, model, tx, train_arrays["inputs"].shape[-1], mesh)
-    checkpointer = Checkpointer(
-        str(workdir_lib.as_path(workdir) / "checkpoints"), config.keep_checkpoints
-    )
+    checkpointer = Checkpointer(str(workdir_lib.as_path(workdir) / "checkpoints"), read_only=True)
     state, _ = checkpointer.restore(like)
     checkpointer.close()
     test = evaluate(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 
+from jaxrnn.training import lock as lock_lib
 from jaxrnn.training import workdir as workdir_lib
 from jaxrnn.training.runlog import read_metrics
 
@@ -12,8 +14,24 @@ def plot_run(workdir: str, path: str | None = None) -> str:
     """Draw the metrics rows of ``workdir`` into ``path`` (default ``workdir/curves.png``).
 
     Both may be on any ``epath`` file system (``gs://`` included): the PNG is rendered in
-    memory and written whole.
+    memory and written whole. Writing into ``workdir`` takes its lock
+    (:mod:`jaxrnn.training.lock`), so a run in progress refuses it; a ``path`` outside
+    ``workdir`` draws a run in progress.
     """
+    root = workdir_lib.as_path(workdir)
+    out = workdir_lib.as_path(path) if path else root / "curves.png"
+    inside = path is None or os.path.abspath(out).startswith(
+        os.path.join(os.path.abspath(root), "")
+    )
+    lock = lock_lib.acquire(workdir, "plot", create=False) if inside else None
+    try:
+        return _plot(workdir, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _plot(workdir: str, out) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,9 +39,8 @@ def plot_run(workdir: str, path: str | None = None) -> str:
 
     rows = read_metrics(workdir)
     if not rows:
-        raise FileNotFoundError(f"{workdir} has no metrics.jsonl rows to plot")
+        raise FileNotFoundError(f"{workdir} has no metrics rows to plot")
     root = workdir_lib.as_path(workdir)
-    out = workdir_lib.as_path(path) if path else root / "curves.png"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-"), ("test", "o-")):

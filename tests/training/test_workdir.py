@@ -35,7 +35,7 @@ class _BucketCheckpointer:
 
     given: list[str] = []
 
-    def __init__(self, directory: str, keep: int = 2):
+    def __init__(self, directory: str, keep: int = 2, *, read_only: bool = False):
         _BucketCheckpointer.given.append(directory)
         self.dir, self.keep = epath.Path(directory), keep
 
