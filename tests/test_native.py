@@ -255,15 +255,33 @@ def test_vmap_and_repeat_runs():
     np.testing.assert_array_equal(ys, run(xs))
 
 
-def test_non_finite_values_propagate():
-    """A NaN input must reach the outputs (the training loop's non-finite guard relies on it)."""
-    for cell in (jaxrnn.LSTM(32), jaxrnn.SimpleRNN(32), jaxrnn.SimpleRNN(32, activation="relu")):
-        params = random_params(cell, I)
-        xs = np.zeros((4, T, I), np.float32)
-        xs[1, 2, 0] = np.nan
-        ys, _ = jax.jit(lambda p, x, c=cell: jaxrnn.rnn(c, p, x))(params, xs)
-        assert np.isnan(np.asarray(ys)[1, 2:]).any(axis=-1).all()
-        assert np.isfinite(np.asarray(ys)[[0, 2, 3]]).all()
+@pytest.mark.parametrize(
+    "cell, target",
+    [
+        (jaxrnn.LSTM(64), "lstm"),
+        (jaxrnn.GRU(64), "gru"),
+        (jaxrnn.SimpleRNN(64), "simple"),
+        (jaxrnn.SimpleRNN(64, activation="relu"), "simple"),
+    ],
+    ids=["lstm", "gru", "rnn_tanh", "rnn_relu"],
+)
+def test_non_finite_values_propagate(cell, target):
+    """A NaN input must reach the outputs and the weight gradients, through both kernels, at a
+    size that splits the units over threads (the training loop's non-finite guard relies on
+    it); the other sequences stay finite."""
+    params = random_params(cell, I)
+    xs = np.zeros((11, T, I), np.float32)
+    xs[1, 2, 0] = np.nan
+    run = jax.jit(lambda p, x: jaxrnn.rnn(cell, p, x)[0])
+    assert f"jaxrnn_{target}_forward" in run.lower(params, xs).as_text()
+    ys = np.asarray(run(params, xs))
+    assert np.isnan(ys[1, 2:]).any(axis=-1).all()
+    assert np.isfinite(np.delete(ys, 1, axis=0)).all()
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1)))
+    assert f"jaxrnn_{target}_backward" in grad.lower(params, xs).as_text()
+    d_params, d_xs = grad(params, xs)
+    assert np.isnan(np.asarray(d_params["w_h"])).any()
+    assert np.isfinite(np.delete(np.asarray(d_xs), 1, axis=0)).all()
 
 
 def test_an_explicit_unroll_runs_lax_scan():
