@@ -53,12 +53,6 @@ def test_torch_lstm_against_stored_pytorch_outputs(example):
     assert max(result["ys"], result["h_n"], result["c_n"]) < 1e-5
 
 
-def test_torch_lstm_against_pytorch_itself(example):
-    pytest.importorskip("torch")
-    result = example("torch_lstm").main(use_torch=True)
-    assert result["used_torch"] and max(result["ys"], result["h_n"], result["c_n"]) < 1e-5
-
-
 def test_examples_run_as_scripts():
     """The command line entry and the small-size switch (the fastest example)."""
     env = {**os.environ, "JAXRNN_EXAMPLE_SMALL": "1"}

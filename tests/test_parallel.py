@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import portpicker
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +284,6 @@ def test_four_devices_match_one_device(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_checkpoint_restores(tmp_path):
-    portpicker = pytest.importorskip("portpicker")
     port = portpicker.pick_unused_port()
     workers = [
         (
@@ -318,7 +318,6 @@ def test_cli_two_processes_train_like_one_and_restore_in_one(tmp_path):
     """``jaxrnn train`` itself: 2 processes x 2 devices, each reading only its half of the
     training examples, vs 1 device fed the same 2 data shards (``data_shards=2``); the
     checkpoint of the two-process run evaluated by a one-process run."""
-    portpicker = pytest.importorskip("portpicker")
     port = portpicker.pick_unused_port()
     sets = [
         "hidden_size=8",

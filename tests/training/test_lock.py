@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import portpicker
 import pytest
 
 from jaxrnn.cli import main
@@ -192,7 +193,6 @@ def test_commands_on_missing_or_remote_directories_take_no_lock(tmp_path, bucket
 
 def test_every_process_of_a_refused_multi_process_run_stops(tmp_path):
     """Process 0 alone locks; the others learn that it could not and stop too (no hang)."""
-    portpicker = pytest.importorskip("portpicker")
     run = str(tmp_path / "run")
     holder = lock.acquire(run, "train")
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
