@@ -19,7 +19,8 @@ threads compete with the training step for the same cores.
 The consumer is a jitted train step of an LSTM-128 (input 28, 10 classes, softmax cross
 entropy, Adam) written here in plain JAX, at batch 128 and at batch 100 (workload W1).
 ``ratio`` = step time / batch time: how many times faster batches come than the step eats
-them; the issue's bar is 20 for the ``numpy`` loader.
+them. The ``numpy`` loader is expected to deliver at least 20 times faster (``bar`` in
+the JSON).
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def main(argv=None) -> dict:
             f"{name:>18}: {r['batches_per_s']:10.0f} batches/s "
             f"({r['median_ms']:.3f} ms/batch), ratio {r['ratio']:.1f}"
         )
-    print(f"bar {BAR:.0f}x met by numpy: {payload['meets_bar']}; wrote {args.out}")
+    print(f"at least {BAR:.0f}x met by numpy: {payload['meets_bar']}; wrote {args.out}")
     print(f"median step time at batch 100 (W1): {steps[100]['median_ms']:.2f} ms")
     return payload
 

@@ -1,7 +1,7 @@
 """Keras 3 baseline for the five tutorial configs: fit time and test accuracy on *this* machine.
 
-Issue 7 states jaxrnn's time bars relative to Keras' ``model.fit`` time; this script measures
-that figure on the machine at hand so the comparison is side by side. It builds, for each
+jaxrnn's training times are compared with Keras' ``model.fit`` time; this script measures that
+figure on the machine at hand so that the comparison is side by side. It builds, for each
 config, the same model, optimizer, batch size and budget as ``jaxrnn/configs/<name>.py``:
 
 * ``lstm_sequences``: Masking(-1) -> LSTM(32) -> Dense(2); Adam 1e-3; batch 64; 2000 steps.

@@ -2,7 +2,7 @@
 
     python benchmarks/scan_vs_unroll.py --quick        # under a minute (the CI smoke test)
     python benchmarks/scan_vs_unroll.py                # the committed subset (see GRIDS)
-    python benchmarks/scan_vs_unroll.py --grid full    # every cell x T x H of issue 5
+    python benchmarks/scan_vs_unroll.py --grid full    # every cell x T x H (about 35 min)
 
 For each cell (tanh RNN, LSTM, GRU), length ``T`` and hidden size ``H`` (input size ``H``,
 batch ``--batch``), the variants ``static`` (``jaxrnn.static_rnn``, a Python loop) and
@@ -43,7 +43,7 @@ CELLS = {
 UNROLLS = (1, 2, 4, 8, 16, "T")
 
 GRIDS = {
-    # Issue 5's grid: 3 cells x 4 lengths x 3 sizes x 7 variants x 2 modes.
+    # The whole grid: 3 cells x 4 lengths x 3 sizes x 7 variants x 2 modes.
     "full": {"cells": list(CELLS), "T": [16, 64, 256, 1024], "H": [32, 128, 512]},
     # What the committed results hold: the full grid is hours of a shared 2-core machine. This
     # subset keeps every cell, variant and mode; T in 16..256 at H=128, and H in 32..512 at T=64.
@@ -220,7 +220,7 @@ def main(argv=None):
             "batch": args.batch,
             "input_size": "H",
             "full_grid": grid_name == "full",
-            "note": "run with --grid full for issue 5's whole grid" if grid_name != "full" else "",
+            "note": "run with --grid full for the whole grid" if grid_name != "full" else "",
         },
         "protocol": _common.__doc__,
         "settings": {

@@ -1,4 +1,4 @@
-"""Train-step benchmark: jaxrnn against Flax ``nn.RNN`` on the six workloads of issue 5.
+"""Train-step benchmark: jaxrnn against Flax ``nn.RNN`` on six workloads (W1-W6).
 
     python benchmarks/train_step.py                       # all workloads, JSON + markdown
     python benchmarks/train_step.py --workloads W1,W6 --out ts.json
@@ -30,7 +30,8 @@ import workloads as wl  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Issue 5's targets: maximum ratio jaxrnn / Flax step time, or minimum fraction of peak.
+# What each workload is expected to reach: a maximum ratio jaxrnn / Flax step time, or a
+# minimum fraction of the peak.
 TARGETS = {
     "W1": {"max_ratio": 0.6},
     "W2": {"max_ratio": 0.8},

@@ -1,4 +1,4 @@
-"""The six training workloads of issue 5, built twice: with jaxrnn and with Flax ``nn.RNN``.
+"""The six training workloads W1-W6, built twice: with jaxrnn and with Flax ``nn.RNN``.
 
 Every workload is batch-first float32 classification with softmax cross-entropy on the last
 step's output (the final carry for the masked W5), Adam unless said. Both implementations get
