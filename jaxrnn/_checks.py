@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -22,8 +23,11 @@ def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
         raise TypeError(f"{name} must be an array of shape {layout}, got {type(xs).__name__}")
     if xs.ndim != 3:
         raise ValueError(f"{name} must have rank 3 {layout}, got shape {tuple(xs.shape)}")
-    if not np.issubdtype(xs.dtype, np.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {xs.dtype}")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype (bfloat16, float16, float32, float64), "
+            f"got {xs.dtype}"
+        )
 
 
 def check_params(cell, params, input_size: int, name: str = "params") -> None:
@@ -34,6 +38,10 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
             f"{name} must be the dict made by {type(cell).__name__}.init "
             f"(keys w_i, w_h, b, ...), got {keys}"
         )
+    for key, value in params.items():
+        if not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.floating):
+            got = getattr(value, "dtype", type(value).__name__)
+            raise TypeError(f"{name}[{key!r}] must be a floating-point array, got {got}")
     width = cell.gates * cell.hidden_size
     expected = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width)}
     for key, shape in expected.items():
@@ -74,6 +82,8 @@ def check_carry(cell, carry, batch: int, name: str = "initial_carry") -> None:
                 f"{name} leaves must have shape {tuple(exp.shape)} [batch, hidden_size] "
                 f"for {cell}, got {tuple(got.shape)}"
             )
+        if not jnp.issubdtype(got.dtype, jnp.floating):
+            raise TypeError(f"{name} leaves must be floating-point arrays, got {got.dtype}")
 
 
 def check_merge(merge) -> None:

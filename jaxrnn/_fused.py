@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _native
-from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN, input_bias
+from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN, accumulation_dtype, input_bias, matmul
 
 Array = jax.Array
 
@@ -42,12 +42,13 @@ def _gates(a: Array, n: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, n, axis=-1))
 
 
-def _projection(params, xs, bias):
-    """``(xs @ w_i, bias)``, ``xs``'s layout kept: the loops add the bias themselves, which
-    saves a pass over the projection (XLA:CPU does not fuse it into the matmul)."""
+def _projection(params, xs, bias, dtype):
+    """``(xs @ w_i, bias)`` in ``dtype``'s accumulation dtype, ``xs``'s layout kept: the loops
+    add the bias themselves, which saves a pass over the projection (XLA:CPU does not fuse it
+    into the matmul)."""
     lead = xs.shape[:2]
-    flat = xs.reshape(lead[0] * lead[1], xs.shape[2]) @ params["w_i"]
-    return flat.reshape(*lead, -1), bias
+    flat = matmul(xs.reshape(lead[0] * lead[1], xs.shape[2]), params["w_i"], dtype)
+    return flat.reshape(*lead, -1), bias.astype(accumulation_dtype(dtype))
 
 
 def _per_gate(xp, gates, time_major):
@@ -56,30 +57,36 @@ def _per_gate(xp, gates, time_major):
     return split if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in split)
 
 
-def _native_loops(unroll: int | bool, *arrays: Array) -> bool:
-    """Whether the loops run as jaxrnn's CPU kernels (on a CPU): only for ``unroll=1``, since
-    an explicit ``unroll`` asks for ``lax.scan``'s unrolled loop, and only for float32."""
-    default = unroll is False or (not isinstance(unroll, bool) and unroll == 1)
-    return default and _native.available(*arrays)
+def _native_loops(native: bool, *arrays: Array) -> bool:
+    """Whether the loops run as jaxrnn's CPU kernels (on a CPU): where the driver chose them
+    (``native``) and every one of ``arrays`` is float32."""
+    return native and _native.available(*arrays)
+
+
+def _cast_like(grads: dict, params: Params) -> dict:
+    """Each gradient in its parameter's dtype (``param_dtype``), once summed."""
+    return {k: v.astype(params[k].dtype) for k, v in grads.items()}
 
 
 def _with_backward(forward: Callable, backward: Callable) -> Callable:
-    """``scan(cell, backwards, unroll, time_major, params, xs, valid, carry0) -> (ys, carry)``
-    as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0, backwards,
-    unroll, time_major, keep) -> (ys, carry, kept)`` and ``backward(cell, backwards, unroll,
-    time_major, (params, xs, valid, kept), (d_ys, d_carry))``. The primal (nothing
-    differentiates it) runs ``forward`` with ``keep=False``: what it keeps may be skipped."""
+    """``scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0) -> (ys,
+    carry)`` as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0,
+    backwards, unroll, time_major, native, keep) -> (ys, carry, kept)`` and
+    ``backward(cell, backwards, unroll, time_major, native, (params, xs, valid, kept), (d_ys,
+    d_carry))``. The primal (nothing differentiates it) runs ``forward`` with ``keep=False``:
+    what it keeps may be skipped."""
 
-    def scan(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major)
+    def scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
+        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
         ys, carry, _ = forward(*args, keep=False)
         return ys, carry
 
-    def scan_fwd(cell, backwards, unroll, time_major, params, xs, valid, carry0):
-        ys, carry, kept = forward(cell, params, xs, valid, carry0, backwards, unroll, time_major)
+    def scan_fwd(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
+        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
+        ys, carry, kept = forward(*args)
         return (ys, carry), (params, xs, valid, kept)
 
-    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3))
+    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3, 4))
     scan.defvjp(scan_fwd, backward)
     return scan
 
@@ -92,32 +99,36 @@ def _states_before(backwards, h0, ys):
     return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
 
 
-def _recurrent_weight_gradient(backwards, h0, ys, d_z):
+def _recurrent_weight_gradient(backwards, h0, ys, d_z, dtype):
     """``w_h``'s gradient, ``sum_t h_prev[t]^T d_z[t]``, as one matmul over all steps."""
     h_prev = _states_before(backwards, h0, ys)
-    return h_prev.reshape(-1, h_prev.shape[-1]).T @ d_z.reshape(-1, d_z.shape[-1])
+    return matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]), dtype)
 
 
-def _input_weight_gradient(xs, d_z, time_major):
+def _input_weight_gradient(xs, d_z, time_major, dtype):
     """``(d_w_i, d_b)``: ``sum_t xs[t]^T d_z[t]`` and the sum of ``d_z`` (time-major) over
-    steps and rows; ``xs`` in either layout."""
+    steps and rows, both accumulated in ``dtype``'s accumulation dtype; ``xs`` in either
+    layout."""
     spec = "tbf,tbg->fg" if time_major else "btf,tbg->fg"
-    return jnp.einsum(spec, xs, d_z), d_z.sum(axis=(0, 1))
+    acc = accumulation_dtype(dtype)
+    d_w_i = jnp.einsum(spec, xs.astype(dtype), d_z.astype(dtype), preferred_element_type=acc)
+    return d_w_i, d_z.astype(acc).sum(axis=(0, 1))
 
 
-def _input_cotangent(params, time_major, d_xp):
-    """``xs``'s cotangent, ``d_xp @ w_i^T``, in ``xs``'s layout (dropped by XLA where unused)."""
-    d_xs = d_xp @ params["w_i"].T
+def _input_cotangent(params, time_major, d_xp, xs, dtype):
+    """``xs``'s cotangent, ``d_xp @ w_i^T``, in ``xs``'s layout and dtype (dropped by XLA where
+    unused)."""
+    d_xs = matmul(d_xp, params["w_i"].T, dtype).astype(xs.dtype)
     return d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
 
 
-def _loop_gradients(params, time_major, d_z, d_w_h, d_w_i, d_b):
+def _loop_gradients(params, time_major, d_z, d_w_h, d_w_i, d_b, xs, dtype):
     """``(d_params, d_xs)`` of the SimpleRNN and the LSTM, whose backward loops return the
     weights' gradients (``b_h``, where the parameters have one, gets ``b``'s)."""
     d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b}
     if "b_h" in params:
         d_params["b_h"] = d_b
-    return d_params, _input_cotangent(params, time_major, d_z)
+    return _cast_like(d_params, params), _input_cotangent(params, time_major, d_z, xs, dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,7 +143,7 @@ def _simple_forward_xla(w_h, xp, b, valid, h0, *, relu, backwards, time_major, u
 
     def body(h, inputs):
         xp_t, valid_t = inputs
-        new = act(xp_t + b + h @ w_h)
+        new = act(xp_t + b + matmul(h, w_h, w_h.dtype))
         if valid_t is None:
             return new, new
         keep = valid_t[:, None]
@@ -143,7 +154,7 @@ def _simple_forward_xla(w_h, xp, b, valid, h0, *, relu, backwards, time_major, u
 
 
 def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, unroll, time_major):
-    w_h_t = w_h.T
+    w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
         y_t, d_y, valid_t = inputs
@@ -154,47 +165,48 @@ def _simple_backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, 
         if valid_t is not None:
             keep = valid_t[:, None]
             d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
-            return jnp.where(keep, d_z @ w_h_t, d_h), d_z
-        return d_z @ w_h_t, d_z
+            return jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h), d_z
+        return matmul(d_z, w_h_t, dtype), d_z
 
     d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
-    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z)
-    return d_z, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major)
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    return d_z, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
+def _simple_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
     del keep  # what it keeps is dropped by XLA where unused
-    relu = cell.activation == "relu"
-    (xp, b), w_h = _projection(params, xs, input_bias(params)), params["w_h"]
+    relu, dtype = cell.activation == "relu", cell.dtype
+    (xp, b), w_h = _projection(params, xs, input_bias(params), dtype), params["w_h"].astype(dtype)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     xla = functools.partial(
         _simple_forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
     )
-    if _native_loops(unroll, w_h, xp, h0):
-        native = functools.partial(
+    if _native_loops(native, w_h, xp, h0):
+        kernel = functools.partial(
             _native.simple_forward, relu=relu, reverse=backwards, time_major=time_major
         )
-        ys, h = _native.on_cpu(native, xla, w_h, xp, b, _native.mask(valid, steps, batch), h0)
+        ys, h = _native.on_cpu(kernel, xla, w_h, xp, b, _native.mask(valid, steps, batch), h0)
     else:
         ys, h = xla(w_h, xp, b, valid, h0)
     return ys, h, (h0, ys)
 
 
-def _simple_backward(cell, backwards, unroll, time_major, saved, cotangents):
+def _simple_backward(cell, backwards, unroll, time_major, native, saved, cotangents):
     params, xs, valid, (h0, ys) = saved
     d_ys, d_h = cotangents
-    relu, w_h = cell.activation == "relu", params["w_h"]
+    relu, dtype = cell.activation == "relu", cell.dtype
+    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
     options = {"relu": relu, "time_major": time_major}
     xla = functools.partial(_simple_backward_xla, backwards=backwards, unroll=unroll, **options)
-    if _native_loops(unroll, w_h, ys, d_ys, d_h):
-        native = functools.partial(_native.simple_backward, reverse=backwards, **options)
+    if _native_loops(native, w_h, ys, d_ys, d_h):
+        kernel = functools.partial(_native.simple_backward, reverse=backwards, **options)
         valid_ = _native.mask(valid, *ys.shape[:2])
-        xs32 = xs.astype(jnp.float32)  # (float32 already, unless promoted by the projection)
-        grads = _native.on_cpu(native, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32)
+        xs32 = xs.astype(jnp.float32)
+        grads = _native.on_cpu(kernel, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32)
     else:
         grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs)
     d_z, d_h0, *weights = grads
-    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights)
+    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights, xs, dtype)
     return d_params, d_xs, None, d_h0
 
 
@@ -211,7 +223,7 @@ def _lstm_forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time
     def body(carry, inputs):
         xp_t, valid_t = inputs
         c_prev, h_prev = carry
-        hh = _gates(h_prev @ w_h, 4)
+        hh = _gates(matmul(h_prev, w_h, w_h.dtype), 4)
         zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
         if forget_bias:
             zf = zf + forget_bias
@@ -235,7 +247,7 @@ def _lstm_forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time
 def _lstm_backward_xla(
     w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, xs, *, backwards, unroll, time_major
 ):
-    w_h_t = w_h.T
+    w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_carry, inputs):
         d_c, d_h = d_carry
@@ -258,22 +270,26 @@ def _lstm_backward_xla(
             # A padded step copied the carry: its cotangent passes through unchanged.
             keep = valid_t[:, None]
             d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
-            return (jnp.where(keep, d_c_prev, d_c), jnp.where(keep, d_z @ w_h_t, d_h)), d_z
-        return (d_c_prev, d_z @ w_h_t), d_z
+            d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
+            return (jnp.where(keep, d_c_prev, d_c), d_h_prev), d_z
+        return (d_c_prev, matmul(d_z, w_h_t, dtype)), d_z
 
     (d_c0, d_h0), d_z = jax.lax.scan(
         body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z)
-    return d_z, d_c0, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major)
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    return d_z, d_c0, d_h0, d_w_h, *_input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, keep=True):
-    (xp, b), w_h = _projection(params, xs, input_bias(params)), params["w_h"]
+def _lstm_forward(
+    cell, params, xs, valid, carry0, backwards, unroll, time_major, native, keep=True
+):
+    dtype = cell.dtype
+    (xp, b), w_h = _projection(params, xs, input_bias(params), dtype), params["w_h"].astype(dtype)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(_lstm_forward_xla, backwards=backwards, unroll=unroll, **options)
-    if not _native_loops(unroll, w_h, xp, *carry0):
+    if not _native_loops(native, w_h, xp, *carry0):
         ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0)
         return ys, (c, h), (carry0, ys, (c_prevs, gates))
 
@@ -282,16 +298,21 @@ def _lstm_forward(cell, params, xs, valid, carry0, backwards, unroll, time_major
         kept = _native.pack_kept((c_prevs, *gates), 4) if keep else jnp.zeros((0,))
         return ys, c, h, kept
 
-    native = functools.partial(_native.lstm_forward, reverse=backwards, keep=keep, **options)
+    kernel = functools.partial(_native.lstm_forward, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
-    ys, c, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, b, valid_, *carry0)
+    ys, c, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, valid_, *carry0)
     return ys, (c, h), (carry0, ys, kept)
 
 
-def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
+def _lstm_backward(cell, backwards, unroll, time_major, native, saved, cotangents):
     params, xs, valid, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
-    w_h, h0 = params["w_h"], carry0[1]
+    w_h, h0, d_ys, dtype = (
+        params["w_h"].astype(cell.dtype),
+        carry0[1],
+        d_ys.astype(ys.dtype),
+        cell.dtype,
+    )
     xla = functools.partial(
         _lstm_backward_xla, backwards=backwards, unroll=unroll, time_major=time_major
     )
@@ -303,12 +324,12 @@ def _lstm_backward(cell, backwards, unroll, time_major, saved, cotangents):
             c_prevs, *gates = _native.unpack_kept(kept, 5, 4, *ys.shape)
             return xla(w_h, c_prevs, tuple(gates), *args)
 
-        native = functools.partial(_native.lstm_backward, reverse=backwards, time_major=time_major)
+        kernel = functools.partial(_native.lstm_backward, reverse=backwards, time_major=time_major)
         valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
         args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32)
-        grads = _native.on_cpu(native, xla_packed, *args)
+        grads = _native.on_cpu(kernel, xla_packed, *args)
     d_z, d_c0, d_h0, *weights = grads
-    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights)
+    d_params, d_xs = _loop_gradients(params, time_major, d_z, *weights, xs, dtype)
     return d_params, d_xs, None, (d_c0, d_h0)
 
 
@@ -324,7 +345,8 @@ def _gru_forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unrol
 
     def body(h, inputs):
         xp_t, valid_t = inputs
-        hr, hz, hn = (a + c for a, c in zip(_gates(h @ w_h, 3), b_h, strict=True))
+        hh = _gates(matmul(h, w_h, w_h.dtype), 3)
+        hr, hz, hn = (a + c for a, c in zip(hh, b_h, strict=True))
         r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
         z = jax.nn.sigmoid(xp_t[1] + b[1] + hz)
         n = jnp.tanh(xp_t[2] + b[2] + r * hn)
@@ -340,7 +362,7 @@ def _gru_forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unrol
 
 
 def _gru_backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, time_major):
-    w_h_t = w_h.T
+    w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
         h_prev, (r, z, n, hn), valid_t, d_y = inputs
@@ -355,24 +377,26 @@ def _gru_backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unr
             keep = valid_t[:, None]
             d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
             d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-            return jnp.where(keep, g * z + d_hh @ w_h_t, d_h), (d_xp, d_hh)
-        return g * z + d_hh @ w_h_t, (d_xp, d_hh)
+            return jnp.where(keep, g * z + matmul(d_hh, w_h_t, dtype), d_h), (d_xp, d_hh)
+        return g * z + matmul(d_hh, w_h_t, dtype), (d_xp, d_hh)
 
     h_prev = _states_before(backwards, h0, ys)
     d_h0, (d_xp, d_hh) = jax.lax.scan(
         body, d_h, (h_prev, kept, valid, d_ys), reverse=not backwards, unroll=unroll
     )
-    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_hh)
-    d_w_i, d_b = _input_weight_gradient(xs, d_xp, time_major)
+    d_w_h = _recurrent_weight_gradient(backwards, h0, ys, d_hh, dtype)
+    d_w_i, d_b = _input_weight_gradient(xs, d_xp, time_major, dtype)
     return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
 
 
-def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, keep=True):
-    (xp, b), w_h, b_h = _projection(params, xs, params["b"]), params["w_h"], params["b_h"]
+def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
+    dtype = cell.dtype
+    (xp, b), w_h = _projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
+    b_h = params["b_h"].astype(accumulation_dtype(dtype))
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     options = {"time_major": time_major}
     xla = functools.partial(_gru_forward_xla, backwards=backwards, unroll=unroll, **options)
-    if not _native_loops(unroll, w_h, xp, h0):
+    if not _native_loops(native, w_h, xp, h0):
         ys, h, kept = xla(w_h, xp, b, b_h, valid, h0)
         return ys, h, (h0, ys, kept)
 
@@ -380,16 +404,17 @@ def _gru_forward(cell, params, xs, valid, h0, backwards, unroll, time_major, kee
         ys, h, kept = xla(*args)
         return ys, h, (_native.pack_kept(kept, 3) if keep else jnp.zeros((0,)))
 
-    native = functools.partial(_native.gru_forward, reverse=backwards, keep=keep, **options)
+    kernel = functools.partial(_native.gru_forward, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
-    ys, h, kept = _native.on_cpu(native, xla_packed, w_h, xp, b, b_h, valid_, h0)
+    ys, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, b_h, valid_, h0)
     return ys, h, (h0, ys, kept)
 
 
-def _gru_backward(cell, backwards, unroll, time_major, saved, cotangents):
+def _gru_backward(cell, backwards, unroll, time_major, native, saved, cotangents):
     params, xs, valid, (h0, ys, kept) = saved
     d_ys, d_h = cotangents
-    w_h, options = params["w_h"], {"time_major": time_major}
+    dtype, options = cell.dtype, {"time_major": time_major}
+    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
     xla = functools.partial(_gru_backward_xla, backwards=backwards, unroll=unroll, **options)
     if isinstance(kept, tuple):  # the forward pass ran the XLA loop
         grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs)
@@ -398,12 +423,12 @@ def _gru_backward(cell, backwards, unroll, time_major, saved, cotangents):
         def xla_packed(w_h, kept, *args):
             return xla(w_h, _native.unpack_kept(kept, 4, 3, *ys.shape), *args)
 
-        native = functools.partial(_native.gru_backward, reverse=backwards, **options)
+        kernel = functools.partial(_native.gru_backward, reverse=backwards, **options)
         valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-        grads = _native.on_cpu(native, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
+        grads = _native.on_cpu(kernel, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
     d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
-    d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}
-    return d_params, _input_cotangent(params, time_major, d_xp), None, d_h0
+    d_params = _cast_like({"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}, params)
+    return d_params, _input_cotangent(params, time_major, d_xp, xs, dtype), None, d_h0
 
 
 _gru_scan = _with_backward(_gru_forward, _gru_backward)
@@ -419,6 +444,7 @@ def fused_scan(
     backwards: bool,
     unroll: int | bool,
     time_major: bool,
+    native: bool,
     params: Params,
     xs: Array,
     valid: Array | None,
@@ -426,9 +452,11 @@ def fused_scan(
 ):
     """``(ys, carry)`` of ``cell`` over ``xs`` (either layout), ``ys`` time-major; ``valid``
     ``[time, batch]`` bool (a valid prefix per sequence) or ``None``. ``backwards`` scans
-    from the last step (only without ``valid``: masked runs are reversed on the data)."""
-    if isinstance(cell, SimpleRNN):
-        return _simple_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
-    if isinstance(cell, LSTM):
-        return _lstm_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
-    return _gru_scan(cell, backwards, unroll, time_major, params, xs, valid, carry0)
+    from the last step (only without ``valid``: masked runs are reversed on the data).
+    ``cell.dtype`` must be set (the computation dtype); ``ys`` and the carry come out in its
+    accumulation dtype, the gradients of ``params`` in their own dtypes. ``native``: run
+    the loops as jaxrnn's CPU kernels on a CPU (float32 only)."""
+    scan = _simple_scan if isinstance(cell, SimpleRNN) else _lstm_scan
+    if isinstance(cell, GRU):
+        scan = _gru_scan
+    return scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0)

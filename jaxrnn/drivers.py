@@ -14,43 +14,59 @@ in the graph). Both
 * with ``reverse=True``, process each sequence's valid prefix from its last valid step to its
   first and write each output back at its original time position.
 
-How ``rnn`` computes (the numbers are the same either way; ``benchmarks/NOTES.md`` has the
-measurements behind each choice):
+Precision follows the cell's ``dtype`` and ``param_dtype`` (see :mod:`jaxrnn.cells`): ``xs``
+and the parameters may be of any floating dtype; ``ys`` come out in the computation dtype and
+the final carry in its accumulation dtype (float32 for a bfloat16 or float16 computation),
+and parameter gradients in each parameter's dtype, every sum over time and batch accumulated
+in at least float32.
 
-* For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``, without ``remat`` or recurrent
-  dropout (the fused path, ``jaxrnn/_fused.py``): the input half of every step
-  (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
-  pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and
-  the cell's elementwise derivative, and the weight and input gradients are one matmul each
-  after it. Forward-mode differentiation (``jax.jvp``) of this path is not defined. On a CPU,
-  in float32 with the default ``unroll=1``, both loops of each of these cells run as
-  jaxrnn's kernels (``csrc/`` via ``jaxrnn/_native.py``): the whole loop in one call, each
-  step's hidden units split over the cores; an explicit ``unroll``, another platform or
-  dtype, or ``JAXRNN_NATIVE=0`` runs ``lax.scan`` instead.
-* Otherwise (``GRU(reset_after=False)``, ``remat``, recurrent dropout) ``lax.scan`` is
-  differentiated by JAX, with the input projection inside the step; it supports ``jax.jvp``.
-  ``static_rnn`` projects all steps at once and is differentiated by JAX.
-* ``remat`` trades compute for memory in the backward pass (see :func:`rnn`).
+How ``rnn`` computes is its ``implementation`` argument (the numbers agree to rounding):
+
+* ``"scan"``: a plain ``lax.scan`` of the cell's step, differentiated by JAX. Every JAX
+  transformation applies, forward-mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) included.
+* ``"fused"`` (``SimpleRNN``, ``LSTM``, ``GRU(reset_after=True)``): the input half of every
+  step (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
+  pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and the
+  cell's elementwise derivative, and the weight gradients are one matmul each after it.
+  Reverse mode only: ``jax.jvp`` of it raises.
+* ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``): the
+  whole loop in one call, each step's hidden units split over the cores. float32 on a CPU, with
+  ``unroll=1``; reverse mode only.
+* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply
+  (``GRU(reset_after=False)``, ``remat``, recurrent dropout); else ``"kernel"`` where the
+  kernels are built, the default backend is a CPU and ``unroll`` is 1 (a bfloat16 or float16
+  computation then runs the float32 kernels on inputs and weights rounded to its dtype, which
+  is faster on a CPU than its XLA loop); else ``"fused"`` (an ``unroll`` other than 1, GPU,
+  TPU). ``JAXRNN_NATIVE=0`` in the environment keeps ``None`` from choosing the kernels.
+
+``unroll`` is the ``lax.scan`` loops' unroll factor; it does not choose the implementation
+(an explicit ``implementation="kernel"`` with ``unroll != 1`` is an error). For forward-mode
+differentiation, pass ``implementation="scan"``. ``static_rnn`` projects all steps at once and
+is differentiated by JAX (every transformation applies). ``remat`` trades compute for memory
+in the backward pass (see :func:`rnn`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks
+from jaxrnn import _checks, _native
 from jaxrnn._fused import fused_scan, has_fused_path
-from jaxrnn.cells import Carry, Cell, Params
+from jaxrnn.cells import Carry, Cell, Params, accumulation_dtype
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
+IMPLEMENTATIONS = (None, "scan", "fused", "kernel")
 
 
 def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
-    """``(carry, xp_t, valid_t) -> (carry, y_t)`` for projected inputs, masked by length.
+    """``(carry, xp_t, valid_t) -> (carry, y_t)`` for projected inputs, masked by length;
+    ``y_t`` in the cell's computation dtype.
 
     ``hidden_mask`` (``[batch, H]``), when given, multiplies ``h`` before it enters the
     recurrent matmul at every step (variational recurrent dropout); the carry kept is unmasked.
@@ -61,6 +77,7 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
             new_carry, y = cell.step(params, carry, xp_t)
         else:
             new_carry, y = cell.masked_step(params, carry, xp_t, hidden_mask)
+        y = y.astype(cell.dtype)
         if valid_t is not None:
             keep = valid_t[:, None]
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
@@ -68,6 +85,64 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
         return new_carry, y
 
     return step
+
+
+def _is_one(unroll) -> bool:
+    return unroll is False or (not isinstance(unroll, bool) and unroll == 1)
+
+
+def _narrow(dtype) -> bool:
+    return jnp.dtype(dtype).itemsize < 4
+
+
+def _resolve_implementation(implementation, cell, dtype, unroll, remat, hidden_mask) -> str:
+    """``"scan"``, ``"fused"`` or ``"kernel"`` for ``rnn(implementation=...)`` (see the module
+    docstring); an explicit choice that cannot run raises ``ValueError`` naming the reason."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "scan":
+        return "scan"
+    blockers = []
+    if not has_fused_path(cell):
+        blockers.append(f"{cell} has no fused loop")
+    if remat is not False:
+        blockers.append("remat is set")
+    if hidden_mask is not None:
+        blockers.append("recurrent dropout is on")
+    if implementation is None:
+        if blockers:
+            return "scan"
+        on_cpu = jax.default_backend() == "cpu"
+        native_ok = dtype == jnp.float32 or (_narrow(dtype) and on_cpu)
+        return "kernel" if _is_one(unroll) and native_ok and _native.enabled() else "fused"
+    if implementation == "kernel":
+        if not _is_one(unroll):
+            blockers.append(
+                f"unroll={unroll!r} (the kernels have no unroll; it applies to lax.scan)"
+            )
+        if dtype != jnp.float32:
+            blockers.append(f"the computation dtype is {jnp.dtype(dtype).name}, not float32")
+        if jax.default_backend() != "cpu":
+            blockers.append(f"the default backend is {jax.default_backend()}, not cpu")
+        reason = _native.unavailable_reason()
+        if reason:
+            blockers.append(reason)
+    if blockers:
+        raise ValueError(f"implementation={implementation!r} cannot run: " + "; ".join(blockers))
+    return implementation
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _round_to(x: Array, dtype) -> Array:
+    """``x`` rounded to ``dtype`` and back; its derivative is the identity (so that the
+    gradients of a computation run in float32 on rounded values are not rounded again)."""
+    return x.astype(dtype).astype(x.dtype)
+
+
+@_round_to.defjvp
+def _round_to_jvp(dtype, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _round_to(x, dtype), t
 
 
 def _check_remat(remat) -> None:
@@ -131,6 +206,7 @@ def _drive(
     static: bool,
     hidden_mask: Array | None = None,
     remat: bool | int = False,
+    implementation: str | None = None,
 ) -> tuple[Array, Carry]:
     _checks.check_xs(xs, time_major=time_major)
     _checks.check_unroll(unroll)
@@ -139,10 +215,22 @@ def _drive(
     _checks.check_params(cell, params, xs.shape[-1])
     if lengths is not None:
         _checks.check_lengths(lengths, batch, steps)
+    cell = cell.resolve(params, xs.dtype)
+    dtype = cell.dtype
     if initial_carry is None:
-        initial_carry = cell.initial_carry(batch, xs.dtype)
+        initial_carry = cell.initial_carry(batch)
     else:
         _checks.check_carry(cell, initial_carry, batch)
+        acc = accumulation_dtype(dtype)
+        initial_carry = jax.tree.map(lambda leaf: jnp.asarray(leaf).astype(acc), initial_carry)
+    if static:
+        if implementation is not None:
+            raise ValueError(
+                f"static_rnn is its own implementation; got implementation={implementation!r}"
+            )
+        how = "static"
+    else:
+        how = _resolve_implementation(implementation, cell, dtype, unroll, remat, hidden_mask)
 
     valid = None
     if lengths is not None:
@@ -152,18 +240,39 @@ def _drive(
             xs = reverse_sequence(xs, lengths, time_major=time_major)
     # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
     backwards = reverse and lengths is None
-    fused = not static and remat is False and hidden_mask is None
-    if fused and has_fused_path(cell):
+    if how in ("fused", "kernel"):
+        native = how == "kernel"
+        loop_cell, loop_params, loop_xs = cell, params, xs
+        if native and _narrow(dtype):
+            # The float32 kernels on values rounded to the computation dtype.
+            loop_cell = dataclasses.replace(cell, dtype=jnp.dtype(jnp.float32))
+            loop_params = {  # the weights rounded (they enter matmuls), not the biases
+                k: _round_to(v.astype(jnp.float32), dtype) if k.startswith("w_") else v
+                for k, v in params.items()
+            }
+            loop_xs = xs.astype(dtype).astype(jnp.float32)
         # Takes either layout: the transpose to time-major is folded into the projection.
         ys, carry = fused_scan(
-            cell, backwards, unroll, time_major, params, xs, valid, initial_carry
+            loop_cell,
+            backwards,
+            unroll,
+            time_major,
+            native,
+            loop_params,
+            loop_xs,
+            valid,
+            initial_carry,
         )
+        ys = ys.astype(dtype)
         if lengths is not None and reverse:
             ys = reverse_sequence(ys, lengths, time_major=True)
         return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
+    # Parameters narrower than float32 are widened once, outside the loop, so that their
+    # gradients are summed over steps in float32 (each step casts them to ``dtype``).
+    params = {k: v.astype(accumulation_dtype(v.dtype)) for k, v in params.items()}
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)  # [time, batch, input]
-    if static:
+    if how == "static":
         xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps
         step = _step_fn(cell, params, hidden_mask)
         carry, outputs = initial_carry, [jnp.zeros(())] * steps
@@ -192,6 +301,7 @@ def rnn(
     unroll: int | bool = 1,
     time_major: bool = False,
     remat: bool | int = False,
+    implementation: str | None = None,
 ) -> tuple[Array, Carry]:
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``.
 
@@ -203,8 +313,8 @@ def rnn(
         are padding (see the module docstring). ``None`` means every step is valid.
       initial_carry: optional carry (default zeros), leaves ``[batch, hidden_size]``.
       reverse: run each sequence (its valid prefix, with ``lengths``) from the end.
-      unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all). Any value but
-        1 also turns off the CPU kernels (see the module docstring).
+      unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all). The CPU
+        kernels have none: ``implementation=None`` with ``unroll != 1`` runs ``"fused"``.
       time_major: layout of ``xs`` and ``ys``.
       remat: memory of the backward pass. ``False`` keeps every step's intermediate values
         (fastest); ``True`` keeps only each step's carry and input and recomputes the step in
@@ -212,10 +322,14 @@ def rnn(
         carry every ``k`` steps and recomputes each block of ``k`` steps in the backward pass
         (memory ``O(time / k + k)`` carries instead of ``O(time)`` step values: ``k`` near
         ``sqrt(time)`` is smallest). The values and gradients are the same in every mode.
+      implementation: ``None`` (choose), ``"scan"``, ``"fused"`` or ``"kernel"`` (see the
+        module docstring). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+        ``jax.hessian``) needs ``"scan"``.
 
     Returns:
-      ``(ys, final_carry)``: ``ys`` ``[batch, time, hidden_size]`` (or time-major), zero past
-      each length; ``final_carry`` the carry after each sequence's last valid step.
+      ``(ys, final_carry)``: ``ys`` ``[batch, time, hidden_size]`` (or time-major) in the
+      computation dtype, zero past each length; ``final_carry`` the carry after each
+      sequence's last valid step, in the accumulation dtype (float32 under bfloat16).
     """
     return _drive(
         cell,
@@ -228,6 +342,7 @@ def rnn(
         time_major,
         static=False,
         remat=remat,
+        implementation=implementation,
     )
 
 
@@ -241,13 +356,24 @@ def static_rnn(
     reverse: bool = False,
     unroll: int | bool = 1,
     time_major: bool = False,
+    implementation: str | None = None,
 ) -> tuple[Array, Carry]:
     """Same signature and results as :func:`rnn`, as a Python loop over time steps.
 
     The traced graph holds one copy of the step per time step (static unrolling, like TF1
     ``static_rnn``): compile time and program size grow with ``time``. ``unroll`` is accepted
-    for signature parity and ignored.
+    for signature parity and ignored; ``implementation`` must be ``None`` (the loop is its
+    own), and every JAX transformation applies.
     """
     return _drive(
-        cell, params, xs, lengths, initial_carry, reverse, unroll, time_major, static=True
+        cell,
+        params,
+        xs,
+        lengths,
+        initial_carry,
+        reverse,
+        unroll,
+        time_major,
+        static=True,
+        implementation=implementation,
     )

@@ -38,8 +38,8 @@ Exactness and the choices made:
 
 * ``to_torch(from_torch(sd)) == sd`` and ``to_keras(from_keras(w)) == w`` bit for bit: PyTorch's
   two biases are kept apart (``b`` and ``b_h``), transposes and gate permutations move values
-  without arithmetic, and dtypes are kept (float64 only with ``jax_enable_x64``; bfloat16
-  tensors are widened to float32).
+  without arithmetic, and dtypes are kept (bfloat16, float16, float32; float64 only with
+  ``jax_enable_x64``).
 * Keras has one bias for ``SimpleRNN``/``LSTM``: ``to_keras`` writes ``b + b_h`` (one float
   rounding) when params have a ``b_h`` (e.g. loaded from PyTorch).
 * PyTorch state dicts of ``bias=False`` modules (no bias entries) load with zero biases;
@@ -56,10 +56,12 @@ Exactness and the choices made:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
@@ -81,11 +83,13 @@ def _as_numpy(value: Any, name: str) -> np.ndarray:
     """A NumPy array from a NumPy/JAX array or a ``torch.Tensor`` (without importing torch)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, duck-typed
         value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":  # .numpy() refuses it: widen to float32, exactly
-            value = value.float()
-        value = value.numpy()
+        if str(value.dtype) == "torch.bfloat16":  # .numpy() refuses it: reinterpret the bits
+            array = value.contiguous().view(dtype=sys.modules["torch"].int16).numpy()
+            value = array.view(ml_dtypes.bfloat16)
+        else:
+            value = value.numpy()
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating):
+    if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"{name} must hold floating-point weights, got dtype {array.dtype}")
     return array
 

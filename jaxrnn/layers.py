@@ -39,6 +39,7 @@ def _bidirectional(
     time_major,
     static,
     hidden_masks=(None, None),
+    implementation=None,
 ):
     _checks.check_merge(merge)
     if not isinstance(params, tuple | list) or len(params) != 2:
@@ -57,6 +58,7 @@ def _bidirectional(
         time_major,
         static=static,
         hidden_mask=hidden_masks[0],
+        implementation=implementation,
     )
     ys_bw, carry_bw = _drive(
         cell_bw,
@@ -69,6 +71,7 @@ def _bidirectional(
         time_major,
         static=static,
         hidden_mask=hidden_masks[1],
+        implementation=implementation,
     )
     return _merge(ys_fw, ys_bw, merge), (carry_fw, carry_bw)
 
@@ -85,6 +88,7 @@ def bidirectional(
     unroll: int | bool = 1,
     time_major: bool = False,
     static: bool = False,
+    implementation: str | None = None,
 ):
     """Run ``cell_fw`` forward and ``cell_bw`` backward over ``xs`` and merge the outputs.
 
@@ -98,13 +102,25 @@ def bidirectional(
       merge: ``"concat"`` (forward features first, ``[..., H_fw + H_bw]``), ``"sum"``,
         ``"mul"``, ``"ave"`` (``[..., H]``) or ``None`` (the pair ``(ys_fw, ys_bw)``).
       static: loop over time in Python (``static_rnn``) instead of ``lax.scan``.
+      implementation: passed to :func:`jaxrnn.rnn` for both directions.
 
     Returns:
-      ``(ys, (carry_fw, carry_bw))``; each final carry is the state after the last valid step
-      of its own direction (for the backward one: after reading step 0).
+      ``(ys, (carry_fw, carry_bw))``, ``ys`` in the cells' computation dtype; each final
+      carry is the state after the last valid step of its own direction (for the backward
+      one: after reading step 0).
     """
     return _bidirectional(
-        cell_fw, cell_bw, params, xs, lengths, merge, initial_carry, unroll, time_major, static
+        cell_fw,
+        cell_bw,
+        params,
+        xs,
+        lengths,
+        merge,
+        initial_carry,
+        unroll,
+        time_major,
+        static,
+        implementation=implementation,
     )
 
 
@@ -127,7 +143,9 @@ class Bidirectional:
             return self.forward.output_size + self.backward.output_size
         return self.forward.output_size
 
-    def init(self, key, input_size: int, dtype=jnp.float32) -> tuple[Params, Params]:
+    def init(self, key, input_size: int, dtype=None) -> tuple[Params, Params]:
+        """Both directions' parameters, each in ``dtype`` (default: its cell's
+        ``param_dtype``)."""
         k_fw, k_bw = jax.random.split(key)
         return self.forward.init(k_fw, input_size, dtype), self.backward.init(
             k_bw, input_size, dtype
@@ -168,8 +186,9 @@ class Stack:
     def output_size(self) -> int:
         return self.layers[-1].output_size
 
-    def init(self, key, input_size: int, dtype=jnp.float32) -> list:
-        """A list with each layer's params (a pair for a bidirectional layer)."""
+    def init(self, key, input_size: int, dtype=None) -> list:
+        """A list with each layer's params (a pair for a bidirectional layer), in ``dtype``
+        (default: each cell's ``param_dtype``)."""
         params, size = [], input_size
         for layer, k in zip(self.layers, jax.random.split(key, len(self.layers)), strict=True):
             params.append(layer.init(k, size, dtype))
@@ -193,14 +212,18 @@ def stacked(
     unroll: int | bool = 1,
     time_major: bool = False,
     static: bool = False,
+    implementation: str | None = None,
 ) -> tuple[Array, list]:
-    """Run the layers of ``stack`` in turn; each layer's (merged) outputs feed the next.
+    """Run the layers of ``stack`` in turn; each layer's (merged) outputs feed the next, in
+    that layer's computation dtype (a bfloat16 stack feeds bfloat16 between its layers).
 
     Args:
       params: ``stack.init(...)``: one entry per layer.
       xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
       lengths: optional int ``[batch]``, applied to every layer.
       key: a PRNG key turns dropout on (training); ``None`` turns it off (evaluation).
+      implementation: passed to :func:`jaxrnn.rnn` for every layer (``None`` chooses per
+        layer; recurrent dropout runs ``"scan"``).
 
     Returns:
       ``(ys, carries)``: the last layer's outputs ``[batch, time, stack.output_size]``, zero
@@ -244,6 +267,7 @@ def stacked(
                 time_major,
                 static,
                 masks[:2],
+                implementation,
             )
         else:
             xs, carry = _drive(
@@ -257,6 +281,7 @@ def stacked(
                 time_major,
                 static=static,
                 hidden_mask=masks[0],
+                implementation=implementation,
             )
         carries.append(carry)
         last = index == len(stack.layers) - 1

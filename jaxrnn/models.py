@@ -23,11 +23,12 @@ rows, where masking would only cost time).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import GRU, LSTM, SimpleRNN
+from jaxrnn.cells import GRU, LSTM, SimpleRNN, accumulation_dtype, check_floating, matmul
 from jaxrnn.layers import Bidirectional, Stack, stacked
 
 Array = jax.Array
@@ -54,6 +55,10 @@ class Model:
       head_init: ``"glorot"`` (Keras ``Dense``: Glorot-uniform kernel, zero bias) or
         ``"normal"`` (TF1 tutorials: standard normal kernel and bias).
       unroll: time steps per ``lax.scan`` iteration.
+      dtype: the computation dtype (``None``: the inputs' and parameters' promotion); the
+        recurrent state, the head's accumulation and the logits are at least float32.
+      param_dtype: the dtype of the parameters that :meth:`init` makes.
+      implementation: passed to :func:`jaxrnn.rnn` (``None``: chosen per layer).
     """
 
     cell: str
@@ -72,6 +77,9 @@ class Model:
     recurrent_dropout: float = 0.0
     head_init: str = "glorot"
     unroll: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    implementation: str | None = None
 
     def __post_init__(self):
         if self.cell not in _CELLS:
@@ -86,13 +94,17 @@ class Model:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.head_init not in ("glorot", "normal"):
             raise ValueError(f"head_init must be 'glorot' or 'normal', got {self.head_init!r}")
+        if self.dtype is not None:
+            check_floating(self.dtype, "Model: dtype")
+        check_floating(self.param_dtype, "Model: param_dtype")
 
     def _cell(self):
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         if self.cell == "rnn":
-            return SimpleRNN(self.hidden_size, self.activation)
+            return SimpleRNN(self.hidden_size, self.activation, **dtypes)
         if self.cell == "lstm":
-            return LSTM(self.hidden_size, self.forget_bias, self.forget_bias_init)
-        return GRU(self.hidden_size)
+            return LSTM(self.hidden_size, self.forget_bias, self.forget_bias_init, **dtypes)
+        return GRU(self.hidden_size, **dtypes)
 
     @property
     def stack(self) -> Stack:
@@ -106,10 +118,11 @@ class Model:
         )
 
     def init(self, key: Array, input_size: int) -> dict:
-        """Parameters for inputs of ``input_size`` features (float32)."""
+        """Parameters for inputs of ``input_size`` features, in ``param_dtype``."""
         k_rnn, k_w, k_b = jax.random.split(key, 3)
         stack = self.stack
         shape = (stack.output_size, self.num_outputs)
+        # Drawn in float32 (as for every param_dtype), then cast.
         if self.head_init == "glorot":
             head = {
                 "w": jax.nn.initializers.glorot_uniform()(k_w, shape, jnp.float32),
@@ -120,13 +133,24 @@ class Model:
                 "w": jax.random.normal(k_w, shape, jnp.float32),
                 "b": jax.random.normal(k_b, (self.num_outputs,), jnp.float32),
             }
+        head = {k: v.astype(self.param_dtype) for k, v in head.items()}
         return {"rnn": stack.init(k_rnn, input_size), "head": head}
 
     def features(self, params: dict, inputs: Array, lengths: Array | None, key=None) -> Array:
         """The recurrent read-out fed to the head: ``[batch, stack.output_size]``."""
         stack = self.stack
         lengths = lengths if self.masked else None
-        ys, carries = stacked(stack, params["rnn"], inputs, lengths, key=key, unroll=self.unroll)
+        if self.dtype is not None:
+            inputs = inputs.astype(self.dtype)
+        ys, carries = stacked(
+            stack,
+            params["rnn"],
+            inputs,
+            lengths,
+            key=key,
+            unroll=self.unroll,
+            implementation=self.implementation,
+        )
         if self.readout == "state":
             carry = carries[-1]
             cell = self._cell()
@@ -141,7 +165,8 @@ class Model:
     def apply(
         self, params: dict, inputs: Array, lengths: Array | None = None, key: Array | None = None
     ) -> Array:
-        """Logits ``[batch, num_outputs]`` (regression: predictions ``[batch]``).
+        """Logits ``[batch, num_outputs]`` (regression: predictions ``[batch]``), in at least
+        float32 whatever the computation dtype.
 
         Args:
           params: from :meth:`init`.
@@ -150,5 +175,7 @@ class Model:
           key: a PRNG key turns dropout on (training).
         """
         h = self.features(params, inputs, lengths, key)
-        out = h @ params["head"]["w"] + params["head"]["b"]
+        w, b = params["head"]["w"], params["head"]["b"]
+        dtype = jnp.result_type(h.dtype, w.dtype) if self.dtype is None else self.dtype
+        out = matmul(h, w, dtype) + b.astype(accumulation_dtype(dtype))
         return out[:, 0] if self.task == "regression" else out

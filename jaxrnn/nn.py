@@ -8,17 +8,52 @@ hyperparameters + params pytree" split (a module is a cell plus its params held 
 Each module stores exactly the pytree that the functional API takes (``cell.init``'s dict, a
 pair for bidirectional, a list for stacks), so ``module.params()`` can be passed to
 ``jaxrnn.rnn`` & co. and weights converted with ``jaxrnn.interop`` apply unchanged.
+
+Precision is the cells' (``dtype``, ``param_dtype``: :mod:`jaxrnn.cells`); a module's ``dtype``
+and ``param_dtype`` arguments, where given, replace those of every cell it holds, as in
+``flax.nnx.Linear``. ``implementation`` is passed to :func:`jaxrnn.rnn`.
+
+Needs the ``nn`` extra: ``pip install "jaxrnn[nn]"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
-import jax.numpy as jnp
-from flax import nnx
+
+from jaxrnn import _extras
+
+with _extras.requires("nn", __name__):
+    from flax import nnx
 
 from jaxrnn.cells import Cell
 from jaxrnn.drivers import rnn
+from jaxrnn.layers import Bidirectional as _BidirectionalLayer
 from jaxrnn.layers import Stack, bidirectional, stacked
+
+
+def _with_dtypes(cell: Cell, dtype, param_dtype) -> Cell:
+    """``cell`` with ``dtype``/``param_dtype`` replaced where given (not ``None``)."""
+    changes = {}
+    if dtype is not None:
+        changes["dtype"] = dtype
+    if param_dtype is not None:
+        changes["param_dtype"] = param_dtype
+    return dataclasses.replace(cell, **changes) if changes else cell
+
+
+def _stack_with_dtypes(stack: Stack, dtype, param_dtype) -> Stack:
+    def layer(item):
+        if isinstance(item, _BidirectionalLayer):
+            return dataclasses.replace(
+                item,
+                forward=_with_dtypes(item.forward, dtype, param_dtype),
+                backward=_with_dtypes(item.backward, dtype, param_dtype),
+            )
+        return _with_dtypes(item, dtype, param_dtype)
+
+    return dataclasses.replace(stack, layers=tuple(layer(item) for item in stack.layers))
 
 
 def _hold(tree):
@@ -56,11 +91,15 @@ class RNN(nnx.Module):
         unroll: int | bool = 1,
         time_major=False,
         return_carry=False,
-        dtype=jnp.float32,
+        dtype=None,
+        param_dtype=None,
+        implementation: str | None = None,
     ):
+        cell = _with_dtypes(cell, dtype, param_dtype)
         self.cell, self.reverse, self.unroll = cell, reverse, unroll
         self.time_major, self.return_carry = time_major, return_carry
-        self.weights = _hold(cell.init(rngs.params(), in_features, dtype))
+        self.implementation = implementation
+        self.weights = _hold(cell.init(rngs.params(), in_features))
 
     def params(self) -> dict:
         return _read(self.weights)
@@ -75,6 +114,7 @@ class RNN(nnx.Module):
             reverse=self.reverse,
             unroll=self.unroll,
             time_major=self.time_major,
+            implementation=self.implementation,
         )
         return (ys, carry) if self.return_carry else ys
 
@@ -93,14 +133,17 @@ class Bidirectional(nnx.Module):
         unroll: int | bool = 1,
         time_major=False,
         return_carry=False,
-        dtype=jnp.float32,
+        dtype=None,
+        param_dtype=None,
+        implementation: str | None = None,
     ):
+        cell_fw = _with_dtypes(cell_fw, dtype, param_dtype)
+        cell_bw = _with_dtypes(cell_bw, dtype, param_dtype)
         self.cell_fw, self.cell_bw, self.merge = cell_fw, cell_bw, merge
         self.unroll, self.time_major, self.return_carry = unroll, time_major, return_carry
+        self.implementation = implementation
         k_fw, k_bw = jax.random.split(rngs.params())
-        self.weights = _hold(
-            (cell_fw.init(k_fw, in_features, dtype), cell_bw.init(k_bw, in_features, dtype))
-        )
+        self.weights = _hold((cell_fw.init(k_fw, in_features), cell_bw.init(k_bw, in_features)))
 
     def params(self) -> tuple[dict, dict]:
         return tuple(_read(self.weights))
@@ -115,6 +158,7 @@ class Bidirectional(nnx.Module):
             merge=self.merge,
             unroll=self.unroll,
             time_major=self.time_major,
+            implementation=self.implementation,
         )
         return (ys, carries) if self.return_carry else ys
 
@@ -133,10 +177,14 @@ class Stacked(nnx.Module):
         rngs: nnx.Rngs,
         unroll: int | bool = 1,
         time_major=False,
-        dtype=jnp.float32,
+        dtype=None,
+        param_dtype=None,
+        implementation: str | None = None,
     ):
+        stack = _stack_with_dtypes(stack, dtype, param_dtype)
         self.stack, self.unroll, self.time_major = stack, unroll, time_major
-        self.weights = _hold(stack.init(rngs.params(), in_features, dtype))
+        self.implementation = implementation
+        self.weights = _hold(stack.init(rngs.params(), in_features))
 
     def params(self) -> list:
         return _read(self.weights)
@@ -151,5 +199,6 @@ class Stacked(nnx.Module):
             key=key,
             unroll=self.unroll,
             time_major=self.time_major,
+            implementation=self.implementation,
         )
         return ys

@@ -40,6 +40,11 @@ class Config:
     head_init: str = "glorot"
     unroll: int = 1
 
+    # Precision and implementation (``jaxrnn.models.Model``, ``jaxrnn.rnn``).
+    dtype: str = "float32"  # computation dtype: bfloat16, float16, float32 or float64
+    param_dtype: str = "float32"  # parameters, optimizer state and checkpoints
+    implementation: str = "auto"  # "auto" (jaxrnn chooses), "scan", "fused" or "kernel"
+
     # Optimizer (``jaxrnn.training.optimizers.make_optimizer``).
     optimizer: str = "adam"
     learning_rate: float = 1e-3
