@@ -36,6 +36,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from etils import epath
 
@@ -147,43 +148,16 @@ class Parts:
         self.flush()
 
 
-class _Rows:
-    """Appends rows: to the last row file on a local disk, to new parts on an object store."""
-
-    def __init__(self, root: epath.Path):
-        segments = _segments(root)
-        self._file = None
-        self._parts = None
-        if is_local(root):
-            path = segments[-1] if segments else root / ROWS
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("a", encoding="utf-8")
-        else:
-            numbers = [int(p.stem) for p in segments if p.parent.name == PARTS]
-            directory = root / PARTS
-            first = max(numbers, default=-1) + 1
-            self._parts = Parts(lambda i: directory / f"{i:06d}.jsonl", first)
-
-    def write(self, line: str) -> None:
-        if self._file is not None:
-            self._file.write(line)
-        else:
-            assert self._parts is not None
-            self._parts.write(line.encode())
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-        else:
-            assert self._parts is not None
-            self._parts.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        else:
-            assert self._parts is not None
-            self._parts.close()
+def _row_stream(root: epath.Path) -> BinaryIO | Parts:
+    """Where new rows go: the end of the last row file on a local disk, new parts elsewhere."""
+    segments = _segments(root)
+    if is_local(root):
+        path = segments[-1] if segments else root / ROWS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("ab")  # type: ignore[return-value]
+    directory = root / PARTS
+    first = max((int(p.stem) for p in segments if p.parent.name == PARTS), default=-1) + 1
+    return Parts(lambda i: directory / f"{i:06d}.jsonl", first)
 
 
 _FACTORY_PREFIX = "jaxrnn-epath"  # "jaxrnn-epath:gs://bucket/run/tb/events...": Parts on epath
@@ -278,7 +252,7 @@ class RunLog:
             )
 
         _cut(root, keep)
-        self._rows = _Rows(root)
+        self._rows = _row_stream(root)
         self._events = _event_writer(root, start_step)
         if flush_secs is None:
             flush_secs = 0.0 if is_local(root) else REMOTE_FLUSH_SECS
@@ -287,7 +261,7 @@ class RunLog:
 
     def write(self, step: int, split: str, values: dict) -> None:
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
-        self._rows.write(json.dumps(row) + "\n")
+        self._rows.write(json.dumps(row).encode() + b"\n")
         for name, value in values.items():
             self._events.add_scalar(f"{split}/{name}", float(value), int(step))
         if time.monotonic() - self._last_flush >= self._flush_secs:
