@@ -66,9 +66,15 @@ def _final_params(workdir, steps):
     return state, data_state
 
 
+# Two layers, so that every dropout acts (between layers too): each step draws its masks from
+# fold_in(key, step), so a resumed run must draw exactly the masks of an uninterrupted one.
+ALL_DROPOUTS = ["num_layers=2", "dropout=0.3", "input_dropout=0.2", "recurrent_dropout=0.2"]
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path):
-    settings = [
+@pytest.mark.parametrize("extra", [[], ALL_DROPOUTS], ids=["plain", "all_dropouts"])
+def test_resume_after_sigkill_is_exact(tmp_path, extra):
+    settings = extra + [
         "hidden_size=8",
         "batch_size=8",
         "num_steps=1600",
