@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -58,49 +59,92 @@ def _threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _blas_requirement() -> str:
+    """The ``scipy-openblas32`` requirement that jaxrnn was installed with (pinned exactly)."""
+    try:
+        for requirement in importlib.metadata.requires("jaxrnn") or ():
+            if requirement.startswith("scipy-openblas32"):
+                return requirement.partition(";")[0].strip()
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return "scipy-openblas32"
+
+
 @functools.cache
-def _load() -> bool:
-    """Load the kernels and register them with XLA once; False where they cannot be used."""
+def kernel_status() -> tuple[bool, str]:
+    """``(True, "loaded")`` once the kernels are loaded and registered with XLA (on the first
+    call), else ``(False, why not)``: turned off, not built, their BLAS missing, a failed load."""
     if os.environ.get(ENV_NATIVE, "1") == "0":
-        return False
+        return False, f"turned off by {ENV_NATIVE}=0"
     spec = importlib.util.find_spec("jaxrnn._recurrence")
+    if spec is None or spec.origin is None:
+        return False, (
+            "not built: jaxrnn was installed without its compiled kernels (the C++ build "
+            "failed or was skipped; `pip install -v` shows the compiler's error)"
+        )
     try:
         import scipy_openblas32
     except ImportError:
-        scipy_openblas32 = None
-    if spec is None or spec.origin is None or scipy_openblas32 is None:
-        _log.info("jaxrnn's CPU kernels are not built; the XLA loops run instead")
-        return False
-    # The kernels split the work themselves: OpenBLAS starts no threads of its own (idle, they
-    # poll, on the cores that the kernels need).
+        return False, f"their BLAS is not installed: pip install {_blas_requirement()!r}"
+    # The kernels split the work themselves: their OpenBLAS (a private copy, not NumPy's or
+    # SciPy's) starts no threads of its own (idle, they poll, on the cores the kernels need).
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         name = scipy_openblas32.get_library(fullname=True)
         blas = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), name))
         lib = ctypes.CDLL(spec.origin)
-    except OSError as err:  # a build for another jaxlib or machine
-        _log.warning("jaxrnn's CPU kernels did not load (%s); the XLA loops run instead", err)
-        return False
+        sgemm = blas.scipy_cblas_sgemm
+        blas.scipy_openblas_set_num_threads(1)
+    except (OSError, AttributeError) as err:  # a build for another jaxlib, machine or BLAS
+        return False, f"did not load: {err}"
     finally:
         if saved is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
         else:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
-    blas.scipy_openblas_set_num_threads(1)
-    lib.jaxrnn_set_sgemm(ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p))
+    lib.jaxrnn_set_sgemm(ctypes.cast(sgemm, ctypes.c_void_p))
     global _max_threads
     _max_threads = _threads()
     lib.jaxrnn_set_max_threads(_max_threads)
-    for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     _libraries.extend([blas, lib])
-    return True
+    return True, "loaded"
+
+
+@functools.cache
+def _report(reason: str) -> None:
+    """Logs once why the kernels are missing: a warning where they would have run (a CPU
+    computation, not turned off), else at info level."""
+    level = logging.INFO
+    if not reason.startswith("turned off") and jax.default_backend() == "cpu":
+        level = logging.WARNING
+    _log.log(level, "jaxrnn's CPU kernels are not available (%s); the XLA loops run", reason)
+
+
+def _load() -> bool:
+    """Load the kernels and register them with XLA once; False where they cannot be used."""
+    loaded, reason = kernel_status()
+    if not loaded:
+        _report(reason)
+    return loaded
 
 
 def available(*arrays: jax.Array) -> bool:
     """Whether the kernels are built and every one of ``arrays`` is float32."""
     return all(a.dtype == jnp.float32 for a in arrays) and _load()
+
+
+def enabled() -> bool:
+    """Whether the kernels are loaded and not turned off (``JAXRNN_NATIVE=0``)."""
+    return _load()
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot run in this process (:func:`kernel_status`), or ``None``."""
+    loaded, why = kernel_status()
+    return None if loaded else f"jaxrnn's CPU kernels are {why}"
 
 
 def mask(valid: jax.Array | None, steps: int, batch: int) -> jax.Array:

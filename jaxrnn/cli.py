@@ -7,18 +7,38 @@
     jaxrnn eval --workdir DIR
     jaxrnn plot --workdir DIR [--out FILE]
     jaxrnn configs                      # the config names and their fields
+    jaxrnn info                         # versions, devices, whether the CPU kernels loaded
 
 Rerunning ``train`` with the same config and work directory resumes from the last checkpoint.
-Exit status: 0 on success, 1 on a non-finite loss, 2 on a usage or config error.
+``train``, ``eval`` and ``plot`` need the ``train`` extra (``pip install "jaxrnn[train]"``);
+``configs`` and ``info`` run with the core alone. Exit status: 0 on success, 1 on a non-finite
+loss, 2 on a usage or config error or a missing extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
+import platform
 import sys
 
-from jaxrnn import configs
+from jaxrnn import _extras, configs
+
+# Reported by `jaxrnn info` where installed: the core's packages, then the extras'.
+_CORE_PACKAGES = ("jax", "jaxlib", "numpy", "scipy-openblas32")
+_OPTIONAL_PACKAGES = (
+    "flax",
+    "tensorflow-datasets",
+    "array-record",
+    "etils",
+    "optax",
+    "orbax-checkpoint",
+    "tqdm",
+    "matplotlib",
+    "tensorboardX",
+    "gcsfs",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,22 +74,67 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="default: WORKDIR/curves.png")
 
     sub.add_parser("configs", help="list the configs and their fields")
+    sub.add_parser("info", help="versions, devices and whether the CPU kernels loaded")
     return parser
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> str:
+    """What ``jaxrnn info`` prints: versions, extras, devices and the CPU kernels' state, one
+    ``name: value`` per line, the last ``cpu kernels: loaded`` or ``cpu kernels: not available
+    (reason)``. Imports only jax and jaxrnn's core."""
+    import jax
+
+    import jaxrnn
+    from jaxrnn import _native
+
+    lines = [f"jaxrnn: {jaxrnn.__version__}", f"python: {platform.python_version()}"]
+    lines += [f"{name}: {_version(name) or 'not installed'}" for name in _CORE_PACKAGES]
+    lines += [f"{name}: {v}" for name in _OPTIONAL_PACKAGES if (v := _version(name))]
+    for extra in _extras.EXTRAS:
+        absent = _extras.missing(extra)
+        state = f"missing {', '.join(absent)}" if absent else "installed"
+        lines.append(f"extra {extra}: {state}")
+    platforms: dict[str, list] = {}
+    for device in jax.devices():
+        platforms.setdefault(device.platform, []).append(device)
+    for name, devices in platforms.items():
+        kinds = sorted({d.device_kind for d in devices})
+        lines.append(f"devices: {len(devices)} {name} ({', '.join(kinds)})")
+    lines.append(f"default backend: {jax.default_backend()}")
+    loaded, reason = _native.kernel_status()
+    if loaded:
+        lines.append(f"cpu kernel threads: {_native._max_threads}")
+    lines.append("cpu kernels: loaded" if loaded else f"cpu kernels: not available ({reason})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jaxrnn.training import loop
+    if args.command == "info":
+        print(info())
+        return 0
+    if args.command == "configs":
+        for name in configs.NAMES:
+            print(f"{name}: {configs.get_config(name)}")
+        return 0
+    try:
+        from jaxrnn.training import loop
+    except _extras.MissingExtraError as error:
+        print(f"jaxrnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
     try:
         if args.command in ("train", "eval"):
             from jaxrnn import parallel
 
             parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-        if args.command == "configs":
-            for name in configs.NAMES:
-                print(f"{name}: {configs.get_config(name)}")
-            return 0
         if args.command == "train":
             config = configs.apply_overrides(configs.get_config(args.config), args.overrides)
             workdir = args.workdir or os.path.join("workdirs", args.config)

@@ -1,8 +1,14 @@
-"""Training: train state, optimizers, jitted steps, checkpoints, the loop and plots."""
+"""Training: train state, optimizers, jitted steps, checkpoints, the loop and plots.
 
-from jaxrnn.training.loop import NonFiniteError, WorkdirError, evaluate_workdir, train
-from jaxrnn.training.optimizers import make_optimizer
-from jaxrnn.training.state import TrainState
+Needs the ``train`` extra: ``pip install "jaxrnn[train]"``.
+"""
+
+from jaxrnn import _extras
+
+with _extras.requires("train", __name__):
+    from jaxrnn.training.loop import NonFiniteError, WorkdirError, evaluate_workdir, train
+    from jaxrnn.training.optimizers import make_optimizer
+    from jaxrnn.training.state import TrainState
 
 __all__ = [
     "NonFiniteError",
