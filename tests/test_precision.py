@@ -307,3 +307,53 @@ def test_integer_params_are_an_error():
     params = {k: v.astype(jnp.int32) for k, v in cell.init(jax.random.key(0), F).items()}
     with pytest.raises(TypeError, match=r"params\['w_i'\] must be a floating-point array"):
         jaxrnn.rnn(cell, params, _xs())
+
+
+def test_nnx_modules_and_model_carry_the_policy():
+    from flax import nnx
+
+    from jaxrnn import nn
+    from jaxrnn.models import Model
+
+    xs = _xs()
+    cell = jaxrnn.LSTM(4)
+    layer = nn.RNN(cell, F, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, return_carry=True)
+    ys, (c, _) = layer(xs, LENGTHS)
+    assert layer.cell.dtype == jnp.bfloat16
+    assert all(v.dtype == jnp.float32 for v in layer.params().values())
+    assert ys.dtype == jnp.bfloat16 and c.dtype == jnp.float32
+    want, _ = jaxrnn.rnn(dataclasses.replace(cell, dtype=jnp.bfloat16), layer.params(), xs, LENGTHS)
+    np.testing.assert_array_equal(np.asarray(ys, np.float32), np.asarray(want, np.float32))
+
+    bi = nn.Bidirectional(cell, cell, F, rngs=nnx.Rngs(1), dtype=jnp.float16)
+    assert bi(xs, LENGTHS).dtype == jnp.float16
+    stack = jaxrnn.Stack((jaxrnn.GRU(3), jaxrnn.Bidirectional(cell, cell)))
+    st = nn.Stacked(stack, F, rngs=nnx.Rngs(2), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    assert st(xs, LENGTHS).dtype == jnp.bfloat16
+    assert {v.dtype for v in jax.tree.leaves(st.params())} == {jnp.dtype(jnp.bfloat16)}
+
+    model = Model("gru", 4, 3, num_layers=2, dtype="bfloat16")
+    params = model.init(jax.random.key(0), F)
+    assert {v.dtype for v in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    logits = model.apply(params, xs, LENGTHS)
+    assert logits.dtype == jnp.float32
+    grads = jax.grad(lambda p: jnp.sum(model.apply(p, xs, LENGTHS) ** 2))(params)
+    assert {v.dtype for v in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    f32 = Model("gru", 4, 3, num_layers=2).apply(params, xs, LENGTHS)
+    np.testing.assert_allclose(logits, f32, atol=TOL_EPS * _eps(jnp.bfloat16) * 4)
+    assert np.any(np.asarray(logits) != np.asarray(f32))
+
+
+def test_interop_keeps_the_dtype_it_is_given():
+    cell = jaxrnn.GRU(3)
+    params = {
+        k: np.asarray(v).astype(ml_dtypes.bfloat16) for k, v in random_params(cell, F).items()
+    }
+    torch_sd = jaxrnn.interop.to_torch(cell, params)
+    assert {v.dtype for v in torch_sd.values()} == {np.dtype(ml_dtypes.bfloat16)}
+    back = jaxrnn.interop.from_torch(cell, torch_sd)
+    for name, value in params.items():
+        assert back[name].dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(back[name]), value)
+    keras = jaxrnn.interop.to_keras(cell, params)
+    assert all(w.dtype == ml_dtypes.bfloat16 for w in keras)

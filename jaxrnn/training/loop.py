@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxrnn import parallel
+from jaxrnn.cells import check_floating
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import feed as feed_lib
@@ -90,6 +91,7 @@ def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
         task, outputs = "classification", int(parallel.process_max(np.int64(largest))) + 1
     else:
         task, outputs = "regression", 1
+    _check_dtypes(config)
     return Model(
         cell=config.cell,
         hidden_size=config.hidden_size,
@@ -111,6 +113,15 @@ def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
         param_dtype=config.param_dtype,
         implementation=_implementation(config),
     )
+
+
+def _check_dtypes(config: Config) -> None:
+    for name in ("dtype", "param_dtype"):
+        value = getattr(config, name)
+        try:
+            check_floating(value, name)
+        except TypeError as error:
+            raise ValueError(f"--set {name}={value}: {error}") from None
 
 
 def _implementation(config: Config) -> str | None:
@@ -185,6 +196,8 @@ def train(
     """
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+    _check_dtypes(config)
+    _implementation(config)
     with lock_lib.hold(workdir, "train"):
         return _train(
             config,

@@ -71,8 +71,13 @@ def _final_params(workdir, steps):
 ALL_DROPOUTS = ["num_layers=2", "dropout=0.3", "input_dropout=0.2", "recurrent_dropout=0.2"]
 
 
+BFLOAT16 = ["dtype=bfloat16", "param_dtype=bfloat16"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ALL_DROPOUTS], ids=["plain", "all_dropouts"])
+@pytest.mark.parametrize(
+    "extra", [[], ALL_DROPOUTS, BFLOAT16], ids=["plain", "all_dropouts", "bfloat16"]
+)
 def test_resume_after_sigkill_is_exact(tmp_path, extra):
     settings = extra + [
         "hidden_size=8",
@@ -122,6 +127,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, extra):
     a, data_a = _final_params(killed, 1600)
     b, data_b = _final_params(straight, 1600)
     assert data_a == data_b
+    want = "bfloat16" if extra == BFLOAT16 else "float32"
+    assert {str(leaf.dtype) for leaf in __import__("jax").tree.leaves(a.params)} == {want}
     for x, y in zip(
         __import__("jax").tree.leaves(a), __import__("jax").tree.leaves(b), strict=True
     ):
