@@ -1,4 +1,9 @@
-"""Shared fixtures: every cell variant with parameters that exercise every bias."""
+"""Shared fixtures: every cell variant with parameters that exercise every bias; hermetic
+tests (datasets prepared in a temporary directory, no network beyond this machine)."""
+
+import ipaddress
+import os
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -35,3 +40,51 @@ def random_params(cell, input_size, seed=0, dtype=jnp.float32, second_bias=False
 def cell_case(request):
     name, cell, kind, hyper = request.param
     return cell, kind, {"hidden": cell.hidden_size, **hyper}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _datasets_in_a_temporary_directory(tmp_path_factory):
+    """Every dataset is prepared under this run's temporary directory, never in the user's
+    (``~/tensorflow_datasets``). The directory is shared by the run's xdist workers (the
+    preparation lock keeps two from writing one dataset) and inherited by subprocesses; a
+    test may still pass its own ``data_dir``."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    with pytest.MonkeyPatch.context() as patch:
+        # jaxrnn.data.pipeline.DATA_DIR_ENV, not imported here: that would load tfds first.
+        patch.setenv("JAXRNN_DATA_DIR", str(shared / "tensorflow_datasets"))
+        yield
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name: only resolved names reach connect()
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """A test that connects anywhere but this machine fails, naming the address."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(address):
+        if not _is_local(address):
+            raise OSError(f"tests must not reach the network: connect to {address!r}")
+
+    def connect(self, address):
+        check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)

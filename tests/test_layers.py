@@ -28,11 +28,43 @@ def test_bidirectional_matches_numpy(static, masked):
     ref_fw, ref_cfw = np_run("lstm", params[0], xs, lengths, hidden=4, forget_bias=1.0)
     ref_bw, ref_cbw = np_run("gru", params[1], xs, lengths, reverse=True, hidden=3)
     np.testing.assert_allclose(ys, np.concatenate([ref_fw, ref_bw], -1), rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(c_fw[1], ref_cfw[1], rtol=2e-5, atol=2e-6)
+    for got, want in zip(c_fw, ref_cfw, strict=True):  # the LSTM's c and h
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(c_bw, ref_cbw, rtol=2e-5, atol=2e-6)
     if masked:
         for b, n in enumerate(LENGTHS):
             assert not np.any(np.asarray(ys[b, n:]))
+
+
+@pytest.mark.parametrize("unroll", [2, True])
+def test_bidirectional_initial_carry_and_unroll(unroll):
+    """Each direction starts from its own initial carry (the backward one at each sequence's
+    last valid step); a length-0 sequence returns both initial carries unchanged."""
+    fw, bw = jaxrnn.LSTM(4), jaxrnn.GRU(3, reset_after=False)
+    params = (random_params(fw, F, 3), random_params(bw, F, 4))
+    rng = np.random.default_rng(5)
+    carry_fw = tuple(rng.normal(size=(B, 4)).astype(np.float32) for _ in range(2))
+    carry_bw = rng.normal(size=(B, 3)).astype(np.float32)
+    xs = _xs(6)
+    run = jax.jit(
+        lambda p, x, c: jaxrnn.bidirectional(
+            fw, bw, p, x, LENGTHS, initial_carry=c, unroll=unroll, merge=None
+        )
+    )
+    (ys_fw, ys_bw), (out_fw, out_bw) = run(params, xs, (carry_fw, carry_bw))
+    ref_fw, ref_cfw = np_run(
+        "lstm", params[0], xs, LENGTHS, carry0=list(zip(*carry_fw, strict=True)), hidden=4
+    )
+    ref_bw, ref_cbw = np_run(
+        "gru", params[1], xs, LENGTHS, reverse=True, carry0=carry_bw, hidden=3, reset_after=False
+    )
+    for got, want in ((ys_fw, ref_fw), (ys_bw, ref_bw), (out_bw, ref_cbw)):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    for got, want in zip(out_fw, ref_cfw, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    empty = int(np.flatnonzero(LENGTHS == 0)[0])
+    np.testing.assert_array_equal(out_fw[0][empty], carry_fw[0][empty])
+    np.testing.assert_array_equal(out_bw[empty], carry_bw[empty])
 
 
 def test_backward_direction_reverses_only_the_valid_prefix():
@@ -159,7 +191,44 @@ def test_recurrent_dropout_mask_is_the_same_at_every_step():
     assert fits[0].any() and fits[1].any(), "expected both dropped and kept units"
 
 
+@pytest.mark.parametrize(
+    "merge, combine",
+    [("sum", np.add), ("mul", np.multiply), ("ave", lambda a, b: (a + b) / 2)],
+)
+def test_stack_with_merged_bidirectional_layer(merge, combine):
+    fw, bw, top = jaxrnn.LSTM(4), jaxrnn.GRU(4), jaxrnn.SimpleRNN(2)
+    stack = jaxrnn.Stack((jaxrnn.Bidirectional(fw, bw, merge), top))
+    params = [(random_params(fw, F, 1), random_params(bw, F, 2)), random_params(top, 4, 3)]
+    assert stack.output_size == 2 and stack.layers[0].output_size == 4
+    assert stack.init(jax.random.key(0), F)[1]["w_i"].shape == (4, 2)
+    xs = _xs(7)
+    ys, _ = jaxrnn.stacked(stack, params, xs, LENGTHS)
+    ref_fw, _ = np_run("lstm", params[0][0], xs, LENGTHS, hidden=4)
+    ref_bw, _ = np_run("gru", params[0][1], xs, LENGTHS, reverse=True, hidden=4)
+    ref, _ = np_run("rnn", params[1], combine(ref_fw, ref_bw), LENGTHS, hidden=2)
+    np.testing.assert_allclose(ys, ref, rtol=2e-5, atol=2e-6)
+
+
+def test_stack_time_major_equals_batch_major():
+    """Also under a key: the input and recurrent masks are per sequence, in either layout."""
+    stack = jaxrnn.Stack(STACK.layers, input_dropout=0.3, recurrent_dropout=0.3)
+    params = stack.init(jax.random.key(0), F)
+    xs = _xs(8)
+    run = jax.jit(
+        lambda p, x, k, tm: jaxrnn.stacked(stack, p, x, LENGTHS, key=k, time_major=tm),
+        static_argnums=3,
+    )
+    for key in (None, jax.random.key(4)):
+        bm_ys, bm_carries = run(params, xs, key, False)
+        tm_ys, tm_carries = run(params, np.swapaxes(xs, 0, 1), key, True)
+        np.testing.assert_allclose(np.swapaxes(tm_ys, 0, 1), bm_ys, rtol=1e-6, atol=1e-7)
+        for got, want in zip(jax.tree.leaves(tm_carries), jax.tree.leaves(bm_carries), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_stack_bad_input():
+    with pytest.raises(ValueError, match="Bidirectional in a Stack needs a merge mode"):
+        jaxrnn.Bidirectional(jaxrnn.LSTM(2), jaxrnn.LSTM(2), merge=None)
     with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
         jaxrnn.Stack((jaxrnn.LSTM(2),), dropout=1.0)
     with pytest.raises(TypeError, match="layers must be a non-empty tuple"):

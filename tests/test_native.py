@@ -74,8 +74,10 @@ def test_matches_numpy(case, reverse, masked, time_major):
         time_major=time_major,
     )
     ref_ys, ref_carry = np_run(kind, params, xs, lengths, reverse=reverse, **hyper)
-    ys = np.swapaxes(ys, 0, 1) if time_major else ys
+    ys = np.asarray(np.swapaxes(ys, 0, 1) if time_major else ys)
     np.testing.assert_allclose(ys, ref_ys, rtol=2e-5, atol=2e-6)
+    if masked:  # exactly zero past each length, whichever thread computed the unit
+        assert (ys[np.arange(T)[None, :] >= lengths[:, None]] == 0).all()
     for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
@@ -221,6 +223,8 @@ def test_gradients_match_the_autodiff_path(case):
     lengths = jnp.asarray(_lengths(batch))
     got = jax.jit(jax.grad(_loss(jaxrnn.rnn, cell, lengths), argnums=(0, 1)))(params, xs)
     want = jax.grad(_loss(jaxrnn.static_rnn, cell, lengths), argnums=(0, 1))(params, xs)
+    padded = np.arange(T)[None, :] >= np.asarray(lengths)[:, None]
+    assert (np.asarray(got[1])[padded] == 0).all()  # padded inputs: exactly zero gradient
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
