@@ -5,10 +5,13 @@
     python benchmarks/scan_vs_unroll.py --grid full    # every cell x T x H (about 35 min)
 
 For each cell (tanh RNN, LSTM, GRU), length ``T`` and hidden size ``H`` (input size ``H``,
-batch ``--batch``), the variants ``static`` (``jaxrnn.static_rnn``, a Python loop) and
-``rnn(unroll=u)`` for ``u`` in 1, 2, 4, 8, 16, T are compiled and timed alternating with each
-other, in two modes: ``fwd`` (outputs of the whole sequence) and ``train`` (loss = mean of
-squared outputs, gradient, Adam update of the cell's parameters, state donated).
+batch ``--batch``), the variants ``static`` (``jaxrnn.static_rnn``, a Python loop),
+``kernel`` (``rnn(implementation="kernel")``: jaxrnn's CPU kernels, where they are built and the
+device is a CPU) and ``unroll_u``, ``rnn(implementation="fused", unroll=u)`` (``lax.scan`` with
+the hoisted projection and hand-written backward pass) for ``u`` in 1, 2, 4, 8, 16, T, are
+compiled and timed alternating with each other, in two modes: ``fwd`` (outputs of the whole
+sequence) and ``train`` (loss = mean of squared outputs, gradient, Adam update of the cell's
+parameters, state donated).
 
 Compile time is reported apart from the step time, with XLA's memory analysis. A compile-time
 budget keeps the run from hanging: a variant whose compile time at the previous (4x shorter)
@@ -59,6 +62,8 @@ GRIDS = {
 
 def _variants(steps: int, unrolls) -> list[tuple[str, object]]:
     out, seen = [("static", None)], set()
+    if _kernels():
+        out.append(("kernel", 1))
     for u in unrolls:
         value = steps if u == "T" else u
         if value > steps or value in seen:
@@ -68,11 +73,16 @@ def _variants(steps: int, unrolls) -> list[tuple[str, object]]:
     return out
 
 
+def _kernels() -> bool:
+    return jax.default_backend() == "cpu" and jaxrnn._native.unavailable_reason() is None
+
+
 def _functions(cell, variant: str, unroll):
     def run(params, xs):
         if variant == "static":
             return jaxrnn.static_rnn(cell, params, xs)[0]
-        return jaxrnn.rnn(cell, params, xs, unroll=unroll)[0]
+        implementation = "kernel" if variant == "kernel" else "fused"
+        return jaxrnn.rnn(cell, params, xs, unroll=unroll, implementation=implementation)[0]
 
     optimizer = optax.adam(1e-3)
 
@@ -150,7 +160,7 @@ def markdown(payload: dict) -> str:
         name = e["variant"] if not e["variant"].startswith("unroll_") else e["variant"]
         if name not in variants:
             variants.append(name)
-    order = ["static"] + [f"unroll_{u}" for u in ("1", "2", "4", "8", "16", "T")]
+    order = ["static", "kernel"] + [f"unroll_{u}" for u in ("1", "2", "4", "8", "16", "T")]
     variants = [v for v in order if v in variants]
     out = []
     for mode in ("fwd", "train"):
@@ -178,8 +188,10 @@ def markdown(payload: dict) -> str:
                     cells.append(f"**{text}**" if v == best else text)
             out.append(f"| {cell} | {steps} | {hidden} | " + " | ".join(cells) + " |")
         out.append("")
-    if payload.get("settings", {}).get("cpu_kernels"):
-        out.append("`unroll_1`: jaxrnn's CPU kernels; the rest: XLA's loops.")
+    out.append(
+        "`kernel`: jaxrnn's CPU kernels; `unroll_u`: `lax.scan` (the fused XLA loop) with "
+        "`unroll=u`; `static`: a Python loop."
+    )
     return "\n".join(out)
 
 
@@ -227,10 +239,9 @@ def main(argv=None):
             "repeats": args.repeats,
             "target_s": args.target_s,
             "compile_budget_s": args.compile_budget,
-            # On a CPU with jaxrnn's kernels built, rnn(unroll=1) runs them (float32; every
-            # cell of the grid); every other variant is XLA's loop.
-            "cpu_kernels": env["backend"] == "cpu"
-            and jaxrnn._native.available(np.zeros(1, np.float32)),
+            # The "kernel" variant runs where jaxrnn's CPU kernels are built (on a CPU);
+            # every other variant is XLA's loop.
+            "cpu_kernels": _kernels(),
         },
         "complete": False,
         "entries": entries,

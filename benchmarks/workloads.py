@@ -117,17 +117,20 @@ def _cross_entropy(logits, labels):
 # ---------------------------------------------------------------------------------- jaxrnn
 
 
-def jaxrnn_cell(w: Workload):
+def jaxrnn_cell(w: Workload, dtype=None):
     if w.cell == "lstm":
-        return jaxrnn.LSTM(w.hidden)
+        return jaxrnn.LSTM(w.hidden, dtype=dtype)
     if w.cell == "gru":
-        return jaxrnn.GRU(w.hidden)
-    return jaxrnn.SimpleRNN(w.hidden, activation=w.cell)
+        return jaxrnn.GRU(w.hidden, dtype=dtype)
+    return jaxrnn.SimpleRNN(w.hidden, activation=w.cell, dtype=dtype)
 
 
-def jaxrnn_model(w: Workload):
-    """``(init(key) -> params, apply(params, xs, lengths) -> logits)`` with jaxrnn."""
-    cell = jaxrnn_cell(w)
+def jaxrnn_model(w: Workload, dtype=None, implementation=None):
+    """``(init(key) -> params, apply(params, xs, lengths) -> logits)`` with jaxrnn; ``dtype``
+    is the cells' computation dtype (float32 parameters), ``implementation`` as
+    :func:`jaxrnn.rnn`'s."""
+    cell = jaxrnn_cell(w, dtype)
+    how = {"implementation": implementation}
     features = w.hidden * (2 if w.bidirectional else 1)
 
     def init(key):
@@ -144,15 +147,15 @@ def jaxrnn_model(w: Workload):
 
     def apply(params, xs, lengths):
         if w.bidirectional:
-            ys, _ = jaxrnn.bidirectional(cell, cell, params["rnn"], xs, lengths)
+            ys, _ = jaxrnn.bidirectional(cell, cell, params["rnn"], xs, lengths, **how)
             features = ys[:, -1]
         elif w.masked:
-            _, carry = jaxrnn.rnn(cell, params["rnn"], xs, lengths)
+            _, carry = jaxrnn.rnn(cell, params["rnn"], xs, lengths, **how)
             features = cell.hidden(carry)  # the state after each sequence's last valid step
         else:
-            ys, _ = jaxrnn.rnn(cell, params["rnn"], xs)
+            ys, _ = jaxrnn.rnn(cell, params["rnn"], xs, **how)
             features = ys[:, -1]
-        return features @ params["head"]["w"] + params["head"]["b"]
+        return features.astype(jnp.float32) @ params["head"]["w"] + params["head"]["b"]
 
     return init, apply
 
