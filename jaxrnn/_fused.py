@@ -14,7 +14,7 @@ per step, which dominates small models on CPU), so each cell keeps only what its
 pass needs, and the previous ``h`` is always the previous output: the ``SimpleRNN`` keeps
 nothing but its outputs (its derivative is a function of the output); the LSTM keeps the
 previous cell state and its four gate activations (its backward loop then has no exp or
-divide: about 5% off W1 and W2 and 12% off W5 in ``benchmarks/NOTES.md``); the GRU keeps
+divide; ``docs/design/fused-loops.md`` has the measurements); the GRU keeps
 ``r, z, n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
 Undifferentiated (the ``custom_vjp``'s primal), the forward pass keeps nothing. All functions
 take and return time-major per-step arrays.

@@ -17,14 +17,12 @@ matmul and one ``[H, k*H]`` recurrent matmul per step, whatever the number of ga
 
 Parameter layout (``I`` input size, ``H`` hidden size):
 
-==============================  ==============================================================
-cell                            params
-==============================  ==============================================================
-``SimpleRNN``                   ``w_i [I, H]``, ``w_h [H, H]``, ``b [H]``
-``LSTM``                        ``w_i [I, 4H]``, ``w_h [H, 4H]``, ``b [4H]``; gates i, f, g, o
-``GRU(reset_after=True)``       ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``, ``b_h [3H]``; r, z, n
-``GRU(reset_after=False)``      ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``; gates r, z, n
-==============================  ==============================================================
+| cell | params |
+|---|---|
+| ``SimpleRNN`` | ``w_i [I, H]``, ``w_h [H, H]``, ``b [H]`` |
+| ``LSTM`` | ``w_i [I, 4H]``, ``w_h [H, 4H]``, ``b [4H]``; gates i, f, g, o |
+| ``GRU(reset_after=True)`` | ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``, ``b_h [3H]``; r, z, n |
+| ``GRU(reset_after=False)`` | ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``; gates r, z, n |
 
 ``SimpleRNN`` and ``LSTM`` also accept an optional second bias ``b_h`` (same shape as ``b``),
 added to ``b``: PyTorch stores two, and keeping both makes weight round trips exact.

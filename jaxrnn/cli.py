@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     for p in (train, evaluate):
         p.add_argument("--mnist_dir", help="the 4 MNIST idx .gz files (or JAXRNN_MNIST_DIR)")
         p.add_argument("--data_dir", help="tensorflow-datasets data directory")
-        # Multi-process runs (docs/scaling.md); automatic on Cloud TPU.
+        # Multi-process runs (docs/guides/scaling.md); automatic on Cloud TPU.
         p.add_argument("--coordinator", help="host:port of process 0 (or JAXRNN_COORDINATOR)")
         p.add_argument("--num_processes", type=int, help="or JAXRNN_NUM_PROCESSES")
         p.add_argument("--process_id", type=int, help="or JAXRNN_PROCESS_ID")

@@ -156,7 +156,7 @@ def _autodiff_scan(cell, params, xs, valid, carry0, backwards, unroll, remat, hi
     """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout).
 
     The input projection stays inside the step: differentiated by autodiff, hoisting it was
-    slower on XLA:CPU (``benchmarks/NOTES.md``). ``remat=True`` checkpoints each step (only
+    slower on XLA:CPU (``docs/design/fused-loops.md``). ``remat=True`` checkpoints each step (only
     the carry and the input of each step are kept for the backward pass); ``remat=k`` scans
     blocks of ``k`` steps and checkpoints each block (only the carry at each block boundary is
     kept, and each block's steps are recomputed in the backward pass).
