@@ -115,21 +115,27 @@ def test_bidirectional_and_stacked(dtype):
     _assert_close(carries[1], ref_carry, dtype)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("dtype", NARROW)
-def test_vmap_matches_batch(dtype, implementation):
-    cell = jaxrnn.GRU(5, dtype=dtype)
-    params, xs = random_params(cell, F), _xs()
+@pytest.mark.parametrize(("cell", "kind", "hyper", "dtype"), list(_cases()))
+def test_every_cell_bidirectional_under_vmap(cell, kind, hyper, dtype):
+    """Each cell as both directions of a bidirectional layer, one sequence per vmapped call."""
+    cell = dataclasses.replace(cell, dtype=dtype)
+    params = (random_params(cell, F, 1), random_params(cell, F, 2))
+    xs = _xs()
 
     def one(x, n):
-        ys, h = jaxrnn.rnn(cell, params, x[None], n[None], implementation=implementation)
-        return ys[0], h[0]
+        ys, (c_fw, c_bw) = jaxrnn.bidirectional(cell, cell, params, x[None], n[None])
+        return ys[0], jax.tree.map(lambda a: a[0], (c_fw, c_bw))
 
-    ys, h = jax.vmap(one)(xs, LENGTHS)
-    ref_ys, ref_h = np_run("gru", params, xs, LENGTHS, hidden=5)
-    assert ys.dtype == dtype and h.dtype == jnp.float32
-    _assert_close(ys, ref_ys, dtype)
-    _assert_close(h, ref_h, dtype)
+    ys, (c_fw, c_bw) = jax.jit(jax.vmap(one))(xs, LENGTHS)
+    ref_fw, ref_cfw = np_run(kind, params[0], xs, LENGTHS, hidden=5, **hyper)
+    ref_bw, ref_cbw = np_run(kind, params[1], xs, LENGTHS, reverse=True, hidden=5, **hyper)
+    assert ys.dtype == dtype
+    _assert_close(ys, np.concatenate([ref_fw, ref_bw], -1), dtype)
+    for got, want in zip(
+        jax.tree.leaves((c_fw, c_bw)), jax.tree.leaves((ref_cfw, ref_cbw)), strict=False
+    ):
+        assert got.dtype == jnp.float32
+        _assert_close(got, want, dtype)
 
 
 _NP_GRADS: dict = {}
