@@ -44,12 +44,21 @@ def _cases():
             yield pytest.param(cell, kind, hyper, dtype, id=f"{name}-{jnp.dtype(dtype).name}")
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def _with_implementations():
+    """Every case with every implementation it has ('fused' for a cell without a fused loop
+    is an error, tested elsewhere)."""
+    for case in _cases():
+        cell = case.values[0]
+        for implementation in IMPLEMENTATIONS:
+            if implementation != "fused" or jaxrnn.drivers.has_fused_path(cell):
+                yield pytest.param(*case.values, implementation, id=f"{case.id}-{implementation}")
+
+
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize(("cell", "kind", "hyper", "dtype"), list(_cases()))
+@pytest.mark.parametrize(
+    ("cell", "kind", "hyper", "dtype", "implementation"), list(_with_implementations())
+)
 def test_rnn_matches_float64_reference(cell, kind, hyper, dtype, reverse, implementation):
-    if implementation == "fused" and not jaxrnn.drivers.has_fused_path(cell):
-        pytest.skip("this cell has no fused loop (implementation='fused' is an error, tested)")
     cell = dataclasses.replace(cell, dtype=dtype)
     params, xs = random_params(cell, F), _xs()
     ys, carry = jax.jit(
