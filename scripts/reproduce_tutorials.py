@@ -141,7 +141,8 @@ def main() -> None:
         s = results[name]["summary"]
         print(
             f"{name}: accuracy {s['accuracy_mean']:.4f} (Keras {s['keras_mean']}), "
-            f"train {s['train_time_median_s']:.2f} s (Keras 3 on JAX {s['keras_jax_time_s']:.1f} s)",
+            f"train {s['train_time_median_s']:.2f} s "
+            f"(Keras 3 on JAX {s['keras_jax_time_s']:.1f} s)",
             flush=True,
         )
 
