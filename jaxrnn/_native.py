@@ -1,4 +1,6 @@
-"""jaxrnn's CPU kernels for the SimpleRNN, LSTM and GRU recurrences, called through the XLA FFI.
+"""Loading jaxrnn's CPU kernels for the SimpleRNN, LSTM and GRU recurrences (the XLA FFI), and
+what every cell's binding shares (each cell's ``ffi_call`` sits with the cell, in
+``jaxrnn.cells``).
 
 XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a dispatch for
 each: at the tutorials' sizes that, not arithmetic, sets the step time. The kernels
@@ -28,7 +30,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ENV_NATIVE = "JAXRNN_NATIVE"  # "0": never use the kernels
 ENV_THREADS = "JAXRNN_NATIVE_THREADS"  # threads per kernel call (default: the usable cores)
@@ -170,7 +171,8 @@ def on_cpu(native: Callable, xla: Callable, *args):
     return call(*args)
 
 
-def _outputs(*shapes) -> list[jax.ShapeDtypeStruct]:
+def outputs(*shapes) -> list[jax.ShapeDtypeStruct]:
+    """float32 result shapes for ``jax.ffi.ffi_call``."""
     return [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
 
 
@@ -210,131 +212,3 @@ def unpack_kept(kept, count: int, gates: int, steps: int, batch: int, hidden: in
     ]
     stacked = jnp.concatenate(parts, axis=-1)
     return tuple(stacked[:, :, k] for k in range(count))
-
-
-def lstm_forward(
-    w_h, xp, b, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool, keep=True
-):
-    """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
-    ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
-    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
-    gate activations (:func:`pack_kept`), or, with ``keep=False`` (nothing will differentiate
-    the call), an empty array, unwritten."""
-    steps, batch = valid.shape
-    hidden = w_h.shape[0]
-    state = (batch, hidden)
-    kept_size = steps * batch * 5 * hidden if keep else 0
-    call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_forward",
-        _outputs((steps, batch, hidden), state, state, (kept_size,)),
-        vmap_method="sequential",
-    )
-    ys, c, h, kept = call(
-        xp,
-        b,
-        w_h,
-        c0,
-        h0,
-        valid,
-        forget_bias=np.float32(forget_bias),
-        reverse=np.int32(reverse),
-        time_major=np.int32(time_major),
-    )
-    return ys, c, h, kept
-
-
-def lstm_backward(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, *, reverse: bool, time_major):
-    """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
-    (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
-    final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
-    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``)."""
-    steps, batch, hidden = ys.shape
-    state = (batch, hidden)
-    call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_backward",
-        _outputs(
-            (steps, batch, 4 * hidden),
-            state,
-            state,
-            w_h.shape,
-            (xs.shape[2], 4 * hidden),
-            (4 * hidden,),
-        ),
-        vmap_method="sequential",
-    )
-    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs)
-    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
-
-
-def simple_forward(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
-    """``(ys, h)``: the SimpleRNN over ``xp + b`` (``xp``: the input projection, ``[T, B, H]``
-    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``."""
-    steps, batch = valid.shape
-    hidden = w_h.shape[0]
-    call = jax.ffi.ffi_call(
-        "jaxrnn_simple_forward",
-        _outputs((steps, batch, hidden), (batch, hidden)),
-        vmap_method="sequential",
-    )
-    ys, h = call(
-        xp,
-        b,
-        w_h,
-        h0,
-        valid,
-        relu=np.int32(relu),
-        reverse=np.int32(reverse),
-        time_major=np.int32(time_major),
-    )
-    return ys, h
-
-
-def simple_backward(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: bool, time_major):
-    """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
-    initial state and weights (as :func:`lstm_backward`)."""
-    hidden = w_h.shape[0]
-    call = jax.ffi.ffi_call(
-        "jaxrnn_simple_backward",
-        _outputs(ys.shape, d_h.shape, w_h.shape, (xs.shape[2], hidden), (hidden,)),
-        vmap_method="sequential",
-    )
-    args = (w_h, ys, valid, d_ys, d_h, h0, xs)
-    options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
-    return tuple(call(*args, **options, time_major=np.int32(time_major)))
-
-
-def gru_forward(w_h, xp, b, b_h, valid, h0, *, reverse: bool, time_major: bool, keep=True):
-    """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xp + b`` (``[T, B, 3H]`` or
-    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias; ``kept``: ``r, z,
-    n`` and ``hh_n`` of every step (:func:`pack_kept`), or empty with ``keep=False``."""
-    steps, batch = valid.shape
-    hidden = w_h.shape[0]
-    kept_size = steps * batch * 4 * hidden if keep else 0
-    call = jax.ffi.ffi_call(
-        "jaxrnn_gru_forward",
-        _outputs((steps, batch, hidden), (batch, hidden), (kept_size,)),
-        vmap_method="sequential",
-    )
-    options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
-    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, **options)
-    return ys, h, kept
-
-
-def gru_backward(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, reverse: bool, time_major):
-    """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
-    pre-activations (``[T, B, 3H]``), initial state and weights (as :func:`lstm_backward`)."""
-    steps, batch, hidden = ys.shape
-    call = jax.ffi.ffi_call(
-        "jaxrnn_gru_backward",
-        _outputs(
-            (steps, batch, 3 * hidden),
-            (batch, hidden),
-            w_h.shape,
-            (3 * hidden,),
-            (xs.shape[2], 3 * hidden),
-            (3 * hidden,),
-        ),
-        vmap_method="sequential",
-    )
-    args = (w_h, kept, valid, d_ys, d_h, ys, h0, xs)
-    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

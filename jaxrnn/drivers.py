@@ -56,12 +56,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks, _native
-from jaxrnn._fused import fused_scan, has_fused_path
 from jaxrnn.cells import Carry, Cell, Params, accumulation_dtype
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
 IMPLEMENTATIONS = (None, "scan", "fused", "kernel")
+
+
+def has_fused_path(cell: Cell) -> bool:
+    """Whether ``cell`` has a fused loop (``implementation="fused"`` or ``"kernel"``)."""
+    return cell.fused_loop() is not None
 
 
 def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
@@ -252,7 +256,8 @@ def _drive(
             }
             loop_xs = xs.astype(dtype).astype(jnp.float32)
         # Takes either layout: the transpose to time-major is folded into the projection.
-        ys, carry = fused_scan(
+        # The cell's own loop (``jaxrnn.cells._loops.with_backward``): ``ys`` time-major.
+        ys, carry = loop_cell.fused_loop()(
             loop_cell,
             backwards,
             unroll,

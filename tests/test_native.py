@@ -11,7 +11,8 @@ from _reference import run as np_run
 from conftest import random_params
 
 import jaxrnn
-from jaxrnn import _fused, _native
+from jaxrnn import _native
+from jaxrnn.cells import gru, lstm, simple
 
 # B * H * H * gates >= 2**17 and H >= 32: the kernels split the units over two threads.
 CASES = [
@@ -112,16 +113,14 @@ def _loops(cell, batch, time_major, reverse, valid):
     if isinstance(cell, jaxrnn.LSTM):
         fb = {"forget_bias": cell.forget_bias, "time_major": time_major}
         return (
-            lambda: _native.lstm_forward(w_h, xp, b, valid, *state, reverse=reverse, **fb),
+            lambda: lstm.forward_kernel(w_h, xp, b, valid, *state, reverse=reverse, **fb),
             lambda: _packed(
-                _fused._lstm_forward_xla(
-                    w_h, xp, b, valid, *state, backwards=reverse, unroll=1, **fb
-                )
+                lstm.forward_xla(w_h, xp, b, valid, *state, backwards=reverse, unroll=1, **fb)
             ),
-            lambda fw: _native.lstm_backward(
+            lambda fw: lstm.backward_kernel(
                 w_h, fw[3], valid, d_ys, *state, fw[0], state[1], xs, reverse=reverse, **tm
             ),
-            lambda fw: _fused._lstm_backward_xla(
+            lambda fw: lstm.backward_xla(
                 w_h,
                 *_unpack_lstm(fw[3], batch, hidden),
                 valid,
@@ -139,16 +138,16 @@ def _loops(cell, batch, time_major, reverse, valid):
         b_h = jnp.asarray(rng.normal(size=(3 * hidden,)), jnp.float32)
         opts = {"time_major": time_major}
         return (
-            lambda: _native.gru_forward(w_h, xp, b, b_h, valid, state[0], reverse=reverse, **opts),
+            lambda: gru.forward_kernel(w_h, xp, b, b_h, valid, state[0], reverse=reverse, **opts),
             lambda: _packed_gru(
-                _fused._gru_forward_xla(
+                gru.forward_xla(
                     w_h, xp, b, b_h, valid, state[0], backwards=reverse, unroll=1, **opts
                 )
             ),
-            lambda fw: _native.gru_backward(
+            lambda fw: gru.backward_kernel(
                 w_h, fw[2], valid, d_ys, state[1], fw[0], state[0], xs, reverse=reverse, **opts
             ),
-            lambda fw: _fused._gru_backward_xla(
+            lambda fw: gru.backward_xla(
                 w_h,
                 _native.unpack_kept(fw[2], 4, 3, T, batch, hidden),
                 valid,
@@ -165,14 +164,14 @@ def _loops(cell, batch, time_major, reverse, valid):
     relu = cell.activation == "relu"
     opts = {"relu": relu, "time_major": time_major}
     return (
-        lambda: _native.simple_forward(w_h, xp, b, valid, state[0], reverse=reverse, **opts),
-        lambda: _fused._simple_forward_xla(
+        lambda: simple.forward_kernel(w_h, xp, b, valid, state[0], reverse=reverse, **opts),
+        lambda: simple.forward_xla(
             w_h, xp, b, valid, state[0], backwards=reverse, unroll=1, **opts
         ),
-        lambda fw: _native.simple_backward(
+        lambda fw: simple.backward_kernel(
             w_h, fw[0], valid, d_ys, state[1], state[0], xs, relu=relu, reverse=reverse, **tm
         ),
-        lambda fw: _fused._simple_backward_xla(
+        lambda fw: simple.backward_xla(
             w_h,
             fw[0],
             valid,

@@ -1,0 +1,155 @@
+"""What the cells share: the precision policy's helpers, weight initialization, and the base
+class that gives every cell its carry handling, input projection and one-step call."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+Carry = Any  # an array, or a tuple of arrays, each [batch, hidden_size]
+DType = Any  # anything jnp.dtype accepts: jnp.bfloat16, "float16", np.float32, ...
+
+_glorot = jax.nn.initializers.glorot_uniform()
+_orthogonal = jax.nn.initializers.orthogonal()
+
+
+def check_hidden_size(cell) -> None:
+    if not isinstance(cell.hidden_size, int) or cell.hidden_size <= 0:
+        raise ValueError(
+            f"{type(cell).__name__}: hidden_size must be a positive int, got {cell.hidden_size!r}"
+        )
+
+
+def accumulation_dtype(dtype: DType) -> jnp.dtype:
+    """The dtype that a computation in ``dtype`` accumulates and keeps its state in: float32
+    for bfloat16 and float16, else ``dtype`` itself (float32, float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def matmul(a: Array, w: Array, dtype: DType) -> Array:
+    """``a @ w`` with both operands in ``dtype`` and the products summed in
+    :func:`accumulation_dtype` (``preferred_element_type``); the result has that dtype."""
+    return jnp.matmul(
+        a.astype(dtype), w.astype(dtype), preferred_element_type=accumulation_dtype(dtype)
+    )
+
+
+def check_floating(dtype: DType, name: str) -> None:
+    """``dtype`` must be one that JAX calls floating (bfloat16, float16, float32, float64)."""
+    try:
+        ok = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"{name} must be a floating dtype (bfloat16, float16, float32, float64), got {dtype!r}"
+        )
+
+
+def input_bias(params: Params) -> Array:
+    """The bias that the SimpleRNN's and LSTM's ``project_inputs`` add: ``b``, plus ``b_h``
+    where the parameters have one (PyTorch's second bias, from ``jaxrnn.interop``)."""
+    b = params["b"]
+    return b + params["b_h"] if "b_h" in params else b
+
+
+def init_weights(key, input_size: int, hidden_size: int, gates: int, dtype) -> Params:
+    """Keras' defaults: Glorot-uniform input kernel, orthogonal recurrent kernel, zero bias."""
+    check_floating(dtype, "dtype")
+    if not isinstance(input_size, int) or input_size <= 0:
+        raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+    k_i, k_h = jax.random.split(key)
+    # Drawn in at least float32 (the QR behind `orthogonal` has no bfloat16 kernel), then cast.
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return {
+        "w_i": _glorot(k_i, (input_size, gates * hidden_size), wide).astype(dtype),
+        "w_h": _orthogonal(k_h, (hidden_size, gates * hidden_size), wide).astype(dtype),
+        "b": jnp.zeros((gates * hidden_size,), dtype),
+    }
+
+
+class CellBase:
+    """Shared behaviour of the cells (not public): carry shapes and the one-step call."""
+
+    hidden_size: int
+    gates: int = 1
+    dtype: DType
+    param_dtype: DType
+    step: Callable[..., tuple[Carry, Array]]  # the recurrent half, defined by each cell
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def fused_loop(self) -> Callable | None:
+        """The fused path's loop for this cell (``jaxrnn.cells._loops.with_backward``), or
+        ``None`` where it has none (then ``rnn`` runs ``lax.scan``)."""
+        return None
+
+    def _check_dtypes(self) -> None:
+        if self.dtype is not None:
+            check_floating(self.dtype, f"{type(self).__name__}: dtype")
+        check_floating(self.param_dtype, f"{type(self).__name__}: param_dtype")
+
+    def compute_dtype(self, params: Params, x_dtype: DType = None) -> jnp.dtype:
+        """``dtype``, or where it is ``None`` the promotion of ``x_dtype`` and the parameters'."""
+        if self.dtype is not None:
+            return jnp.dtype(self.dtype)
+        dtypes = [v.dtype for v in jax.tree.leaves(params)]
+        return jnp.result_type(*dtypes, *([] if x_dtype is None else [x_dtype]))
+
+    def initial_carry(self, batch_size: int, dtype: DType = None) -> Carry:
+        """Zeros of shape ``[batch_size, hidden_size]`` (a ``(c, h)`` pair for the LSTM), of
+        ``dtype`` (default: the accumulation dtype of the cell's ``dtype``, float32 when that
+        is ``None``, bfloat16 or float16)."""
+        if dtype is None:
+            dtype = accumulation_dtype(jnp.float32 if self.dtype is None else self.dtype)
+        return jnp.zeros((batch_size, self.hidden_size), dtype)
+
+    def hidden(self, carry: Carry) -> Array:
+        """The part of the carry that is fed back through ``w_h``: ``h``, ``[batch, H]``."""
+        return carry
+
+    def with_hidden(self, carry: Carry, h: Array) -> Carry:
+        """The carry with its ``h`` replaced (used by recurrent dropout)."""
+        return h
+
+    def masked_step(self, params: Params, carry: Carry, xp: Array, mask: Array):
+        """``step`` with ``h * mask`` (``[batch, H]``) where ``h`` enters the recurrent
+        weights (recurrent dropout); every other use of the state sees it unmasked."""
+        h = self.hidden(carry)
+        return self.step(params, self.with_hidden(carry, h * mask.astype(h.dtype)), xp)
+
+    def _dt(self) -> DType:
+        """The computation dtype inside ``project_inputs``/``step``: ``dtype``, or float32 where
+        it is ``None`` (the drivers and ``__call__`` resolve ``None`` before stepping)."""
+        return jnp.float32 if self.dtype is None else self.dtype
+
+    def project_inputs(self, params: Params, x: Array) -> Array:
+        """``[..., input_size] -> [..., gates * hidden_size]``: ``x @ w_i + b``, in the
+        accumulation dtype."""
+        acc = accumulation_dtype(self._dt())
+        return matmul(x, params["w_i"], self._dt()) + input_bias(params).astype(acc)
+
+    def resolve(self, params: Params, x_dtype: DType = None):
+        """This cell with ``dtype`` set: itself when it has one, else the promotion of
+        ``x_dtype`` and the parameters' dtypes (:meth:`compute_dtype`)."""
+        if self.dtype is not None:
+            return self
+        resolved = self.compute_dtype(params, x_dtype)
+        return dataclasses.replace(self, dtype=resolved)  # type: ignore[type-var]
+
+    def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        """One step. ``x``: ``[batch, input_size]``; returns ``(carry, y)``: the carry in the
+        accumulation dtype, ``y`` ``[batch, H]`` in the computation dtype."""
+        cell = self.resolve(params, x.dtype)
+        acc = accumulation_dtype(cell.dtype)
+        carry = jax.tree.map(lambda leaf: leaf.astype(acc), carry)
+        carry, y = cell.step(params, carry, cell.project_inputs(params, x))
+        return carry, y.astype(cell.dtype)

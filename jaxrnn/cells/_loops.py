@@ -1,0 +1,131 @@
+"""What the fused loops of the cells share: the hoisted input projection, the ``custom_vjp``
+that pairs a forward loop with its hand-written backward pass, and the weight gradients.
+
+For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (see ``jaxrnn.drivers`` for when it
+is used). The input half of every step is one matmul over all steps before the loop (the
+loop adds the bias: XLA:CPU does not fuse it into the matmul, and a separate pass over the
+whole projection cost up to a fifth of a forward pass), split per gate (``[time, batch,
+hidden]`` each: XLA:CPU runs an elementwise fusion that slices several gates out of one
+loop-indexed ``[time, batch, k*hidden]`` buffer several times slower); the backward loop
+holds only the recurrent matmul and the cell's elementwise derivative, and the gradients of
+``w_i``, ``w_h``, the biases and ``xs`` are one matmul each after it.
+
+Every per-step value the forward loop writes is a separate buffer write (one more operation
+per step, which dominates small models on CPU), so each cell keeps only what its backward
+pass needs, and the previous ``h`` is always the previous output: the ``SimpleRNN`` keeps
+nothing but its outputs (its derivative is a function of the output); the LSTM keeps the
+previous cell state and its four gate activations (its backward loop then has no exp or
+divide; ``docs/design/fused-loops.md`` has the measurements); the GRU keeps
+``r, z, n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
+Undifferentiated (the ``custom_vjp``'s primal), the forward pass keeps nothing. All functions
+take and return time-major per-step arrays.
+
+On a CPU the three cells' two loops (and the weights' gradients) run as jaxrnn's kernels
+instead (``jaxrnn._native``, under the conditions of :func:`_native_loops`); the XLA loops
+here are then their derivatives, and what they run on other platforms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _native
+from jaxrnn.cells._base import Params, accumulation_dtype, matmul
+
+Array = jax.Array
+
+
+def split_gates(a: Array, n: int) -> tuple[Array, ...]:
+    return tuple(jnp.split(a, n, axis=-1))
+
+
+def projection(params, xs, bias, dtype):
+    """``(xs @ w_i, bias)`` in ``dtype``'s accumulation dtype, ``xs``'s layout kept: the loops
+    add the bias themselves, which saves a pass over the projection (XLA:CPU does not fuse it
+    into the matmul)."""
+    lead = xs.shape[:2]
+    flat = matmul(xs.reshape(lead[0] * lead[1], xs.shape[2]), params["w_i"], dtype)
+    return flat.reshape(*lead, -1), bias.astype(accumulation_dtype(dtype))
+
+
+def per_gate(xp, gates, time_major):
+    """``xp`` split per gate, each time-major (see the module docstring for why)."""
+    split = split_gates(xp, gates)
+    return split if time_major else tuple(jnp.swapaxes(g, 0, 1) for g in split)
+
+
+def native_loops(native: bool, *arrays: Array) -> bool:
+    """Whether the loops run as jaxrnn's CPU kernels (on a CPU): where the driver chose them
+    (``native``) and every one of ``arrays`` is float32."""
+    return native and _native.available(*arrays)
+
+
+def cast_like(grads: dict, params: Params) -> dict:
+    """Each gradient in its parameter's dtype (``param_dtype``), once summed."""
+    return {k: v.astype(params[k].dtype) for k, v in grads.items()}
+
+
+def with_backward(forward: Callable, backward: Callable) -> Callable:
+    """``scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0) -> (ys,
+    carry)`` as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0,
+    backwards, unroll, time_major, native, keep) -> (ys, carry, kept)`` and
+    ``backward(cell, backwards, unroll, time_major, native, (params, xs, valid, kept), (d_ys,
+    d_carry))``. The primal (nothing differentiates it) runs ``forward`` with ``keep=False``:
+    what it keeps may be skipped."""
+
+    def scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
+        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
+        ys, carry, _ = forward(*args, keep=False)
+        return ys, carry
+
+    def scan_fwd(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
+        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
+        ys, carry, kept = forward(*args)
+        return (ys, carry), (params, xs, valid, kept)
+
+    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3, 4))
+    scan.defvjp(scan_fwd, backward)
+    return scan
+
+
+def states_before(backwards, h0, ys):
+    """The ``h`` before every step: the previous output (time-major), or ``h0`` ``[batch,
+    hidden]``. Past a sequence's length (where ``ys`` is zero) the values are wrong, and
+    unused: those steps get no gradient."""
+    h0 = h0[None]
+    return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
+
+
+def recurrent_weight_gradient(backwards, h0, ys, d_z, dtype):
+    """``w_h``'s gradient, ``sum_t h_prev[t]^T d_z[t]``, as one matmul over all steps."""
+    h_prev = states_before(backwards, h0, ys)
+    return matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]), dtype)
+
+
+def input_weight_gradient(xs, d_z, time_major, dtype):
+    """``(d_w_i, d_b)``: ``sum_t xs[t]^T d_z[t]`` and the sum of ``d_z`` (time-major) over
+    steps and rows, both accumulated in ``dtype``'s accumulation dtype; ``xs`` in either
+    layout."""
+    spec = "tbf,tbg->fg" if time_major else "btf,tbg->fg"
+    acc = accumulation_dtype(dtype)
+    d_w_i = jnp.einsum(spec, xs.astype(dtype), d_z.astype(dtype), preferred_element_type=acc)
+    return d_w_i, d_z.astype(acc).sum(axis=(0, 1))
+
+
+def input_cotangent(params, time_major, d_xp, xs, dtype):
+    """``xs``'s cotangent, ``d_xp @ w_i^T``, in ``xs``'s layout and dtype (dropped by XLA where
+    unused)."""
+    d_xs = matmul(d_xp, params["w_i"].T, dtype).astype(xs.dtype)
+    return d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
+
+
+def loop_gradients(params, time_major, d_z, d_w_h, d_w_i, d_b, xs, dtype):
+    """``(d_params, d_xs)`` of the SimpleRNN and the LSTM, whose backward loops return the
+    weights' gradients (``b_h``, where the parameters have one, gets ``b``'s)."""
+    d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b}
+    if "b_h" in params:
+        d_params["b_h"] = d_b
+    return cast_like(d_params, params), input_cotangent(params, time_major, d_z, xs, dtype)

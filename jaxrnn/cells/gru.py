@@ -1,0 +1,234 @@
+"""GRU: the cell, its fused XLA loop (``reset_after=True``) with its hand-written backward
+pass, and the binding of its CPU kernels (``csrc/gru.cc``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _native
+from jaxrnn.cells import _loops
+from jaxrnn.cells._base import (
+    Array,
+    CellBase,
+    DType,
+    Params,
+    accumulation_dtype,
+    check_hidden_size,
+    init_weights,
+    matmul,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU(CellBase):
+    """Gated recurrent unit; gate blocks in the order r (reset), z (update), n (candidate).
+
+    With ``xi = x @ w_i + b``:
+
+    * ``reset_after=True`` (cuDNN, PyTorch and Keras' default), ``hh = h @ w_h + b_h``:
+      ``r = sigmoid(xi_r + hh_r)``, ``z = sigmoid(xi_z + hh_z)``, ``n = tanh(xi_n + r * hh_n)``.
+    * ``reset_after=False`` (Cho et al., 2014): ``r, z`` as above without ``b_h``, and
+      ``n = tanh(xi_n + (r * h) @ w_h_n)``.
+
+    Then ``h' = (1 - z) * n + z * h``. Carry: ``h``, ``[batch, hidden_size]``; output ``h'``.
+    ``dtype``/``param_dtype``: see the module docstring.
+    """
+
+    hidden_size: int
+    reset_after: bool = True
+    dtype: DType = dataclasses.field(default=None, kw_only=True)
+    param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
+    gates = 3
+
+    def __post_init__(self):
+        check_hidden_size(self)
+        if not isinstance(self.reset_after, bool):
+            raise TypeError(f"GRU: reset_after must be a bool, got {self.reset_after!r}")
+        self._check_dtypes()
+
+    def fused_loop(self):
+        return scan if self.reset_after else None
+
+    def init(self, key, input_size: int, dtype: DType = None) -> Params:
+        """Parameters in ``dtype`` (default ``param_dtype``)."""
+        params = init_weights(
+            key, input_size, self.hidden_size, 3, self.param_dtype if dtype is None else dtype
+        )
+        if self.reset_after:
+            params["b_h"] = jnp.zeros_like(params["b"])
+        return params
+
+    def project_inputs(self, params: Params, x: Array) -> Array:
+        acc = accumulation_dtype(self._dt())
+        return matmul(x, params["w_i"], self._dt()) + params["b"].astype(acc)
+
+    def masked_step(self, params: Params, carry: Array, xp: Array, mask: Array):
+        # The mask reaches the matmuls only: z * h interpolates with the unmasked state.
+        return self.step(params, carry, xp, recurrent=carry * mask.astype(carry.dtype))
+
+    def step(self, params: Params, carry: Array, xp: Array, recurrent: Array | None = None):
+        """``recurrent``: the ``h`` that enters ``w_h`` (default ``carry``)."""
+        h = carry if recurrent is None else recurrent
+        w_h, dt = params["w_h"], self._dt()
+        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        if self.reset_after:
+            b_h = params["b_h"].astype(accumulation_dtype(dt))
+            hr, hz, hn = jnp.split(matmul(h, w_h, dt) + b_h, 3, axis=-1)
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+        else:
+            size = self.hidden_size
+            hr, hz = jnp.split(matmul(h, w_h[:, : 2 * size], dt), 2, axis=-1)
+            r = jax.nn.sigmoid(xr + hr)
+            z = jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + matmul(r * h, w_h[:, 2 * size :], dt))
+        h = (1.0 - z) * n + z * carry
+        return h, h
+
+
+# ------------------------------------------------------------------------------------------
+# GRU (reset_after=True): r, z, n and the recurrent pre-activation hh_n are kept.
+
+
+def forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unroll):
+    xp = _loops.per_gate(xp, 3, time_major)
+    b, b_h = _loops.split_gates(b, 3), _loops.split_gates(b_h, 3)
+
+    def body(h, inputs):
+        xp_t, valid_t = inputs
+        hh = _loops.split_gates(matmul(h, w_h, w_h.dtype), 3)
+        hr, hz, hn = (a + c for a, c in zip(hh, b_h, strict=True))
+        r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
+        z = jax.nn.sigmoid(xp_t[1] + b[1] + hz)
+        n = jnp.tanh(xp_t[2] + b[2] + r * hn)
+        new = (1.0 - z) * n + z * h
+        y = new
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
+        return new, (y, (r, z, n, hn))
+
+    h, (ys, kept) = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    return ys, h, kept
+
+
+def backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, time_major):
+    w_h_t, dtype = w_h.T, w_h.dtype
+
+    def body(d_h, inputs):
+        h_prev, (r, z, n, hn), valid_t, d_y = inputs
+        g = d_h + d_y
+        d_an = g * (1.0 - z) * (1.0 - n * n)
+        d_az = g * (h_prev - n) * z * (1.0 - z)
+        d_ar = d_an * hn * r * (1.0 - r)
+        d_xp = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
+        d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
+        if valid_t is not None:
+            # A padded step copied the carry: its cotangent passes through unchanged.
+            keep = valid_t[:, None]
+            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
+            d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
+            return jnp.where(keep, g * z + matmul(d_hh, w_h_t, dtype), d_h), (d_xp, d_hh)
+        return g * z + matmul(d_hh, w_h_t, dtype), (d_xp, d_hh)
+
+    h_prev = _loops.states_before(backwards, h0, ys)
+    d_h0, (d_xp, d_hh) = jax.lax.scan(
+        body, d_h, (h_prev, kept, valid, d_ys), reverse=not backwards, unroll=unroll
+    )
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_hh, dtype)
+    d_w_i, d_b = _loops.input_weight_gradient(xs, d_xp, time_major, dtype)
+    return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
+
+
+def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
+    dtype = cell.dtype
+    (xp, b), w_h = _loops.projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
+    b_h = params["b_h"].astype(accumulation_dtype(dtype))
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    options = {"time_major": time_major}
+    xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
+    if not _loops.native_loops(native, w_h, xp, h0):
+        ys, h, kept = xla(w_h, xp, b, b_h, valid, h0)
+        return ys, h, (h0, ys, kept)
+
+    def xla_packed(*args):
+        ys, h, kept = xla(*args)
+        return ys, h, (_native.pack_kept(kept, 3) if keep else jnp.zeros((0,)))
+
+    kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
+    valid_ = _native.mask(valid, steps, batch)
+    ys, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, b_h, valid_, h0)
+    return ys, h, (h0, ys, kept)
+
+
+def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+    params, xs, valid, (h0, ys, kept) = saved
+    d_ys, d_h = cotangents
+    dtype, options = cell.dtype, {"time_major": time_major}
+    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
+    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, **options)
+    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
+        grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+    else:
+
+        def xla_packed(w_h, kept, *args):
+            return xla(w_h, _native.unpack_kept(kept, 4, 3, *ys.shape), *args)
+
+        kernel = functools.partial(backward_kernel, reverse=backwards, **options)
+        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
+        grads = _native.on_cpu(kernel, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
+    d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
+    d_params = _loops.cast_like({"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}, params)
+    return d_params, _loops.input_cotangent(params, time_major, d_xp, xs, dtype), None, d_h0
+
+
+scan = _loops.with_backward(_forward, _backward)
+
+
+# ------------------------------------------------------------------------------------------
+# The CPU kernels (``jaxrnn._native`` loads them).
+
+
+def forward_kernel(w_h, xp, b, b_h, valid, h0, *, reverse: bool, time_major: bool, keep=True):
+    """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xp + b`` (``[T, B, 3H]`` or
+    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias; ``kept``: ``r, z,
+    n`` and ``hh_n`` of every step (:func:`jaxrnn._native.pack_kept`), or empty with
+    ``keep=False``."""
+    steps, batch = valid.shape
+    hidden = w_h.shape[0]
+    kept_size = steps * batch * 4 * hidden if keep else 0
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_forward",
+        _native.outputs((steps, batch, hidden), (batch, hidden), (kept_size,)),
+        vmap_method="sequential",
+    )
+    options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
+    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, **options)
+    return ys, h, kept
+
+
+def backward_kernel(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, reverse: bool, time_major):
+    """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
+    pre-activations (``[T, B, 3H]``), initial state and weights (as
+    :func:`jaxrnn.cells.lstm.backward_kernel`)."""
+    steps, batch, hidden = ys.shape
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_backward",
+        _native.outputs(
+            (steps, batch, 3 * hidden),
+            (batch, hidden),
+            w_h.shape,
+            (3 * hidden,),
+            (xs.shape[2], 3 * hidden),
+            (3 * hidden,),
+        ),
+        vmap_method="sequential",
+    )
+    args = (w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

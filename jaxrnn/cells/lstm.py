@@ -1,0 +1,264 @@
+"""LSTM: the cell, its fused XLA loops with their hand-written backward pass, and the
+binding of its CPU kernels (``csrc/lstm.cc``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _native
+from jaxrnn.cells import _loops
+from jaxrnn.cells._base import (
+    Array,
+    CellBase,
+    DType,
+    Params,
+    check_hidden_size,
+    init_weights,
+    input_bias,
+    matmul,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM(CellBase):
+    """Long short-term memory without peepholes; gate blocks in the order i, f, g, o.
+
+    ``z = x @ w_i + h @ w_h + b``;  ``i, f, o = sigmoid(z_i), sigmoid(z_f + forget_bias),
+    sigmoid(z_o)``;  ``g = tanh(z_g)``;  ``c' = f * c + i * g``;  ``h' = o * tanh(c')``.
+
+    Two ways to bias the forget gate towards remembering, as the two traditions do:
+
+    * ``forget_bias``: a constant added inside every step, not trained (TF1 ``BasicLSTMCell``,
+      whose default is 1.0).
+    * ``forget_bias_init``: the initial value of the forget block of ``b``, trained (Keras'
+      ``unit_forget_bias=True`` is 1.0, the default here).
+
+    Carry: ``(c, h)``, each ``[batch, hidden_size]``; the output is ``h'``.
+    ``dtype``/``param_dtype``: see the module docstring.
+    """
+
+    hidden_size: int
+    forget_bias: float = 0.0
+    forget_bias_init: float = 1.0
+    dtype: DType = dataclasses.field(default=None, kw_only=True)
+    param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
+    gates = 4
+
+    def __post_init__(self):
+        check_hidden_size(self)
+        self._check_dtypes()
+
+    def fused_loop(self):
+        return scan
+
+    def init(self, key, input_size: int, dtype: DType = None) -> Params:
+        """Parameters in ``dtype`` (default ``param_dtype``)."""
+        params = init_weights(
+            key, input_size, self.hidden_size, 4, self.param_dtype if dtype is None else dtype
+        )
+        h = self.hidden_size
+        params["b"] = params["b"].at[h : 2 * h].set(self.forget_bias_init)
+        return params
+
+    def initial_carry(self, batch_size: int, dtype: DType = None) -> tuple[Array, Array]:
+        zeros = super().initial_carry(batch_size, dtype)
+        return zeros, zeros
+
+    def hidden(self, carry):
+        return carry[1]
+
+    def with_hidden(self, carry, h):
+        return carry[0], h
+
+    def step(self, params: Params, carry, xp: Array):
+        c, h = carry
+        z = xp + matmul(h, params["w_h"], self._dt())
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        if self.forget_bias:
+            zf = zf + self.forget_bias
+        c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+        h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+        return (c, h), h
+
+
+# ------------------------------------------------------------------------------------------
+# LSTM: the gate activations are kept, so that the backward loop has no exp or divide.
+
+
+def forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time_major, unroll):
+    xp, b = _loops.per_gate(xp, 4, time_major), _loops.split_gates(b, 4)
+
+    def body(carry, inputs):
+        xp_t, valid_t = inputs
+        c_prev, h_prev = carry
+        hh = _loops.split_gates(matmul(h_prev, w_h, w_h.dtype), 4)
+        zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
+        if forget_bias:
+            zf = zf + forget_bias
+        i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
+        g = jnp.tanh(zg)
+        c = f * c_prev + i * g
+        h = o * jnp.tanh(c)
+        y = h
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return (c, h), (y, c_prev, (i, f, g, o))
+
+    (c, h), (ys, c_prevs, gates) = jax.lax.scan(
+        body, (c0, h0), (xp, valid), reverse=backwards, unroll=unroll
+    )
+    return ys, c, h, c_prevs, gates
+
+
+def backward_xla(
+    w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, xs, *, backwards, unroll, time_major
+):
+    w_h_t, dtype = w_h.T, w_h.dtype
+
+    def body(d_carry, inputs):
+        d_c, d_h = d_carry
+        c_prev, (i, f, g, o), valid_t, d_y = inputs
+        tanh_c = jnp.tanh(f * c_prev + i * g)
+        d_h_all = d_h + d_y  # h is both the output and the next step's state
+        d_o = d_h_all * tanh_c * o * (1.0 - o)
+        d_c_all = d_c + d_h_all * o * (1.0 - tanh_c * tanh_c)
+        d_z = jnp.concatenate(
+            [
+                d_c_all * g * i * (1.0 - i),
+                d_c_all * c_prev * f * (1.0 - f),
+                d_c_all * i * (1.0 - g * g),
+                d_o,
+            ],
+            axis=-1,
+        )
+        d_c_prev = d_c_all * f
+        if valid_t is not None:
+            # A padded step copied the carry: its cotangent passes through unchanged.
+            keep = valid_t[:, None]
+            d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
+            d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
+            return (jnp.where(keep, d_c_prev, d_c), d_h_prev), d_z
+        return (d_c_prev, matmul(d_z, w_h_t, dtype)), d_z
+
+    (d_c0, d_h0), d_z = jax.lax.scan(
+        body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
+    )
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
+
+
+def _forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, native, keep=True):
+    dtype = cell.dtype
+    xp, b = _loops.projection(params, xs, input_bias(params), dtype)
+    w_h = params["w_h"].astype(dtype)
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    options = {"forget_bias": cell.forget_bias, "time_major": time_major}
+    xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
+    if not _loops.native_loops(native, w_h, xp, *carry0):
+        ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0)
+        return ys, (c, h), (carry0, ys, (c_prevs, gates))
+
+    def xla_packed(*args):
+        ys, c, h, c_prevs, gates = xla(*args)
+        kept = _native.pack_kept((c_prevs, *gates), 4) if keep else jnp.zeros((0,))
+        return ys, c, h, kept
+
+    kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
+    valid_ = _native.mask(valid, steps, batch)
+    ys, c, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, valid_, *carry0)
+    return ys, (c, h), (carry0, ys, kept)
+
+
+def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+    params, xs, valid, (carry0, ys, kept) = saved
+    d_ys, (d_c, d_h) = cotangents
+    w_h, h0, d_ys, dtype = (
+        params["w_h"].astype(cell.dtype),
+        carry0[1],
+        d_ys.astype(ys.dtype),
+        cell.dtype,
+    )
+    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, time_major=time_major)
+    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
+        grads = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0, xs)
+    else:
+
+        def xla_packed(w_h, kept, *args):
+            c_prevs, *gates = _native.unpack_kept(kept, 5, 4, *ys.shape)
+            return xla(w_h, c_prevs, tuple(gates), *args)
+
+        kernel = functools.partial(backward_kernel, reverse=backwards, time_major=time_major)
+        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
+        args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32)
+        grads = _native.on_cpu(kernel, xla_packed, *args)
+    d_z, d_c0, d_h0, *weights = grads
+    d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
+    return d_params, d_xs, None, (d_c0, d_h0)
+
+
+scan = _loops.with_backward(_forward, _backward)
+
+
+# ------------------------------------------------------------------------------------------
+# The CPU kernels (``jaxrnn._native`` loads them).
+
+
+def forward_kernel(
+    w_h, xp, b, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool, keep=True
+):
+    """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
+    ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
+    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
+    gate activations (:func:`jaxrnn._native.pack_kept`), or, with ``keep=False`` (nothing
+    will differentiate the call), an empty array, unwritten."""
+    steps, batch = valid.shape
+    hidden = w_h.shape[0]
+    state = (batch, hidden)
+    kept_size = steps * batch * 5 * hidden if keep else 0
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_forward",
+        _native.outputs((steps, batch, hidden), state, state, (kept_size,)),
+        vmap_method="sequential",
+    )
+    ys, c, h, kept = call(
+        xp,
+        b,
+        w_h,
+        c0,
+        h0,
+        valid,
+        forget_bias=np.float32(forget_bias),
+        reverse=np.int32(reverse),
+        time_major=np.int32(time_major),
+    )
+    return ys, c, h, kept
+
+
+def backward_kernel(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, *, reverse: bool, time_major):
+    """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
+    (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
+    final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
+    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``)."""
+    steps, batch, hidden = ys.shape
+    state = (batch, hidden)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_backward",
+        _native.outputs(
+            (steps, batch, 4 * hidden),
+            state,
+            state,
+            w_h.shape,
+            (xs.shape[2], 4 * hidden),
+            (4 * hidden,),
+        ),
+        vmap_method="sequential",
+    )
+    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs)
+    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

@@ -1,0 +1,186 @@
+"""SimpleRNN: the Elman cell, its fused XLA loops with their hand-written backward pass,
+and the binding of its CPU kernels (``csrc/simple.cc``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _native
+from jaxrnn.cells import _loops
+from jaxrnn.cells._base import (
+    Array,
+    CellBase,
+    DType,
+    Params,
+    check_hidden_size,
+    init_weights,
+    input_bias,
+    matmul,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleRNN(CellBase):
+    """Elman RNN: ``h' = act(x @ w_i + h @ w_h + b)``; the output is ``h'``.
+
+    ``activation`` is ``"tanh"`` (TF1 ``BasicRNNCell``) or ``"relu"`` (the Keras tutorial).
+    Carry: ``h`` of shape ``[batch, hidden_size]``. ``dtype``/``param_dtype``: see the module
+    docstring.
+    """
+
+    hidden_size: int
+    activation: Literal["tanh", "relu"] = "tanh"
+    dtype: DType = dataclasses.field(default=None, kw_only=True)
+    param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
+
+    def __post_init__(self):
+        check_hidden_size(self)
+        self._check_dtypes()
+        if self.activation not in ("tanh", "relu"):
+            raise ValueError(
+                f"SimpleRNN: activation must be 'tanh' or 'relu', got {self.activation!r}"
+            )
+
+    def fused_loop(self):
+        return scan
+
+    def init(self, key, input_size: int, dtype: DType = None) -> Params:
+        """Parameters in ``dtype`` (default ``param_dtype``)."""
+        return init_weights(
+            key, input_size, self.hidden_size, 1, self.param_dtype if dtype is None else dtype
+        )
+
+    def step(self, params: Params, carry: Array, xp: Array) -> tuple[Array, Array]:
+        act = jnp.tanh if self.activation == "tanh" else jax.nn.relu
+        h = act(xp + matmul(carry, params["w_h"], self._dt()))
+        return h, h
+
+
+# ------------------------------------------------------------------------------------------
+# SimpleRNN: only the outputs are kept. The loops take the projected inputs ``xp`` as laid out
+# (``[time, batch, hidden]`` or ``[batch, time, hidden]``) and run on jaxrnn's CPU kernel where
+# one is available (``jaxrnn._native``), else in XLA.
+
+
+def forward_xla(w_h, xp, b, valid, h0, *, relu, backwards, time_major, unroll):
+    act = jax.nn.relu if relu else jnp.tanh
+    (xp,) = _loops.per_gate(xp, 1, time_major)
+
+    def body(h, inputs):
+        xp_t, valid_t = inputs
+        new = act(xp_t + b + matmul(h, w_h, w_h.dtype))
+        if valid_t is None:
+            return new, new
+        keep = valid_t[:, None]
+        return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
+
+    h, ys = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    return ys, h
+
+
+def backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, unroll, time_major):
+    w_h_t, dtype = w_h.T, w_h.dtype
+
+    def body(d_h, inputs):
+        y_t, d_y, valid_t = inputs
+        # Past a sequence's length y is zero and its state is copied: the state's cotangent
+        # passes through and the step gets none.
+        g = d_h + d_y
+        d_z = jnp.where(y_t > 0, g, 0.0) if relu else g * (1.0 - y_t * y_t)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
+            return jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h), d_z
+        return matmul(d_z, w_h_t, dtype), d_z
+
+    d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
+
+
+def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
+    del keep  # what it keeps is dropped by XLA where unused
+    relu, dtype = cell.activation == "relu", cell.dtype
+    xp, b = _loops.projection(params, xs, input_bias(params), dtype)
+    w_h = params["w_h"].astype(dtype)
+    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+    xla = functools.partial(
+        forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
+    )
+    if _loops.native_loops(native, w_h, xp, h0):
+        kernel = functools.partial(
+            forward_kernel, relu=relu, reverse=backwards, time_major=time_major
+        )
+        ys, h = _native.on_cpu(kernel, xla, w_h, xp, b, _native.mask(valid, steps, batch), h0)
+    else:
+        ys, h = xla(w_h, xp, b, valid, h0)
+    return ys, h, (h0, ys)
+
+
+def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+    params, xs, valid, (h0, ys) = saved
+    d_ys, d_h = cotangents
+    relu, dtype = cell.activation == "relu", cell.dtype
+    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
+    options = {"relu": relu, "time_major": time_major}
+    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, **options)
+    if _loops.native_loops(native, w_h, ys, d_ys, d_h):
+        kernel = functools.partial(backward_kernel, reverse=backwards, **options)
+        valid_ = _native.mask(valid, *ys.shape[:2])
+        xs32 = xs.astype(jnp.float32)
+        grads = _native.on_cpu(kernel, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32)
+    else:
+        grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs)
+    d_z, d_h0, *weights = grads
+    d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
+    return d_params, d_xs, None, d_h0
+
+
+scan = _loops.with_backward(_forward, _backward)
+
+
+# ------------------------------------------------------------------------------------------
+# The CPU kernels (``jaxrnn._native`` loads them).
+
+
+def forward_kernel(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
+    """``(ys, h)``: the SimpleRNN over ``xp + b`` (``xp``: the input projection, ``[T, B, H]``
+    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``."""
+    steps, batch = valid.shape
+    hidden = w_h.shape[0]
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_forward",
+        _native.outputs((steps, batch, hidden), (batch, hidden)),
+        vmap_method="sequential",
+    )
+    ys, h = call(
+        xp,
+        b,
+        w_h,
+        h0,
+        valid,
+        relu=np.int32(relu),
+        reverse=np.int32(reverse),
+        time_major=np.int32(time_major),
+    )
+    return ys, h
+
+
+def backward_kernel(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: bool, time_major):
+    """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
+    initial state and weights (as :func:`jaxrnn.cells.lstm.backward_kernel`)."""
+    hidden = w_h.shape[0]
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_backward",
+        _native.outputs(ys.shape, d_h.shape, w_h.shape, (xs.shape[2], hidden), (hidden,)),
+        vmap_method="sequential",
+    )
+    args = (w_h, ys, valid, d_ys, d_h, h0, xs)
+    options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
+    return tuple(call(*args, **options, time_major=np.int32(time_major)))
