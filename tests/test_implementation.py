@@ -123,7 +123,7 @@ def _fd_jvp(f, x, v, eps=1e-6):
 
 def _functions():
     """Scalar-valued functions of a flat parameter vector, through rnn, bidirectional, stacked."""
-    lstm, gru = jaxrnn.LSTM(3), jaxrnn.GRU(2)
+    lstm, gru = jaxrnn.LSTM(2), jaxrnn.GRU(2)
 
     def flat(params):
         leaves, tree = jax.tree.flatten(params)
@@ -171,18 +171,19 @@ def test_forward_mode_against_finite_differences(name):
         vec, f = _functions()[name]
         rng = np.random.default_rng(7)
         v = jnp.asarray(rng.normal(size=vec.shape))
-        _, tangent = jax.jvp(f, (vec,), (v,))
-        np.testing.assert_allclose(tangent, _fd_jvp(f, vec, v), rtol=1e-6, atol=1e-8)
+        f_jit = jax.jit(f)
+        _, tangent = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(vec, v)
+        np.testing.assert_allclose(tangent, _fd_jvp(f_jit, vec, v), rtol=1e-6, atol=1e-8)
 
-        jac = jax.jacfwd(f)(vec)
-        np.testing.assert_allclose(jac, jax.grad(f)(vec), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(jac @ v, _fd_jvp(f, vec, v), rtol=1e-6, atol=1e-8)
+        grad = jax.jit(jax.grad(f))
+        jac = jax.jit(jax.jacfwd(f))(vec)
+        np.testing.assert_allclose(jac, grad(vec), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(jac @ v, _fd_jvp(f_jit, vec, v), rtol=1e-6, atol=1e-8)
 
-        hess = jax.hessian(f)(vec)
-        grad = jax.grad(f)
+        hess = jax.jit(jax.hessian(f))(vec)
         fd_hv = _fd_jvp(grad, vec, v)
         np.testing.assert_allclose(hess @ v, fd_hv, rtol=1e-5, atol=1e-7)
-        hvp = jax.jvp(grad, (vec,), (v,))[1]  # forward-over-reverse
+        hvp = jax.jit(lambda x, t: jax.jvp(jax.grad(f), (x,), (t,))[1])(vec, v)  # fwd-over-rev
         np.testing.assert_allclose(hvp, fd_hv, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(hess, hess.T, rtol=1e-10, atol=1e-12)
 
@@ -193,9 +194,10 @@ def test_forward_mode_agrees_with_static_rnn():
         vec, f_scan = fns["rnn"]
         _, f_static = fns["static_rnn"]
         v = jnp.asarray(np.random.default_rng(8).normal(size=vec.shape))
-        np.testing.assert_allclose(
-            jax.jvp(f_scan, (vec,), (v,))[1], jax.jvp(f_static, (vec,), (v,))[1], rtol=1e-12
-        )
-        np.testing.assert_allclose(
-            jax.hessian(f_scan)(vec), jax.hessian(f_static)(vec), rtol=1e-10, atol=1e-12
-        )
+
+        def jvp(f):
+            return jax.jit(lambda x, t: jax.jvp(f, (x,), (t,))[1])(vec, v)
+
+        np.testing.assert_allclose(jvp(f_scan), jvp(f_static), rtol=1e-12)
+        hessians = [jax.jit(jax.hessian(f))(vec) for f in (f_scan, f_static)]
+        np.testing.assert_allclose(*hessians, rtol=1e-10, atol=1e-12)
