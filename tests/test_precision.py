@@ -3,7 +3,8 @@
 Tolerances are stated in units of the computation dtype's machine epsilon ``eps``
 (``2**-7`` for bfloat16, ``2**-10`` for float16): every matmul operand is rounded to the
 dtype (a relative error of ``eps / 2`` each), and over the few steps here the errors of the
-outputs stay below ``TOL_EPS * eps`` (measured: under ``3 * eps`` for every case).
+outputs and carries stay below ``TOL_EPS * eps`` (measured: at most ``1.7 * eps`` over the
+cases of ``test_rnn_matches_float64_reference``, in both dtypes).
 """
 
 import dataclasses
