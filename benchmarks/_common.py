@@ -215,3 +215,11 @@ def write_json(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=False)
         f.write("\n")
+
+
+def write_results(path: str, payload: dict, markdown: str) -> None:
+    """``payload`` as JSON at ``path`` and ``markdown`` beside it (``.md``), then printed."""
+    write_json(path, payload)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(markdown)
+    print(markdown)

@@ -120,11 +120,7 @@ def main(argv=None):
         "variants": variants,
         "workloads": workloads,
     }
-    _common.write_json(args.out, payload)
-    md = markdown(payload)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    _common.write_results(args.out, payload, markdown(payload))
 
 
 if __name__ == "__main__":
