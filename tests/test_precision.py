@@ -373,3 +373,21 @@ def test_interop_keeps_the_dtype_it_is_given():
         np.testing.assert_array_equal(np.asarray(back[name]), value)
     keras = jaxrnn.interop.to_keras(cell, params)
     assert all(w.dtype == ml_dtypes.bfloat16 for w in keras)
+
+
+@pytest.mark.parametrize(("cell", "kind", "hyper", "dtype"), list(_cases()))
+def test_every_cell_stacked(cell, kind, hyper, dtype):
+    """Two layers of each cell: the second reads the first's outputs rounded to ``dtype``."""
+    cell = dataclasses.replace(cell, dtype=dtype)
+    stack = jaxrnn.Stack((cell, cell))
+    params = [random_params(cell, F, 1), random_params(cell, 5, 2)]
+    xs = _xs()
+    ys, carries = jax.jit(lambda p, x: jaxrnn.stacked(stack, p, x, LENGTHS))(params, xs)
+    mid, _ = np_run(kind, params[0], xs, LENGTHS, hidden=5, **hyper)
+    mid = np.asarray(mid.astype(jnp.dtype(dtype)), np.float64)
+    ref, ref_carry = np_run(kind, params[1], mid, LENGTHS, hidden=5, **hyper)
+    assert ys.dtype == dtype
+    _assert_close(ys, ref, dtype)
+    for got, want in zip(jax.tree.leaves(carries[1]), jax.tree.leaves(ref_carry), strict=True):
+        assert got.dtype == jnp.float32
+        _assert_close(got, want, dtype)
