@@ -31,7 +31,8 @@ def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
 
 
 def check_params(cell, params, input_size: int, name: str = "params") -> None:
-    """``params`` must hold ``w_i [input_size, k*H]`` and ``w_h [H, k*H]`` for ``cell``."""
+    """``params`` must hold ``w_i [input_size, k*H]``, ``w_h [R, k*H]`` and every other
+    parameter of ``cell.param_shapes`` in its shape, for ``cell``."""
     if not isinstance(params, dict) or "w_i" not in params or "w_h" not in params:
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise TypeError(
@@ -42,9 +43,12 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
         if not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.floating):
             got = getattr(value, "dtype", type(value).__name__)
             raise TypeError(f"{name}[{key!r}] must be a floating-point array, got {got}")
-    width = cell.gates * cell.hidden_size
-    expected = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width)}
+    expected = cell.param_shapes(input_size)
     for key, shape in expected.items():
+        if key not in params:
+            raise ValueError(
+                f"{name} lacks {key!r} (shape {shape}), which {cell} needs; got {sorted(params)}"
+            )
         got = tuple(params[key].shape)
         if got != shape:
             what = "input_size" if key == "w_i" and got[1:] == shape[1:] else "hidden_size"

@@ -6,7 +6,8 @@ same numbers (checked against golden outputs of both frameworks in ``tests/golde
 jaxrnn parameters back in their layout. Neither framework is imported: state dicts may hold
 ``torch.Tensor`` values (read through their ``.numpy()``) or NumPy arrays.
 
-Layouts (``I`` input size, ``H`` hidden size, ``k`` gates: 1 SimpleRNN, 4 LSTM, 3 GRU):
+Layouts (``I`` input size, ``H`` hidden size, ``k`` gates: 1 SimpleRNN, 4 LSTM, 3 GRU; ``P``
+the projection of an ``LSTM(H, proj_size=P)``, whose ``w_h`` is ``[P, 4H]``):
 
 =========================  ========================================  ===========================
 jaxrnn                     PyTorch (``..._l{layer}[_reverse]``)      Keras ``get_weights()``
@@ -17,6 +18,7 @@ jaxrnn                     PyTorch (``..._l{layer}[_reverse]``)      Keras ``get
                                                                      ``reset_after``: ``bias[0]``
 ``b_h [kH]``               ``bias_hh [kH]``                          GRU ``reset_after``:
                                                                      ``bias[1]``; else none
+``w_hr [H, P]``            ``weight_hr [P, H]`` (transposed)         none
 LSTM gates i, f, g, o      i, f, g, o                                i, f, c, o
 GRU gates r, z, n          r, z, n                                   z, r, h
 =========================  ========================================  ===========================
@@ -24,9 +26,10 @@ GRU gates r, z, n          r, z, n                                   z, r, h
 Which cell to build for which layer:
 
 * PyTorch ``nn.RNN(nonlinearity=...)``: ``SimpleRNN(H, activation=...)``; ``nn.LSTM``:
-  ``LSTM(H)``; ``nn.GRU``: ``GRU(H)`` (``reset_after=True``, PyTorch's only GRU). Layer ``l``
-  of a stack and its backward direction are read with ``layer=l, reverse=True``; a layer above
-  the first takes ``2 * H`` inputs when bidirectional, forward features first, as
+  ``LSTM(H)``, ``nn.LSTM(proj_size=P)``: ``LSTM(H, proj_size=P)``; ``nn.GRU``: ``GRU(H)``
+  (``reset_after=True``, PyTorch's only GRU). Layer ``l`` of a stack and its backward
+  direction are read with ``layer=l, reverse=True``; a layer above
+  the first takes ``2 * H`` (``2 * P``) inputs when bidirectional, forward features first, as
   :func:`jaxrnn.bidirectional` (``merge="concat"``) produces them.
 * Keras ``SimpleRNN``: ``SimpleRNN(H)`` (``"tanh"``, or ``"relu"`` if the layer used it);
   ``LSTM``: ``LSTM(H)``; ``GRU(reset_after=r)``: ``GRU(H, reset_after=r)``. Only the default
@@ -49,9 +52,12 @@ Exactness and the choices made:
   exported layer computes the same function. ``from_*`` refuses such a cell with a
   ``ValueError``, because loading would have to subtract ``f`` from the stored bias and the
   round trip would no longer be exact: load into ``LSTM(H)`` (``forget_bias=0``).
-* Shapes that do not fit the cell's ``hidden_size``, a GRU whose ``reset_after`` does not match
-  the weights, a PyTorch LSTM with ``proj_size`` raise ``ValueError``; missing state-dict
-  entries raise ``KeyError`` naming the expected keys and the ones available.
+* Shapes that do not fit the cell's ``hidden_size`` (or ``proj_size``), a GRU whose
+  ``reset_after`` does not match the weights, a PyTorch LSTM with ``proj_size`` loaded into a
+  cell without one (or the reverse) raise ``ValueError``; missing state-dict entries raise
+  ``KeyError`` naming the expected keys and the ones available.
+* The variants that neither framework's layers have (peepholes, ``cell_clip``, ``proj_clip``,
+  ``layer_norm``; for Keras also ``proj_size``) raise ``ValueError`` both ways.
 """
 
 from __future__ import annotations
@@ -72,10 +78,21 @@ _GATE_NAMES = {SimpleRNN: "h", LSTM: "i, f, g, o", GRU: "r, z, n"}
 _KIND_BY_GATES = {1: "SimpleRNN", 3: "GRU", 4: "LSTM"}
 
 
-def _check_cell(cell) -> int:
-    """Number of gate blocks of ``cell``; ``TypeError`` for anything but a jaxrnn cell."""
+def _check_cell(cell, framework: str = "PyTorch") -> int:
+    """Number of gate blocks of ``cell``; ``TypeError`` for anything but a jaxrnn cell,
+    ``ValueError`` for a variant that ``framework``'s layers do not have."""
     if not isinstance(cell, SimpleRNN | LSTM | GRU):
         raise TypeError(f"cell must be a jaxrnn SimpleRNN, LSTM or GRU, got {cell!r}")
+    options = ["layer_norm"] if isinstance(cell, GRU) else []
+    if isinstance(cell, LSTM):
+        options = ["peepholes", "cell_clip", "proj_clip", "layer_norm"]
+        options += ["proj_size"] if framework == "Keras" else []
+    present = [name for name in options if getattr(cell, name) not in (None, False, 0)]
+    if present:
+        raise ValueError(
+            f"{cell} has {', '.join(present)}, which {framework}'s recurrent layers do not "
+            f"have: its weights cannot be converted"
+        )
     return cell.gates
 
 
@@ -150,14 +167,17 @@ def _fold_forget_bias(cell, bias: np.ndarray) -> np.ndarray:
     return bias
 
 
-def _params_numpy(cell, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Validated NumPy copies of ``params`` for ``cell`` (keys w_i, w_h, b and maybe b_h)."""
-    gates = _check_cell(cell)
+def _params_numpy(cell, params: Mapping[str, Any], framework: str) -> dict[str, np.ndarray]:
+    """Validated NumPy copies of ``params`` for ``cell`` (keys w_i, w_h, b, maybe b_h, and
+    w_hr for a projected LSTM)."""
+    gates = _check_cell(cell, framework)
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be the dict made by cell.init, got {type(params).__name__}")
     needs_b_h = isinstance(cell, GRU) and cell.reset_after
     allowed = {"w_i", "w_h", "b"} | ({"b_h"} if not isinstance(cell, GRU) or needs_b_h else set())
     required = {"w_i", "w_h", "b"} | ({"b_h"} if needs_b_h else set())
+    if isinstance(cell, LSTM) and cell.proj_size:
+        required, allowed = required | {"w_hr"}, allowed | {"w_hr"}
     if not required <= set(params) or not set(params) <= allowed:
         raise ValueError(
             f"params for {cell} must have the keys {sorted(required)}"
@@ -165,7 +185,9 @@ def _params_numpy(cell, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         )
     width, hidden = gates * cell.hidden_size, cell.hidden_size
     out = {name: _as_numpy(value, f"params[{name!r}]") for name, value in params.items()}
-    _check_shape("params['w_h']", out["w_h"], (hidden, width), cell, hidden_axis=0)
+    _check_shape("params['w_h']", out["w_h"], (cell.output_size, width), cell, hidden_axis=0)
+    if "w_hr" in out:
+        _check_shape("params['w_hr']", out["w_hr"], (hidden, cell.output_size), cell)
     _check_shape("params['w_i']", out["w_i"], (None, width), cell)
     for name in ("b", "b_h"):
         if name in out:
@@ -181,15 +203,18 @@ def _to_jax(arrays: dict[str, np.ndarray]) -> Params:
 # PyTorch
 
 
-def torch_keys(layer: int = 0, reverse: bool = False, *, prefix: str = "") -> dict[str, str]:
+def torch_keys(
+    layer: int = 0, reverse: bool = False, *, prefix: str = "", proj: bool = False
+) -> dict[str, str]:
     """The state-dict keys of one layer and direction: ``{"weight_ih": "weight_ih_l0", ...}``.
 
-    ``prefix`` is prepended to each (e.g. ``"encoder.rnn."`` for a submodule's entries).
+    ``prefix`` is prepended to each (e.g. ``"encoder.rnn."`` for a submodule's entries);
+    ``proj`` adds ``weight_hr`` (an ``nn.LSTM`` with ``proj_size``).
     """
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
         raise ValueError(f"layer must be a non-negative int, got {layer!r}")
     suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (("weight_hr",) if proj else ())
     return {name: f"{prefix}{name}{suffix}" for name in names}
 
 
@@ -205,8 +230,9 @@ def from_torch(
     """Params for ``cell`` from one layer/direction of a PyTorch RNN/LSTM/GRU ``state_dict()``.
 
     Args:
-      cell: ``SimpleRNN(H, activation=<the module's nonlinearity>)``, ``LSTM(H)`` or
-        ``GRU(H)`` (``reset_after=True``), ``H`` the module's ``hidden_size``.
+      cell: ``SimpleRNN(H, activation=<the module's nonlinearity>)``, ``LSTM(H)`` (with
+        ``proj_size=P`` for a module with ``proj_size=P``) or ``GRU(H)``
+        (``reset_after=True``), ``H`` the module's ``hidden_size``.
       state_dict: ``module.state_dict()``, or any mapping of the same keys to NumPy arrays.
       layer: which layer of a ``num_layers > 1`` module (the ``_l{layer}`` entries).
       reverse: the backward direction of a bidirectional module (``_reverse`` entries).
@@ -217,15 +243,17 @@ def from_torch(
     Returns:
       ``{"w_i": [I, kH], "w_h": [H, kH], "b": [kH], "b_h": [kH]}`` as JAX arrays of the
       state dict's dtype: ``w_i = weight_ih.T``, ``w_h = weight_hh.T``, ``b = bias_ih``,
-      ``b_h = bias_hh``; PyTorch's gate orders are jaxrnn's.
+      ``b_h = bias_hh``, and ``"w_hr": weight_hr.T`` ``[H, P]`` with ``proj_size``;
+      PyTorch's gate orders are jaxrnn's.
 
     Raises:
       KeyError: a weight entry is missing (the message lists the expected and available keys).
       ValueError: shapes that do not fit ``cell``; a ``GRU(reset_after=False)`` cell (PyTorch's
-        GRU resets after the recurrent matmul); an LSTM with ``proj_size``; an
+        GRU resets after the recurrent matmul); an LSTM with ``proj_size`` into a cell without
+        one or the reverse; an
         ``LSTM(forget_bias != 0)`` cell (see the module docstring).
     """
-    gates = _check_cell(cell)
+    gates = _check_cell(cell, "PyTorch")
     _check_input_size(input_size)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -235,13 +263,18 @@ def from_torch(
             f"GRU({cell.hidden_size}, reset_after=True), not {cell}"
         )
     _refuse_forget_bias(cell, "PyTorch")
-    keys = torch_keys(layer, reverse, prefix=prefix)
-    suffix = keys["weight_ih"][len(prefix) + len("weight_ih") :]
-    if f"{prefix}weight_hr{suffix}" in state_dict:
+    proj = isinstance(cell, LSTM) and cell.proj_size > 0
+    keys = torch_keys(layer, reverse, prefix=prefix, proj=True)
+    if not proj and keys["weight_hr"] in state_dict:
+        size = np.shape(state_dict[keys["weight_hr"]])[0]
         raise ValueError(
-            f"{prefix}weight_hr{suffix} is present: LSTMs with proj_size > 0 are not supported"
+            f"{keys['weight_hr']} is present: the module is an nn.LSTM with proj_size={size}; "
+            f"load it into LSTM({cell.hidden_size}, proj_size={size}), not {cell}"
         )
-    missing = [keys[n] for n in ("weight_ih", "weight_hh") if keys[n] not in state_dict]
+    if not proj:
+        del keys["weight_hr"]
+    weights = ("weight_ih", "weight_hh") + (("weight_hr",) if proj else ())
+    missing = [keys[n] for n in weights if keys[n] not in state_dict]
     has_bias = [keys[n] in state_dict for n in ("bias_ih", "bias_hh")]
     if any(has_bias) and not all(has_bias):
         missing += [keys[n] for n in ("bias_ih", "bias_hh") if keys[n] not in state_dict]
@@ -252,7 +285,7 @@ def from_torch(
         )
     w = {n: _as_numpy(state_dict[k], k) for n, k in keys.items() if k in state_dict}
     width, hidden = gates * cell.hidden_size, cell.hidden_size
-    _check_shape(keys["weight_hh"], w["weight_hh"], (width, hidden), cell, hidden_axis=1)
+    _check_shape(keys["weight_hh"], w["weight_hh"], (width, cell.output_size), cell, hidden_axis=1)
     _check_shape(keys["weight_ih"], w["weight_ih"], (width, input_size), cell)
     if all(has_bias):
         for n in ("bias_ih", "bias_hh"):
@@ -260,7 +293,11 @@ def from_torch(
         b, b_h = w["bias_ih"], w["bias_hh"]
     else:  # nn.RNN/LSTM/GRU(bias=False)
         b = b_h = np.zeros((width,), w["weight_ih"].dtype)
-    return _to_jax({"w_i": w["weight_ih"].T, "w_h": w["weight_hh"].T, "b": b, "b_h": b_h})
+    params = {"w_i": w["weight_ih"].T, "w_h": w["weight_hh"].T, "b": b, "b_h": b_h}
+    if proj:
+        _check_shape(keys["weight_hr"], w["weight_hr"], (cell.output_size, hidden), cell)
+        params["w_hr"] = w["weight_hr"].T
+    return _to_jax(params)
 
 
 def to_torch(
@@ -271,7 +308,8 @@ def to_torch(
     *,
     prefix: str = "",
 ) -> dict[str, np.ndarray]:
-    """The inverse of :func:`from_torch`: ``{weight_ih_l{layer}[_reverse]: [kH, I], ...}``.
+    """The inverse of :func:`from_torch`: ``{weight_ih_l{layer}[_reverse]: [kH, I], ...}``
+    (and ``weight_hr`` ``[P, H]`` for ``LSTM(H, proj_size=P)``).
 
     Returns NumPy arrays (C-contiguous, of the params' dtype) under the four keys of
     :func:`torch_keys`. Merge the dicts of every layer and direction and load them with
@@ -283,13 +321,13 @@ def to_torch(
       ValueError: a ``GRU(reset_after=False)`` cell (PyTorch cannot represent it) or params
         whose keys or shapes do not fit ``cell``.
     """
-    p = _params_numpy(cell, params)
+    p = _params_numpy(cell, params, "PyTorch")
     if isinstance(cell, GRU) and not cell.reset_after:
         raise ValueError(
             f"{cell} (reset gate before the recurrent matmul) has no PyTorch equivalent: "
             f"nn.GRU always resets after it (reset_after=True)"
         )
-    keys = torch_keys(layer, reverse, prefix=prefix)
+    keys = torch_keys(layer, reverse, prefix=prefix, proj="w_hr" in p)
     b_h = p["b_h"] if "b_h" in p else np.zeros_like(p["b"])
     out = {
         keys["weight_ih"]: p["w_i"].T,
@@ -297,6 +335,8 @@ def to_torch(
         keys["bias_ih"]: _fold_forget_bias(cell, p["b"]),
         keys["bias_hh"]: b_h,
     }
+    if "w_hr" in p:
+        out[keys["weight_hr"]] = p["w_hr"].T
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -323,7 +363,7 @@ def from_keras(cell: Cell, weights: Sequence[Any], *, input_size: int | None = N
         ``reset_after`` does not match the bias (``[2, 3H]`` means ``reset_after=True``), an
         ``LSTM(forget_bias != 0)`` cell (see the module docstring).
     """
-    gates = _check_cell(cell)
+    gates = _check_cell(cell, "Keras")
     _check_input_size(input_size)
     count = len(weights) if isinstance(weights, Sequence) else None
     if isinstance(weights, str | Mapping) or count not in (2, 3):
@@ -370,7 +410,7 @@ def to_keras(cell: Cell, params: Params) -> list[np.ndarray]:
     second bias) is added into the single Keras bias; an ``LSTM.forget_bias`` is folded into
     the forget block.
     """
-    p = _params_numpy(cell, params)
+    p = _params_numpy(cell, params, "Keras")
     hidden = cell.hidden_size
     b = _fold_forget_bias(cell, p["b"])
     if isinstance(cell, GRU):

@@ -251,7 +251,7 @@ def stacked(
                     else (layer,)
                 )
                 masks = tuple(
-                    _keep_mask(k, stack.recurrent_dropout, (batch, c.hidden_size), xs.dtype)
+                    _keep_mask(k, stack.recurrent_dropout, (batch, c.output_size), xs.dtype)
                     for k, c in zip((k_fw, k_bw), cells, strict=False)
                 ) + (None,)
         if isinstance(layer, Bidirectional):

@@ -50,6 +50,10 @@ class Model:
       task: ``"classification"`` or ``"regression"``.
       activation: ``SimpleRNN`` activation, ``"tanh"`` or ``"relu"``.
       forget_bias, forget_bias_init: see :class:`jaxrnn.LSTM`.
+      proj_size, peepholes, cell_clip, proj_clip: the LSTM's variants (:class:`jaxrnn.LSTM`;
+        ``0`` turns a size or a clip off), ``cell="lstm"`` only.
+      layer_norm: the layer-normalized LSTM or GRU (:class:`jaxrnn.LSTM`,
+        :class:`jaxrnn.GRU`).
       masked: use ``lengths``; ``False`` treats every step as valid.
       dropout, input_dropout, recurrent_dropout: see :class:`jaxrnn.Stack` (training only).
       head_init: ``"glorot"`` (Keras ``Dense``: Glorot-uniform kernel, zero bias) or
@@ -71,6 +75,11 @@ class Model:
     activation: str = "tanh"
     forget_bias: float = 0.0
     forget_bias_init: float = 1.0
+    proj_size: int = 0
+    peepholes: bool = False
+    cell_clip: float = 0.0
+    proj_clip: float = 0.0
+    layer_norm: bool = False
     masked: bool = True
     dropout: float = 0.0
     input_dropout: float = 0.0
@@ -94,17 +103,36 @@ class Model:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.head_init not in ("glorot", "normal"):
             raise ValueError(f"head_init must be 'glorot' or 'normal', got {self.head_init!r}")
+        lstm_only = ("proj_size", "peepholes", "cell_clip", "proj_clip")
+        for name in lstm_only + ("layer_norm",):
+            allowed = ("lstm",) if name in lstm_only else ("lstm", "gru")
+            if getattr(self, name) and self.cell not in allowed:
+                raise ValueError(
+                    f"{name} applies to cell={' or '.join(map(repr, allowed))}, "
+                    f"got cell={self.cell!r}"
+                )
         if self.dtype is not None:
             check_floating(self.dtype, "Model: dtype")
         check_floating(self.param_dtype, "Model: param_dtype")
+        self._cell()  # the cell's own checks of its options
 
     def _cell(self):
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         if self.cell == "rnn":
             return SimpleRNN(self.hidden_size, self.activation, **dtypes)
         if self.cell == "lstm":
-            return LSTM(self.hidden_size, self.forget_bias, self.forget_bias_init, **dtypes)
-        return GRU(self.hidden_size, **dtypes)
+            return LSTM(
+                self.hidden_size,
+                self.forget_bias,
+                self.forget_bias_init,
+                proj_size=self.proj_size,
+                peepholes=self.peepholes,
+                cell_clip=self.cell_clip or None,
+                proj_clip=self.proj_clip or None,
+                layer_norm=self.layer_norm,
+                **dtypes,
+            )
+        return GRU(self.hidden_size, layer_norm=self.layer_norm, **dtypes)
 
     @property
     def stack(self) -> Stack:

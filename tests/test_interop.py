@@ -15,7 +15,7 @@ import jaxrnn
 from jaxrnn import interop
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
-TORCH_FILES = ["torch_rnn_tanh", "torch_rnn_relu", "torch_lstm", "torch_gru"]
+TORCH_FILES = ["torch_rnn_tanh", "torch_rnn_relu", "torch_lstm", "torch_gru", "torch_lstm_proj"]
 KERAS_FILES = ["keras_simple_rnn", "keras_lstm", "keras_gru", "keras_gru_cho"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -24,7 +24,9 @@ def random_params(cell, input_size, seed=0, second_bias=False):
     """Float32 NumPy params of the layout ``cell.init`` makes, every entry random."""
     rng = np.random.default_rng(seed)
     width = cell.gates * cell.hidden_size
-    shapes = {"w_i": (input_size, width), "w_h": (cell.hidden_size, width), "b": (width,)}
+    shapes = {"w_i": (input_size, width), "w_h": (cell.output_size, width), "b": (width,)}
+    if getattr(cell, "proj_size", 0):
+        shapes["w_hr"] = (cell.hidden_size, cell.proj_size)
     if second_bias or (isinstance(cell, jaxrnn.GRU) and cell.reset_after):
         shapes["b_h"] = (width,)
     return {k: rng.normal(0, 0.5, shape).astype(np.float32) for k, shape in shapes.items()}
@@ -39,8 +41,8 @@ def golden_cell(g):
     kind, hidden = str(g["kind"]), int(g["hidden_size"])
     if kind == "rnn":
         return jaxrnn.SimpleRNN(hidden, activation=str(g["activation"]))
-    if kind == "lstm":
-        return jaxrnn.LSTM(hidden)
+    if kind == "lstm":  # nn.LSTM(proj_size=P) for torch_lstm_proj
+        return jaxrnn.LSTM(hidden, proj_size=int(g["proj_size"]) if "proj_size" in g else 0)
     return jaxrnn.GRU(hidden, reset_after=bool(g["reset_after"]))
 
 
@@ -165,6 +167,7 @@ def test_keras_round_trip_is_exact(name):
 CELLS = [
     jaxrnn.SimpleRNN(4),
     jaxrnn.LSTM(4),
+    jaxrnn.LSTM(4, proj_size=2),
     jaxrnn.GRU(4),
     jaxrnn.GRU(4, reset_after=False),
 ]
@@ -177,11 +180,59 @@ def test_params_round_trip_is_exact(cell):
     if not (isinstance(cell, jaxrnn.GRU) and not cell.reset_after):
         back = interop.from_torch(cell, interop.to_torch(cell, params, 1, True), 1, True)
         jax.tree.map(np.testing.assert_array_equal, back, params)
+    if getattr(cell, "proj_size", 0):
+        with pytest.raises(ValueError, match="proj_size, which Keras's recurrent layers do not"):
+            interop.to_keras(cell, params)
+        return
     keras_params = dict(params)
     if not isinstance(cell, jaxrnn.GRU):
         keras_params.pop("b_h")  # Keras has one bias here (to_keras would add b_h into it)
     back = interop.from_keras(cell, interop.to_keras(cell, keras_params))
     jax.tree.map(np.testing.assert_array_equal, back, keras_params)
+
+
+def test_torch_proj_size():
+    """The projected LSTM's layout, and the cells it cannot load into."""
+    g = load("torch_lstm_proj")
+    sd = torch_state_dict(g, "bi2")
+    cell = jaxrnn.LSTM(3, proj_size=2)
+    params = interop.from_torch(cell, sd, 1, True, input_size=4)  # reads 2 * P features
+    np.testing.assert_array_equal(params["w_hr"], sd["weight_hr_l1_reverse"].T)
+    np.testing.assert_array_equal(params["w_h"], sd["weight_hh_l1_reverse"].T)
+    assert params["w_h"].shape == (2, 12)
+    assert sorted(interop.torch_keys(0, proj=True)) == sorted(
+        ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"]
+    )
+    with pytest.raises(ValueError, match=r"proj_size=2; load it into LSTM\(3, proj_size=2\)"):
+        interop.from_torch(jaxrnn.LSTM(3), sd)
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(12, 2\), expected \(12, 1\)"):
+        interop.from_torch(jaxrnn.LSTM(3, proj_size=1), sd)
+    with pytest.raises(KeyError, match=r"weight_hr_l0"):
+        interop.from_torch(cell, torch_state_dict(load("torch_lstm"), "uni"))
+    with pytest.raises(ValueError, match=r"params for .* must have the keys .*w_hr"):
+        interop.to_torch(cell, {k: v for k, v in params.items() if k != "w_hr"})
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        jaxrnn.LSTM(4, peepholes=True),
+        jaxrnn.LSTM(4, cell_clip=1.0),
+        jaxrnn.LSTM(4, proj_size=2, proj_clip=1.0),
+        jaxrnn.LSTM(4, layer_norm=True),
+        jaxrnn.GRU(4, layer_norm=True),
+    ],
+    ids=repr,
+)
+def test_variants_neither_framework_has_are_refused(cell):
+    params = {k: np.asarray(v) for k, v in cell.init(jax.random.key(0), 3).items()}
+    for convert in (interop.to_torch, interop.to_keras):
+        with pytest.raises(ValueError, match="recurrent layers do not have"):
+            convert(cell, params)
+    with pytest.raises(ValueError, match="recurrent layers do not have"):
+        interop.from_torch(cell, torch_state_dict(load("torch_lstm"), "uni"))
+    with pytest.raises(ValueError, match="recurrent layers do not have"):
+        interop.from_keras(cell, keras_weights(load("keras_lstm"), "uni", 0, "fw"))
 
 
 def test_torch_lstm_through_keras_layout():

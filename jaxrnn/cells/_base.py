@@ -59,8 +59,23 @@ def input_bias(params: Params) -> Array:
     return b + params["b_h"] if "b_h" in params else b
 
 
-def init_weights(key, input_size: int, hidden_size: int, gates: int, dtype) -> Params:
-    """Keras' defaults: Glorot-uniform input kernel, orthogonal recurrent kernel, zero bias."""
+def layer_norm(z: Array, gain: Array, shift: Array | None = None, eps: float = 1e-5) -> Array:
+    """``gain * (z - mean) / sqrt(var + eps) (+ shift)``, the mean and (biased) variance over
+    the last axis of ``z`` (Ba, Kiros & Hinton 2016), in ``z``'s dtype (the accumulation
+    dtype: the cells normalize matmul results and cell states)."""
+    mean = jnp.mean(z, axis=-1, keepdims=True)
+    centred = z - mean
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    out = centred * jax.lax.rsqrt(var + eps) * gain.astype(z.dtype)
+    return out if shift is None else out + shift.astype(z.dtype)
+
+
+def init_weights(
+    key, input_size: int, hidden_size: int, gates: int, dtype, recurrent_size: int | None = None
+) -> Params:
+    """Keras' defaults: Glorot-uniform input kernel, orthogonal recurrent kernel, zero bias.
+    ``recurrent_size``: the rows of ``w_h`` (the size of the state fed back; default
+    ``hidden_size``)."""
     check_floating(dtype, "dtype")
     if not isinstance(input_size, int) or input_size <= 0:
         raise ValueError(f"input_size must be a positive int, got {input_size!r}")
@@ -69,7 +84,9 @@ def init_weights(key, input_size: int, hidden_size: int, gates: int, dtype) -> P
     wide = jnp.promote_types(dtype, jnp.float32)
     return {
         "w_i": _glorot(k_i, (input_size, gates * hidden_size), wide).astype(dtype),
-        "w_h": _orthogonal(k_h, (hidden_size, gates * hidden_size), wide).astype(dtype),
+        "w_h": _orthogonal(k_h, (recurrent_size or hidden_size, gates * hidden_size), wide).astype(
+            dtype
+        ),
         "b": jnp.zeros((gates * hidden_size,), dtype),
     }
 
@@ -85,7 +102,14 @@ class CellBase:
 
     @property
     def output_size(self) -> int:
+        """The size of ``h`` and of each step's output (the rows of ``w_h``)."""
         return self.hidden_size
+
+    def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every parameter the cell's step needs, but the biases (``b``, and
+        ``b_h`` where optional), for inputs of ``input_size`` features."""
+        width = self.gates * self.hidden_size
+        return {"w_i": (input_size, width), "w_h": (self.output_size, width)}
 
     def fused_loop(self) -> Callable | None:
         """The fused path's loop for this cell (``jaxrnn.cells._loops.with_backward``), or
@@ -105,12 +129,12 @@ class CellBase:
         return jnp.result_type(*dtypes, *([] if x_dtype is None else [x_dtype]))
 
     def initial_carry(self, batch_size: int, dtype: DType = None) -> Carry:
-        """Zeros of shape ``[batch_size, hidden_size]`` (a ``(c, h)`` pair for the LSTM), of
+        """Zeros of shape ``[batch_size, output_size]`` (a ``(c, h)`` pair for the LSTM), of
         ``dtype`` (default: the accumulation dtype of the cell's ``dtype``, float32 when that
         is ``None``, bfloat16 or float16)."""
         if dtype is None:
             dtype = accumulation_dtype(jnp.float32 if self.dtype is None else self.dtype)
-        return jnp.zeros((batch_size, self.hidden_size), dtype)
+        return jnp.zeros((batch_size, self.output_size), dtype)
 
     def hidden(self, carry: Carry) -> Array:
         """The part of the carry that is fed back through ``w_h``: ``h``, ``[batch, H]``."""

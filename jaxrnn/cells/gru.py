@@ -20,6 +20,7 @@ from jaxrnn.cells._base import (
     accumulation_dtype,
     check_hidden_size,
     init_weights,
+    layer_norm,
     matmul,
 )
 
@@ -36,11 +37,21 @@ class GRU(CellBase):
       ``n = tanh(xi_n + (r * h) @ w_h_n)``.
 
     Then ``h' = (1 - z) * n + z * h``. Carry: ``h``, ``[batch, hidden_size]``; output ``h'``.
-    ``dtype``/``param_dtype``: see the module docstring.
+
+    ``layer_norm=True`` (keyword-only): layer normalization (Ba, Kiros & Hinton 2016) of the
+    input and of the recurrent pre-activations, separately, as the paper's LSTM (eq. 20):
+    ``xi = LN(x @ w_i; g_i) + b`` over all ``3H`` and, with ``reset_after=True``, ``hh =
+    LN(h @ w_h; g_h) + b_h`` over all ``3H``; with ``reset_after=False``, ``LN(h @ w_h_rz;
+    g_h_rz)`` over the ``2H`` of ``r, z`` and ``n = tanh(xi_n + LN((r * h) @ w_h_n; g_h_n))``.
+    ``LN(a; g) = g * (a - mean(a)) / sqrt(var(a) + 1e-5)``; ``b`` and ``b_h`` are the
+    normalizations' shifts. Extra parameters ``g_i, g_h [3H]`` (initially one). It runs as
+    ``lax.scan`` (``implementation="scan"``): only the plain ``reset_after=True`` cell has a
+    fused loop. ``dtype``/``param_dtype``: see :mod:`jaxrnn.cells`.
     """
 
     hidden_size: int
     reset_after: bool = True
+    layer_norm: bool = dataclasses.field(default=False, kw_only=True)
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 3
@@ -49,10 +60,18 @@ class GRU(CellBase):
         check_hidden_size(self)
         if not isinstance(self.reset_after, bool):
             raise TypeError(f"GRU: reset_after must be a bool, got {self.reset_after!r}")
+        if not isinstance(self.layer_norm, bool):
+            raise TypeError(f"GRU: layer_norm must be a bool, got {self.layer_norm!r}")
         self._check_dtypes()
 
     def fused_loop(self):
-        return scan if self.reset_after else None
+        return scan if self.reset_after and not self.layer_norm else None
+
+    def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = super().param_shapes(input_size)
+        if self.layer_norm:
+            shapes.update(g_i=(3 * self.hidden_size,), g_h=(3 * self.hidden_size,))
+        return shapes
 
     def init(self, key, input_size: int, dtype: DType = None) -> Params:
         """Parameters in ``dtype`` (default ``param_dtype``)."""
@@ -61,11 +80,16 @@ class GRU(CellBase):
         )
         if self.reset_after:
             params["b_h"] = jnp.zeros_like(params["b"])
+        if self.layer_norm:
+            params.update(g_i=jnp.ones_like(params["b"]), g_h=jnp.ones_like(params["b"]))
         return params
 
     def project_inputs(self, params: Params, x: Array) -> Array:
         acc = accumulation_dtype(self._dt())
-        return matmul(x, params["w_i"], self._dt()) + params["b"].astype(acc)
+        xw = matmul(x, params["w_i"], self._dt())
+        if self.layer_norm:
+            xw = layer_norm(xw, params["g_i"])
+        return xw + params["b"].astype(acc)
 
     def masked_step(self, params: Params, carry: Array, xp: Array, mask: Array):
         # The mask reaches the matmuls only: z * h interpolates with the unmasked state.
@@ -75,19 +99,26 @@ class GRU(CellBase):
         """``recurrent``: the ``h`` that enters ``w_h`` (default ``carry``)."""
         h = carry if recurrent is None else recurrent
         w_h, dt = params["w_h"], self._dt()
+        size = self.hidden_size
+
+        def norm(a, cols):
+            return layer_norm(a, params["g_h"][cols]) if self.layer_norm else a
+
         xr, xz, xn = jnp.split(xp, 3, axis=-1)
         if self.reset_after:
             b_h = params["b_h"].astype(accumulation_dtype(dt))
-            hr, hz, hn = jnp.split(matmul(h, w_h, dt) + b_h, 3, axis=-1)
+            hh = norm(matmul(h, w_h, dt), slice(None)) + b_h
+            hr, hz, hn = jnp.split(hh, 3, axis=-1)
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)
             n = jnp.tanh(xn + r * hn)
         else:
-            size = self.hidden_size
-            hr, hz = jnp.split(matmul(h, w_h[:, : 2 * size], dt), 2, axis=-1)
+            rz = norm(matmul(h, w_h[:, : 2 * size], dt), slice(0, 2 * size))
+            hr, hz = jnp.split(rz, 2, axis=-1)
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + matmul(r * h, w_h[:, 2 * size :], dt))
+            hn = norm(matmul(r * h, w_h[:, 2 * size :], dt), slice(2 * size, None))
+            n = jnp.tanh(xn + hn)
         h = (1.0 - z) * n + z * carry
         return h, h
 

@@ -1,5 +1,6 @@
-"""LSTM: the cell, its fused XLA loops with their hand-written backward pass, and the
-binding of its CPU kernels (``csrc/lstm.cc``)."""
+"""LSTM and its variants (projection, peepholes, clipping, layer normalization): the cell, the
+plain cell's fused XLA loops with their hand-written backward pass, and the binding of its CPU
+kernels (``csrc/lstm.cc``)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from jaxrnn.cells._base import (
     CellBase,
     DType,
     Params,
+    accumulation_dtype,
     check_hidden_size,
     init_weights,
     input_bias,
+    layer_norm,
     matmul,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class LSTM(CellBase):
-    """Long short-term memory without peepholes; gate blocks in the order i, f, g, o.
+    """Long short-term memory; gate blocks in the order i, f, g, o.
 
     ``z = x @ w_i + h @ w_h + b``;  ``i, f, o = sigmoid(z_i), sigmoid(z_f + forget_bias),
     sigmoid(z_o)``;  ``g = tanh(z_g)``;  ``c' = f * c + i * g``;  ``h' = o * tanh(c')``.
@@ -38,13 +41,44 @@ class LSTM(CellBase):
     * ``forget_bias_init``: the initial value of the forget block of ``b``, trained (Keras'
       ``unit_forget_bias=True`` is 1.0, the default here).
 
-    Carry: ``(c, h)``, each ``[batch, hidden_size]``; the output is ``h'``.
-    ``dtype``/``param_dtype``: see the module docstring.
+    Variants (keyword-only; any combination, applied in this order within a step):
+
+    * ``layer_norm=True``, the layer-normalized LSTM of Ba, Kiros & Hinton (2016, eqs. 20-22):
+      ``z = LN(x @ w_i; g_i) + LN(h @ w_h; g_h) + b``, each ``LN`` over all ``4H``
+      pre-activations of its matmul, and ``h' = o * tanh(LN(c'; g_c, b_c))`` over the ``H``
+      cell units; the carried ``c'`` is the unnormalized one. ``LN(a; g, s) = g * (a -
+      mean(a)) / sqrt(var(a) + 1e-5) + s``. The paper's two gate shifts and ``b`` only enter
+      as their sum: they are the one ``b``.
+    * ``peepholes=True`` (Gers & Schmidhuber 2000, as TF1 ``LSTMCell(use_peepholes=True)``):
+      ``i = sigmoid(z_i + w_ci * c)``, ``f = sigmoid(z_f + forget_bias + w_cf * c)`` from the
+      previous cell state, ``o = sigmoid(z_o + w_co * c')`` from the new one; ``w_c*``
+      diagonal (``[H]``).
+    * ``cell_clip=v`` (TF1 ``cell_clip``): ``c' = clip(c', -v, v)`` before the output gate's
+      peephole and the output (and carried clipped).
+    * ``proj_size=P > 0``, LSTMP (Sak et al. 2014, PyTorch ``nn.LSTM(proj_size=P)``, TF1
+      ``num_proj``): ``h' = (o * tanh(c')) @ w_hr``, so ``h`` and the outputs have ``P``
+      units and ``c`` keeps ``H``; ``w_h`` is ``[P, 4H]``.
+    * ``proj_clip=v`` (TF1 ``proj_clip``, needs ``proj_size``): ``h' = clip(h', -v, v)``.
+
+    Parameters: ``w_i [I, 4H]``, ``w_h [R, 4H]`` (``R = P`` with a projection, else ``H``),
+    ``b [4H]`` (and optionally ``b_h [4H]``, added to ``b``); ``w_hr [H, P]`` with
+    ``proj_size``; ``w_ci, w_cf, w_co [H]`` with peepholes (initially zero); ``g_i, g_h [4H]``,
+    ``g_c, b_c [H]`` with ``layer_norm`` (gains initially one, shift zero). The variants run
+    as ``lax.scan`` (``implementation="scan"``): only the plain cell has a fused loop.
+
+    Carry: ``(c, h)``, ``c`` ``[batch, hidden_size]`` and ``h`` ``[batch, output_size]``
+    (``proj_size`` or ``hidden_size``); the output is ``h'``. ``dtype``/``param_dtype``: see
+    :mod:`jaxrnn.cells`.
     """
 
     hidden_size: int
     forget_bias: float = 0.0
     forget_bias_init: float = 1.0
+    proj_size: int = dataclasses.field(default=0, kw_only=True)
+    peepholes: bool = dataclasses.field(default=False, kw_only=True)
+    cell_clip: float | None = dataclasses.field(default=None, kw_only=True)
+    proj_clip: float | None = dataclasses.field(default=None, kw_only=True)
+    layer_norm: bool = dataclasses.field(default=False, kw_only=True)
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 4
@@ -52,22 +86,70 @@ class LSTM(CellBase):
     def __post_init__(self):
         check_hidden_size(self)
         self._check_dtypes()
+        if not isinstance(self.proj_size, int) or isinstance(self.proj_size, bool):
+            raise TypeError(f"LSTM: proj_size must be an int, got {self.proj_size!r}")
+        if self.proj_size < 0:
+            raise ValueError(f"LSTM: proj_size must be >= 0 (0: none), got {self.proj_size}")
+        for name in ("peepholes", "layer_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"LSTM: {name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("cell_clip", "proj_clip"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise ValueError(f"LSTM: {name} must be None or a positive number, got {value!r}")
+        if self.proj_clip is not None and not self.proj_size:
+            raise ValueError("LSTM: proj_clip clips the projection: it needs proj_size > 0")
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    @property
+    def plain(self) -> bool:
+        """Whether no variant is on (the cell that has fused loops and CPU kernels)."""
+        return not (
+            self.proj_size
+            or self.peepholes
+            or self.layer_norm
+            or self.cell_clip is not None
+            or self.proj_clip is not None
+        )
 
     def fused_loop(self):
-        return scan
+        return scan if self.plain else None
+
+    def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = super().param_shapes(input_size)
+        h = self.hidden_size
+        if self.proj_size:
+            shapes["w_hr"] = (h, self.proj_size)
+        if self.peepholes:
+            shapes.update(w_ci=(h,), w_cf=(h,), w_co=(h,))
+        if self.layer_norm:
+            shapes.update(g_i=(4 * h,), g_h=(4 * h,), g_c=(h,), b_c=(h,))
+        return shapes
 
     def init(self, key, input_size: int, dtype: DType = None) -> Params:
         """Parameters in ``dtype`` (default ``param_dtype``)."""
-        params = init_weights(
-            key, input_size, self.hidden_size, 4, self.param_dtype if dtype is None else dtype
-        )
+        dtype = self.param_dtype if dtype is None else dtype
+        k_w, k_r = jax.random.split(key)
         h = self.hidden_size
+        params = init_weights(k_w, input_size, h, 4, dtype, recurrent_size=self.output_size)
         params["b"] = params["b"].at[h : 2 * h].set(self.forget_bias_init)
+        if self.proj_size:
+            wide = jnp.promote_types(dtype, jnp.float32)
+            glorot = jax.nn.initializers.glorot_uniform()
+            params["w_hr"] = glorot(k_r, (h, self.proj_size), wide).astype(dtype)
+        if self.peepholes:
+            params.update({k: jnp.zeros((h,), dtype) for k in ("w_ci", "w_cf", "w_co")})
+        if self.layer_norm:
+            params.update(g_i=jnp.ones((4 * h,), dtype), g_h=jnp.ones((4 * h,), dtype))
+            params.update(g_c=jnp.ones((h,), dtype), b_c=jnp.zeros((h,), dtype))
         return params
 
     def initial_carry(self, batch_size: int, dtype: DType = None) -> tuple[Array, Array]:
-        zeros = super().initial_carry(batch_size, dtype)
-        return zeros, zeros
+        h = super().initial_carry(batch_size, dtype)
+        return jnp.zeros((batch_size, self.hidden_size), h.dtype), h
 
     def hidden(self, carry):
         return carry[1]
@@ -75,14 +157,36 @@ class LSTM(CellBase):
     def with_hidden(self, carry, h):
         return carry[0], h
 
+    def project_inputs(self, params: Params, x: Array) -> Array:
+        acc, dt = accumulation_dtype(self._dt()), self._dt()
+        xw = matmul(x, params["w_i"], dt)
+        if self.layer_norm:
+            xw = layer_norm(xw, params["g_i"])
+        return xw + input_bias(params).astype(acc)
+
     def step(self, params: Params, carry, xp: Array):
         c, h = carry
-        z = xp + matmul(h, params["w_h"], self._dt())
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        dt = self._dt()
+        hw = matmul(h, params["w_h"], dt)
+        if self.layer_norm:
+            hw = layer_norm(hw, params["g_h"])
+        zi, zf, zg, zo = jnp.split(xp + hw, 4, axis=-1)
         if self.forget_bias:
             zf = zf + self.forget_bias
+        if self.peepholes:
+            zi = zi + params["w_ci"].astype(c.dtype) * c
+            zf = zf + params["w_cf"].astype(c.dtype) * c
         c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-        h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+        if self.cell_clip is not None:
+            c = jnp.clip(c, -self.cell_clip, self.cell_clip)
+        if self.peepholes:
+            zo = zo + params["w_co"].astype(c.dtype) * c
+        shown = layer_norm(c, params["g_c"], params["b_c"]) if self.layer_norm else c
+        h = jax.nn.sigmoid(zo) * jnp.tanh(shown)
+        if self.proj_size:
+            h = matmul(h, params["w_hr"], dt)
+            if self.proj_clip is not None:
+                h = jnp.clip(h, -self.proj_clip, self.proj_clip)
         return (c, h), h
 
 

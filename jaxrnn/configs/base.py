@@ -33,6 +33,11 @@ class Config:
     activation: str = "tanh"
     forget_bias: float = 0.0
     forget_bias_init: float = 1.0
+    proj_size: int = 0  # LSTM: project h to this many units (0: none)
+    peepholes: bool = False  # LSTM: peephole connections from the cell state
+    cell_clip: float = 0.0  # LSTM: clip the cell state to [-v, v] (0: off)
+    proj_clip: float = 0.0  # LSTM: clip the projection to [-v, v] (0: off)
+    layer_norm: bool = False  # layer-normalized LSTM or GRU
     masked: bool = True
     dropout: float = 0.0
     input_dropout: float = 0.0

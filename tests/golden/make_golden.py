@@ -25,7 +25,11 @@ One file per framework and cell, ``{torch,keras}_{cell}.npz``, a few KB each. Ea
   boolean ``mask`` from ``lengths``), with ``ys`` ``[B, T, D*H]`` the last layer's outputs and
   ``h`` (and ``c`` for LSTMs) ``[L*D, B, H]`` the final states, row ``layer * D + direction``
   as PyTorch's ``h_n`` orders them (``D`` directions, ``L`` layers);
-* ``kind``, ``hidden_size``, ``activation``, ``reset_after``: the jaxrnn cell to load into.
+* ``kind``, ``hidden_size``, ``activation``, ``reset_after``, ``proj_size``: the jaxrnn cell to
+  load into.
+
+``torch_lstm_proj`` is an ``nn.LSTM(proj_size=P)``: its outputs and ``h`` have ``P`` units
+(``[B, T, D*P]``, ``[L*D, B, P]``), ``c`` has ``H``, the second layer reads ``2P`` features.
 
 What each framework puts at padded steps (what the tests check): PyTorch's
 ``pad_packed_sequence`` gives zeros, as jaxrnn does. A single Keras layer with a mask repeats
@@ -42,6 +46,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 B, T, IN, H = 4, 5, 4, 3
+P = 2  # torch_lstm_proj's proj_size
 LENGTHS = np.array([5, 2, 1, 4], np.int32)
 SEED = 20240603
 
@@ -55,8 +60,9 @@ def make_inputs(seed: int) -> np.ndarray:
     return x
 
 
-def meta(kind: str, *, activation="tanh", reset_after=True) -> dict[str, np.ndarray]:
+def meta(kind: str, *, activation="tanh", reset_after=True, proj_size=0) -> dict[str, np.ndarray]:
     return {
+        "proj_size": np.array(proj_size),
         "kind": np.array(kind),
         "hidden_size": np.array(H),
         "activation": np.array(activation),
@@ -82,6 +88,8 @@ def torch_case(name: str, kind: str, seed: int, **cell) -> None:
     torch.manual_seed(seed)
     modules = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
     extra = {"nonlinearity": cell["activation"]} if kind == "rnn" else {}
+    if cell.get("proj_size"):
+        extra["proj_size"] = cell["proj_size"]
     x = make_inputs(seed)
     arrays = {"x": x, "lengths": LENGTHS, **meta(kind, **cell)}
     arrays["framework_version"] = np.array(f"torch {torch.__version__}")
@@ -176,6 +184,7 @@ def main() -> None:
     torch_case("torch_rnn_relu", "rnn", SEED + 2, activation="relu")
     torch_case("torch_lstm", "lstm", SEED + 3)
     torch_case("torch_gru", "gru", SEED + 4, reset_after=True)
+    torch_case("torch_lstm_proj", "lstm", SEED + 9, proj_size=P)
     keras_case("keras_simple_rnn", "rnn", SEED + 5, activation="tanh")
     keras_case("keras_lstm", "lstm", SEED + 6)
     keras_case("keras_gru", "gru", SEED + 7, reset_after=True)
