@@ -12,6 +12,9 @@ Every reference loops per sequence and per gate (its own weight slice), in float
 """
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -437,3 +440,15 @@ def test_nnx_modules_model_and_configs():
         Model("gru", 4, 2, proj_size=2)
     with pytest.raises(ValueError, match="layer_norm applies to cell='lstm' or 'gru'"):
         Model("rnn", 4, 2, layer_norm=True)
+
+
+def test_the_benchmarks_flax_twins_are_the_same_models():
+    """``benchmarks/variants.py`` times each variant against a Flax cell: one step of each
+    twin must compute the jaxrnn cell's function (it exits non-zero otherwise)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "variants.py")
+    done = subprocess.run(
+        [sys.executable, script, "--check"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("largest difference of one step") == 8
