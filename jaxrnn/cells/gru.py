@@ -44,7 +44,9 @@ class GRU(CellBase):
     LN(h @ w_h; g_h) + b_h`` over all ``3H``; with ``reset_after=False``, ``LN(h @ w_h_rz;
     g_h_rz)`` over the ``2H`` of ``r, z`` and ``n = tanh(xi_n + LN((r * h) @ w_h_n; g_h_n))``.
     ``LN(a; g) = g * (a - mean(a)) / sqrt(var(a) + 1e-5)``; ``b`` and ``b_h`` are the
-    normalizations' shifts. Extra parameters ``g_i, g_h [3H]`` (initially one). It runs as
+    normalizations' shifts. Extra parameters ``g_i, g_h [3H]`` (initially one). A normalized
+    vector that stays exactly constant (all-zero inputs and state) has a derivative of ``1 /
+    sqrt(1e-5)`` per step: see :class:`jaxrnn.LSTM`. It runs as
     ``lax.scan`` (``implementation="scan"``): only the plain ``reset_after=True`` cell has a
     fused loop. ``dtype``/``param_dtype``: see :mod:`jaxrnn.cells`.
     """

@@ -48,7 +48,11 @@ class LSTM(CellBase):
       pre-activations of its matmul, and ``h' = o * tanh(LN(c'; g_c, b_c))`` over the ``H``
       cell units; the carried ``c'`` is the unnormalized one. ``LN(a; g, s) = g * (a -
       mean(a)) / sqrt(var(a) + 1e-5) + s``. The paper's two gate shifts and ``b`` only enter
-      as their sum: they are the one ``b``.
+      as their sum: they are the one ``b``. As in any layer-normalized RNN, a normalized vector
+      that is exactly constant (a state that stays zero because a sequence's inputs are all
+      zero, at initialization) has a derivative of ``1 / sqrt(1e-5)``: over tens of such
+      steps the gradient overflows (input dropout on very few features can make such
+      sequences).
     * ``peepholes=True`` (Gers & Schmidhuber 2000, as TF1 ``LSTMCell(use_peepholes=True)``):
       ``i = sigmoid(z_i + w_ci * c)``, ``f = sigmoid(z_f + forget_bias + w_cf * c)`` from the
       previous cell state, ``o = sigmoid(z_o + w_co * c')`` from the new one; ``w_c*``
