@@ -452,3 +452,30 @@ def test_the_benchmarks_flax_twins_are_the_same_models():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("largest difference of one step") == 8
+
+
+def test_bidirectional_under_vmap_and_remat(cell):
+    """One sequence per vmapped call gives the batch's numbers; ``remat`` (``True`` and
+    blocks of ``k`` steps) gives the same gradients, to float32 rounding (the recomputation
+    sums in another order)."""
+    params = (random_params(cell, F, 1), random_params(cell, F, 2))
+    xs = _xs()
+
+    def one(x, n):
+        ys, _ = jaxrnn.bidirectional(cell, cell, params, x[None], n[None])
+        return ys[0]
+
+    ys = jax.jit(jax.vmap(one))(xs, LENGTHS)
+    ref_fw, _ = np_run(cell, params[0], xs, LENGTHS)
+    ref_bw, _ = np_run(cell, params[1], xs, LENGTHS, reverse=True)
+    _close(ys, np.concatenate([ref_fw, ref_bw], -1))
+
+    def loss(p, remat):
+        ys, carry = jaxrnn.rnn(cell, p, xs, LENGTHS, reverse=True, remat=remat)
+        return jnp.sum(ys * ys) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(carry))
+
+    want = jax.grad(loss)(params[0], False)
+    for remat in (True, 4):
+        got = jax.grad(loss)(params[0], remat)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
