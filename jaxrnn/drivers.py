@@ -32,12 +32,14 @@ How ``rnn`` computes is its ``implementation`` argument (the numbers agree to ro
 * ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``): the
   whole loop in one call, each step's hidden units split over the cores. float32 on a CPU, with
   ``unroll=1``; reverse mode only.
-* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply
-  (``GRU(reset_after=False)``, ``remat``, recurrent dropout); else ``"kernel"`` where the
-  kernels are built, the default backend is a CPU and ``unroll`` is 1 (a bfloat16 or float16
-  computation then runs the float32 kernels on inputs and weights rounded to its dtype, which
-  is faster on a CPU than its XLA loop); else ``"fused"`` (an ``unroll`` other than 1, GPU,
-  TPU). ``JAXRNN_NATIVE=0`` in the environment keeps ``None`` from choosing the kernels.
+* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply (the
+  LSTM's ``proj_size``, peepholes and clipping, ``layer_norm``, ``GRU(reset_after=False)``,
+  ``remat``, recurrent dropout); else, with ``unroll=1`` and the kernels built, the kernels
+  wherever the computation is placed on a CPU (the same call runs the fused XLA loop on a GPU
+  or TPU); a bfloat16 or float16 computation takes the kernels only when the default backend
+  is a CPU, and runs them in float32 on inputs and weights rounded to its dtype (faster on a
+  CPU than its XLA loop); else ``"fused"`` (an ``unroll`` other than 1, or bfloat16 on GPU
+  and TPU). ``JAXRNN_NATIVE=0`` in the environment keeps ``None`` from choosing the kernels.
 
 ``unroll`` is the ``lax.scan`` loops' unroll factor; it does not choose the implementation
 (an explicit ``implementation="kernel"`` with ``unroll != 1`` is an error). For forward-mode
