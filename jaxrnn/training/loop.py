@@ -299,7 +299,7 @@ def _train(
     compile_time = time.perf_counter() - t_compile
 
     log = runlog.RunLog(workdir, start, last_step) if main else runlog.NoLog()
-    bar = tqdm(
+    progress = tqdm(
         total=last_step,
         initial=start,
         disable=not (main and sys.stderr.isatty()),
@@ -329,12 +329,12 @@ def _train(
                 log.write(s, "train", {"loss": loss, "accuracy": acc, "grad_norm": gnorm})
                 window.clear()
         rate = k / max(seconds, 1e-9)
-        bar.set_postfix(
+        progress.set_postfix(
             loss=f"{host['loss'][-1]:.4f}",
             acc=f"{host['accuracy'][-1]:.3f}",
             steps_per_s=f"{rate:.0f}",
         )
-        bar.update(k)
+        progress.update(k)
 
     try:
         t_train = time.perf_counter()
@@ -371,11 +371,11 @@ def _train(
         checkpointer.wait()
         train_time = time.perf_counter() - t_train - eval_time
     except NonFiniteError:
-        bar.close()
+        progress.close()
         log.close()
         checkpointer.close()
         raise
-    bar.close()
+    progress.close()
     checkpointer.close()
 
     t_eval = time.perf_counter()
