@@ -268,6 +268,7 @@ def _drive(
             loop_params,
             loop_xs,
             valid,
+            None,
             initial_carry,
         )
         ys = ys.astype(dtype)

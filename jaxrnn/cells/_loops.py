@@ -69,22 +69,22 @@ def cast_like(grads: dict, params: Params) -> dict:
 
 
 def with_backward(forward: Callable, backward: Callable) -> Callable:
-    """``scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0) -> (ys,
-    carry)`` as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, carry0,
+    """``scan(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0) ->
+    (ys, carry)`` as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, resets, carry0,
     backwards, unroll, time_major, native, keep) -> (ys, carry, kept)`` and
-    ``backward(cell, backwards, unroll, time_major, native, (params, xs, valid, kept), (d_ys,
-    d_carry))``. The primal (nothing differentiates it) runs ``forward`` with ``keep=False``:
+    ``backward(cell, backwards, unroll, time_major, native, (params, xs, valid, resets, kept),
+    (d_ys, d_carry))``. The primal (nothing differentiates it) runs ``forward`` with ``keep=False``:
     what it keeps may be skipped."""
 
-    def scan(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
-        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
+    def scan(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0):
+        args = (cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native)
         ys, carry, _ = forward(*args, keep=False)
         return ys, carry
 
-    def scan_fwd(cell, backwards, unroll, time_major, native, params, xs, valid, carry0):
-        args = (cell, params, xs, valid, carry0, backwards, unroll, time_major, native)
+    def scan_fwd(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0):
+        args = (cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native)
         ys, carry, kept = forward(*args)
-        return (ys, carry), (params, xs, valid, kept)
+        return (ys, carry), (params, xs, valid, resets, kept)
 
     scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3, 4))
     scan.defvjp(scan_fwd, backward)

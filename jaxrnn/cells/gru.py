@@ -179,7 +179,9 @@ def backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, 
     return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
 
 
-def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
+def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
+    if resets is not None:
+        raise NotImplementedError("resets in the fused loops")
     dtype = cell.dtype
     (xp, b), w_h = _loops.projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
     b_h = params["b_h"].astype(accumulation_dtype(dtype))
@@ -201,7 +203,7 @@ def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native,
 
 
 def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
-    params, xs, valid, (h0, ys, kept) = saved
+    params, xs, valid, resets, (h0, ys, kept) = saved
     d_ys, d_h = cotangents
     dtype, options = cell.dtype, {"time_major": time_major}
     w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
@@ -218,7 +220,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
         grads = _native.on_cpu(kernel, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
     d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
     d_params = _loops.cast_like({"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}, params)
-    return d_params, _loops.input_cotangent(params, time_major, d_xp, xs, dtype), None, d_h0
+    return d_params, _loops.input_cotangent(params, time_major, d_xp, xs, dtype), None, None, d_h0
 
 
 scan = _loops.with_backward(_forward, _backward)

@@ -262,7 +262,11 @@ def backward_xla(
     return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, native, keep=True):
+def _forward(
+    cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native, keep=True
+):
+    if resets is not None:
+        raise NotImplementedError("resets in the fused loops")
     dtype = cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
     w_h = params["w_h"].astype(dtype)
@@ -285,7 +289,7 @@ def _forward(cell, params, xs, valid, carry0, backwards, unroll, time_major, nat
 
 
 def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
-    params, xs, valid, (carry0, ys, kept) = saved
+    params, xs, valid, resets, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
     w_h, h0, d_ys, dtype = (
         params["w_h"].astype(cell.dtype),
@@ -308,7 +312,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
         grads = _native.on_cpu(kernel, xla_packed, *args)
     d_z, d_c0, d_h0, *weights = grads
     d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
-    return d_params, d_xs, None, (d_c0, d_h0)
+    return d_params, d_xs, None, None, (d_c0, d_h0)
 
 
 scan = _loops.with_backward(_forward, _backward)

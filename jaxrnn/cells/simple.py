@@ -104,7 +104,9 @@ def backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, unroll, 
     return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native, keep=True):
+def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
+    if resets is not None:
+        raise NotImplementedError("resets in the fused loops")
     del keep  # what it keeps is dropped by XLA where unused
     relu, dtype = cell.activation == "relu", cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
@@ -124,7 +126,7 @@ def _forward(cell, params, xs, valid, h0, backwards, unroll, time_major, native,
 
 
 def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
-    params, xs, valid, (h0, ys) = saved
+    params, xs, valid, resets, (h0, ys) = saved
     d_ys, d_h = cotangents
     relu, dtype = cell.activation == "relu", cell.dtype
     w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
@@ -139,7 +141,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
         grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs)
     d_z, d_h0, *weights = grads
     d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
-    return d_params, d_xs, None, d_h0
+    return d_params, d_xs, None, None, d_h0
 
 
 scan = _loops.with_backward(_forward, _backward)
