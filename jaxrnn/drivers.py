@@ -120,8 +120,11 @@ def _resolve_implementation(implementation, cell, dtype, unroll, remat, hidden_m
             return "scan"
         on_cpu = jax.default_backend() == "cpu"
         native_ok = dtype == jnp.float32 or (_narrow(dtype) and on_cpu)
-        return "kernel" if _is_one(unroll) and native_ok and _native.enabled() else "fused"
+        kernels = _is_one(unroll) and native_ok and cell.has_kernels() and _native.enabled()
+        return "kernel" if kernels else "fused"
     if implementation == "kernel":
+        if has_fused_path(cell) and not cell.has_kernels():
+            blockers.append(f"{cell} has no CPU kernels (its fused loop runs in XLA)")
         if not _is_one(unroll):
             blockers.append(
                 f"unroll={unroll!r} (the kernels have no unroll; it applies to lax.scan)"

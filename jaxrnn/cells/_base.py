@@ -141,6 +141,11 @@ class CellBase:
         ``None`` where it has none (then ``rnn`` runs ``lax.scan``)."""
         return None
 
+    def has_kernels(self) -> bool:
+        """Whether :meth:`fused_loop` can run as jaxrnn's CPU kernels
+        (``implementation="kernel"``)."""
+        return self.fused_loop() is not None
+
     def _check_dtypes(self) -> None:
         if self.dtype is not None:
             check_floating(self.dtype, f"{type(self).__name__}: dtype")
