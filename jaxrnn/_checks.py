@@ -74,6 +74,18 @@ def check_lengths(lengths, batch: int, steps: int, name: str = "lengths") -> Non
         )
 
 
+def check_resets(resets, batch: int, steps: int, *, time_major: bool = False, name="resets"):
+    """``resets`` must be a bool array ``[batch, time]`` (``[time, batch]`` if ``time_major``)."""
+    layout = "[time, batch]" if time_major else "[batch, time]"
+    expected = (steps, batch) if time_major else (batch, steps)
+    if not hasattr(resets, "shape") or not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    if tuple(resets.shape) != expected:
+        raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(resets.shape)}")
+    if resets.dtype != np.bool_:
+        raise TypeError(f"{name} must be a bool array {layout}, got dtype {resets.dtype}")
+
+
 def check_carry(cell, carry, batch: int, name: str = "initial_carry") -> None:
     expected = cell.initial_carry(batch)
     exp_leaves, exp_tree = jax.tree.flatten(expected)

@@ -12,7 +12,14 @@ in the graph). Both
   carry is the state at the last valid step, or the initial carry for length 0, as TF1
   ``dynamic_rnn(sequence_length=...)``), and padded inputs get exactly zero gradient;
 * with ``reverse=True``, process each sequence's valid prefix from its last valid step to its
-  first and write each output back at its original time position.
+  first and write each output back at its original time position;
+* with ``resets`` (bool ``[batch, time]``, ``[time, batch]`` with ``time_major=True``), split
+  each sequence into segments that each start from a zero carry: where ``resets[b, t]`` is
+  True, the carry is zeros before step ``t`` (a new episode or document starts there; the
+  first segment continues ``initial_carry`` unless ``resets[b, 0]``). No gradient crosses a
+  reset, a reset past a sequence's length has no effect, and all-False resets give exactly
+  the results of none. With ``reverse=True`` each segment runs from its own last step to its
+  first, from zeros, but for the last segment, which continues ``initial_carry``.
 
 Precision follows the cell's ``dtype`` and ``param_dtype`` (see :mod:`jaxrnn.cells`): ``xs``
 and the parameters may be of any floating dtype; ``ys`` come out in the computation dtype and
@@ -70,15 +77,26 @@ def has_fused_path(cell: Cell) -> bool:
     return cell.fused_loop() is not None
 
 
-def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
-    """``(carry, xp_t, valid_t) -> (carry, y_t)`` for projected inputs, masked by length;
-    ``y_t`` in the cell's computation dtype.
+def reset_carry(carry: Carry, where: Array) -> Carry:
+    """``carry`` with the rows where ``where`` (bool ``[batch]``) is True replaced by zeros: a
+    new sequence (episode, document) starts from the initial state there."""
+    keep = ~where[:, None]
+    return jax.tree.map(lambda leaf: jnp.where(keep, leaf, jnp.zeros_like(leaf)), carry)
 
-    ``hidden_mask`` (``[batch, H]``), when given, multiplies ``h`` before it enters the
-    recurrent matmul at every step (variational recurrent dropout); the carry kept is unmasked.
+
+def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
+    """``(carry, xp_t, valid_t, reset_after_t) -> (carry, y_t)`` for projected inputs, masked
+    by length; ``y_t`` in the cell's computation dtype.
+
+    ``reset_after_t`` (bool ``[batch]`` or ``None``): rows whose carry is zeroed after the
+    step, for the next step visited (zeroing the loop's output rather than the next step's
+    input leaves the recurrent matmul reading the loop state as it does without resets, so
+    all-False resets compute exactly what no resets do). ``hidden_mask`` (``[batch, H]``),
+    when given, multiplies ``h`` before it enters the recurrent matmul at every step
+    (variational recurrent dropout); the carry kept is unmasked.
     """
 
-    def step(carry, xp_t, valid_t):
+    def step(carry, xp_t, valid_t, reset_after_t=None):
         if hidden_mask is None:
             new_carry, y = cell.step(params, carry, xp_t)
         else:
@@ -88,9 +106,18 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
             keep = valid_t[:, None]
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
             y = jnp.where(keep, y, jnp.zeros_like(y))
+        if reset_after_t is not None:
+            new_carry = reset_carry(new_carry, reset_after_t)
         return new_carry, y
 
     return step
+
+
+def _resets_after(resets: Array, backwards: bool) -> Array:
+    """Loop resets (zero before visiting step ``t``) as flags to zero after visiting ``t``:
+    the flag of the step visited next (none after the last one visited)."""
+    none = jnp.zeros_like(resets[:1])
+    return jnp.concatenate([none, resets[:-1]] if backwards else [resets[1:], none])
 
 
 def _is_one(unroll) -> bool:
@@ -161,7 +188,7 @@ def _check_remat(remat) -> None:
         raise ValueError(f"remat must be False, True or a positive int, got {remat!r}")
 
 
-def _autodiff_scan(cell, params, xs, valid, carry0, backwards, unroll, remat, hidden_mask):
+def _autodiff_scan(cell, params, xs, valid, resets, carry0, backwards, unroll, remat, hidden_mask):
     """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout).
 
     The input projection stays inside the step: differentiated by autodiff, hoisting it was
@@ -173,13 +200,14 @@ def _autodiff_scan(cell, params, xs, valid, carry0, backwards, unroll, remat, hi
     step = _step_fn(cell, params, hidden_mask)
 
     def body(carry, inputs):
-        x_t, valid_t = inputs
-        return step(carry, cell.project_inputs(params, x_t), valid_t)
+        x_t, valid_t, reset_t = inputs
+        return step(carry, cell.project_inputs(params, x_t), valid_t, reset_t)
 
     if remat is True or remat == 1:
         body = jax.checkpoint(body, prevent_cse=False)
     if remat is False or remat is True or remat == 1:
-        carry, ys = jax.lax.scan(body, carry0, (xs, valid), reverse=backwards, unroll=unroll)
+        inputs = (xs, valid, resets)
+        carry, ys = jax.lax.scan(body, carry0, inputs, reverse=backwards, unroll=unroll)
         return ys, carry
 
     steps, batch = xs.shape[:2]
@@ -190,16 +218,41 @@ def _autodiff_scan(cell, params, xs, valid, carry0, backwards, unroll, remat, hi
     if pad:  # padded steps are invalid: they copy the carry and output zeros
         xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
         valid = jnp.concatenate([valid, jnp.zeros((pad, batch), bool)])
+        if resets is not None:
+            resets = jnp.concatenate([resets, jnp.zeros((pad, batch), bool)])
     xs = xs.reshape(blocks, remat, *xs.shape[1:])
     valid = valid.reshape(blocks, remat, batch)
+    if resets is not None:
+        resets = resets.reshape(blocks, remat, batch)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def block(carry, inputs):
         return jax.lax.scan(body, carry, inputs, reverse=backwards, unroll=unroll)
 
-    carry, ys = jax.lax.scan(block, carry0, (xs, valid), reverse=backwards)
+    carry, ys = jax.lax.scan(block, carry0, (xs, valid, resets), reverse=backwards)
     ys = ys.reshape(blocks * remat, *ys.shape[2:])
     return ys[:steps], carry
+
+
+def _loop_resets(resets, valid, lengths, reverse, time_major) -> Array:
+    """The loops' resets (bool ``[time, batch]``, in the order the loop visits the steps of
+    the data it is given): where True, the carry is zeroed just before that step.
+
+    A reset past a sequence's length is dropped. Running backwards, a segment is entered at
+    its last step, which is the step before the next segment's start: so the flags move one
+    step earlier (and the segment that holds the last valid step continues the initial
+    carry); with ``lengths`` the data's valid prefix is reversed, and so are the flags.
+    """
+    resets = jnp.asarray(resets)
+    resets = resets if time_major else resets.T
+    if valid is not None:
+        resets = resets & valid
+    if not reverse:
+        return resets
+    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
+    if lengths is not None:
+        resets = reverse_sequence(resets, lengths, time_major=True)
+    return resets
 
 
 def _drive(
@@ -216,6 +269,7 @@ def _drive(
     hidden_mask: Array | None = None,
     remat: bool | int = False,
     implementation: str | None = None,
+    resets: Array | None = None,
 ) -> tuple[Array, Carry]:
     _checks.check_xs(xs, time_major=time_major)
     _checks.check_unroll(unroll)
@@ -224,6 +278,8 @@ def _drive(
     _checks.check_params(cell, params, xs.shape[-1])
     if lengths is not None:
         _checks.check_lengths(lengths, batch, steps)
+    if resets is not None:
+        _checks.check_resets(resets, batch, steps, time_major=time_major)
     cell = cell.resolve(params, xs.dtype)
     dtype = cell.dtype
     if initial_carry is None:
@@ -249,6 +305,8 @@ def _drive(
             xs = reverse_sequence(xs, lengths, time_major=time_major)
     # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
     backwards = reverse and lengths is None
+    if resets is not None:
+        resets = _loop_resets(resets, valid, lengths, reverse, time_major)
     if how in ("fused", "kernel"):
         native = how == "kernel"
         loop_cell, loop_params, loop_xs = cell, params, xs
@@ -271,7 +329,7 @@ def _drive(
             loop_params,
             loop_xs,
             valid,
-            None,
+            resets,
             initial_carry,
         )
         ys = ys.astype(dtype)
@@ -279,6 +337,9 @@ def _drive(
             ys = reverse_sequence(ys, lengths, time_major=True)
         return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
+    if resets is not None:
+        initial_carry = reset_carry(initial_carry, resets[-1 if backwards else 0])
+        resets = _resets_after(resets, backwards)
     # Parameters narrower than float32 are widened once, outside the loop, so that their
     # gradients are summed over steps in float32 (each step casts them to ``dtype``).
     params = {k: v.astype(accumulation_dtype(v.dtype)) for k, v in params.items()}
@@ -289,11 +350,13 @@ def _drive(
         carry, outputs = initial_carry, [jnp.zeros(())] * steps
         order = range(steps - 1, -1, -1) if backwards else range(steps)
         for t in order:
-            carry, outputs[t] = step(carry, xp[t], None if valid is None else valid[t])
+            valid_t = None if valid is None else valid[t]
+            reset_t = None if resets is None else resets[t]
+            carry, outputs[t] = step(carry, xp[t], valid_t, reset_t)
         ys = jnp.stack(outputs)
     else:
         ys, carry = _autodiff_scan(
-            cell, params, xs_tm, valid, initial_carry, backwards, unroll, remat, hidden_mask
+            cell, params, xs_tm, valid, resets, initial_carry, backwards, unroll, remat, hidden_mask
         )
 
     if lengths is not None and reverse:
@@ -307,6 +370,7 @@ def rnn(
     xs: Array,
     lengths: Array | None = None,
     *,
+    resets: Array | None = None,
     initial_carry: Carry | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
@@ -322,6 +386,9 @@ def rnn(
       xs: ``[batch, time, input_size]``, or ``[time, batch, input_size]`` if ``time_major``.
       lengths: optional int ``[batch]`` in ``[0, time]``; steps at and after ``lengths[b]``
         are padding (see the module docstring). ``None`` means every step is valid.
+      resets: optional bool ``[batch, time]`` (``[time, batch]`` if ``time_major``): where
+        ``resets[b, t]``, the carry restarts from zeros before step ``t`` (a new episode or
+        document begins there; see the module docstring).
       initial_carry: optional carry (default zeros), leaves ``[batch, hidden_size]``.
       reverse: run each sequence (its valid prefix, with ``lengths``) from the end.
       unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all). The CPU
@@ -354,6 +421,7 @@ def rnn(
         static=False,
         remat=remat,
         implementation=implementation,
+        resets=resets,
     )
 
 
@@ -363,6 +431,7 @@ def static_rnn(
     xs: Array,
     lengths: Array | None = None,
     *,
+    resets: Array | None = None,
     initial_carry: Carry | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
@@ -387,4 +456,5 @@ def static_rnn(
         time_major,
         static=True,
         implementation=implementation,
+        resets=resets,
     )

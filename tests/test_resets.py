@@ -1,0 +1,234 @@
+"""Per-step resets (``rnn(..., resets=)``) against a NumPy reference that runs each segment
+alone, for every implementation, direction, length and initial carry; gradients that stop at
+a reset; the layers, the NNX modules and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _reference import run as np_run
+from conftest import CELL_CASES, random_params
+from jax.test_util import check_grads
+
+import jaxrnn
+from jaxrnn import _native
+
+B, T, F = 4, 9, 3
+LENGTHS = np.array([9, 6, 0, 4])
+# Row 0: resets inside and at t=0; row 1: one past its length (no effect) and one inside;
+# row 2 (length 0): one at t=0 (no effect); row 3: adjacent resets and one at its last step.
+RESETS = np.zeros((B, T), bool)
+RESETS[0, [0, 3, 7]] = True
+RESETS[1, [2, 7]] = True
+RESETS[2, 0] = True
+RESETS[3, [1, 2, 3]] = True
+
+
+def _segments(resets_row, length):
+    """``[start, end)`` of each segment of a valid prefix, and whether the first one starts
+    from a reset (not from the initial carry)."""
+    starts = [t for t in range(1, length) if resets_row[t]]
+    bounds = [0, *starts, length]
+    return list(zip(bounds[:-1], bounds[1:], strict=True)), bool(length and resets_row[0])
+
+
+def _zero_carry(kind, hidden):
+    zeros = np.zeros(hidden)
+    return (zeros, zeros) if kind == "lstm" else zeros
+
+
+def _row_carry(kind, carry, b):
+    if carry is None:
+        return None
+    return (carry[0][b], carry[1][b]) if kind == "lstm" else carry[b]
+
+
+def reference(kind, params, xs, resets, lengths=None, *, reverse=False, carry0=None, **hyper):
+    """Each segment run alone by the NumPy reference: forwards, the first one from the
+    initial carry (unless it starts with a reset) and the others from zeros; backwards, the
+    last one from the initial carry and the others from zeros."""
+    xs = np.asarray(xs, np.float64)
+    hidden = hyper["hidden"]
+    lengths = np.full(B, T) if lengths is None else lengths
+    ys = np.zeros((B, T, hidden))
+    finals = []
+    for b in range(B):
+        initial = _row_carry(kind, carry0, b)
+        if initial is None:
+            initial = _zero_carry(kind, hidden)
+        segments, first_reset = _segments(resets[b], lengths[b])
+        final = initial
+        order = list(reversed(segments)) if reverse else segments
+        for index, (start, end) in enumerate(order):
+            continues = index == 0 and not (first_reset and not reverse)
+            start_carry = initial if continues else _zero_carry(kind, hidden)
+            row0 = [start_carry]
+            seg_ys, seg_final = np_run(
+                kind, params, xs[b : b + 1, start:end], reverse=reverse, carry0=row0, **hyper
+            )
+            ys[b, start:end] = seg_ys[0]
+            final = (seg_final[0][0], seg_final[1][0]) if kind == "lstm" else seg_final[0]
+        finals.append(final)
+    if kind == "lstm":
+        return ys, (np.stack([c for c, _ in finals]), np.stack([h for _, h in finals]))
+    return ys, np.stack(finals)
+
+
+def _inputs(cell, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = jnp.asarray(rng.normal(size=(B, T, F)), jnp.float32)
+    carry = jax.tree.map(
+        lambda leaf: jnp.asarray(rng.normal(size=leaf.shape), jnp.float32),
+        cell.initial_carry(B),
+    )
+    return random_params(cell, F, seed=seed), xs, carry
+
+
+def _implementations(cell):
+    out = ["scan", "static"]
+    if jaxrnn.drivers.has_fused_path(cell):
+        out.append("fused")
+        if _native.unavailable_reason() is None and cell.has_kernels():
+            out.append("kernel")
+    return out
+
+
+def _run(cell, params, xs, how, **kwargs):
+    if how == "static":
+        return jaxrnn.static_rnn(cell, params, xs, **kwargs)
+    return jaxrnn.rnn(cell, params, xs, implementation=how, **kwargs)
+
+
+ALL = [(case, how) for case in CELL_CASES for how in _implementations(case[1])]
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(("case", "how"), ALL, ids=[f"{c[0]}-{h}" for c, h in ALL])
+def test_resets_match_segments_run_alone(case, how, reverse, with_lengths):
+    _, cell, kind, hyper = case
+    hyper = {"hidden": cell.hidden_size, **hyper}
+    params, xs, carry = _inputs(cell)
+    lengths = LENGTHS if with_lengths else None
+    carry0 = carry if with_lengths else None  # the initial carry with the lengths case
+    ys, final = _run(
+        cell,
+        params,
+        xs,
+        how,
+        lengths=None if lengths is None else jnp.asarray(lengths),
+        resets=jnp.asarray(RESETS),
+        reverse=reverse,
+        initial_carry=carry0,
+    )
+    np_carry0 = None if carry0 is None else jax.tree.map(np.asarray, carry0)
+    want_ys, want_final = reference(
+        kind, params, xs, RESETS, lengths, reverse=reverse, carry0=np_carry0, **hyper
+    )
+    np.testing.assert_allclose(ys, want_ys, rtol=2e-5, atol=2e-6)
+    for got, want in zip(jax.tree.leaves(final), jax.tree.leaves(want_final), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(("case", "how"), ALL, ids=[f"{c[0]}-{h}" for c, h in ALL])
+def test_resets_time_major_jit_and_vmap(case, how):
+    _, cell, kind, hyper = case
+    hyper = {"hidden": cell.hidden_size, **hyper}
+    params, xs, carry = _inputs(cell, seed=1)
+    lengths = jnp.asarray(LENGTHS)
+    want = _run(cell, params, xs, how, lengths=lengths, resets=jnp.asarray(RESETS))
+
+    @jax.jit
+    def time_major(params, xs, resets):
+        ys, final = _run(
+            cell,
+            params,
+            jnp.swapaxes(xs, 0, 1),
+            how,
+            lengths=lengths,
+            resets=resets.T,
+            time_major=True,
+        )
+        return jnp.swapaxes(ys, 0, 1), final
+
+    got = time_major(params, xs, jnp.asarray(RESETS))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+    # vmap over a leading axis of independent batches: each slice as its own call.
+    stack = jnp.stack([xs, xs[::-1]])
+    resets = jnp.stack([jnp.asarray(RESETS), jnp.asarray(RESETS[::-1])])
+
+    def one(x, r):
+        return _run(cell, params, x, how, lengths=lengths, resets=r)[0]
+
+    mapped = jax.vmap(one)(stack, resets)
+    for k in range(2):
+        np.testing.assert_allclose(mapped[k], one(stack[k], resets[k]), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(("case", "how"), ALL, ids=[f"{c[0]}-{h}" for c, h in ALL])
+def test_all_false_resets_are_no_resets(case, how):
+    cell = case[1]
+    params, xs, carry = _inputs(cell, seed=2)
+    for reverse in (False, True):
+        kwargs = {"lengths": jnp.asarray(LENGTHS), "initial_carry": carry, "reverse": reverse}
+        plain = _run(cell, params, xs, how, **kwargs)
+        none = _run(cell, params, xs, how, resets=jnp.zeros((B, T), bool), **kwargs)
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(none), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("case", "how"), ALL, ids=[f"{c[0]}-{h}" for c, h in ALL])
+def test_no_gradient_crosses_a_reset(case, how):
+    """Forwards, outputs at and after a reset do not depend on the inputs or the carry
+    before it; backwards, outputs before a reset do not depend on what follows it."""
+    cell = case[1]
+    kind_relu = getattr(cell, "activation", None) == "relu"  # dead units have no gradient
+    params, xs, carry = _inputs(cell, seed=3)
+    resets = np.zeros((B, T), bool)
+    resets[:, 5] = True
+
+    def loss(xs, carry, reverse):
+        ys, _ = _run(
+            cell, params, xs, how, resets=jnp.asarray(resets), initial_carry=carry, reverse=reverse
+        )
+        part = ys[:, :5] if reverse else ys[:, 5:]
+        return jnp.sum(jnp.sin(part))
+
+    d_xs, d_carry = jax.grad(loss, argnums=(0, 1))(xs, carry, False)
+    assert np.all(np.asarray(d_xs[:, :5]) == 0.0)
+    assert all(np.all(np.asarray(leaf) == 0.0) for leaf in jax.tree.leaves(d_carry))
+    assert np.abs(np.asarray(d_xs[:, 5:])).sum(axis=-1).min() > 0 or kind_relu  # after it
+    assert np.abs(np.asarray(d_xs[:, 5:])).sum() > 0
+    d_xs, d_carry = jax.grad(loss, argnums=(0, 1))(xs, carry, True)
+    assert np.all(np.asarray(d_xs[:, 5:]) == 0.0)
+    assert all(np.all(np.asarray(leaf) == 0.0) for leaf in jax.tree.leaves(d_carry))
+    assert np.abs(np.asarray(d_xs[:, :5])).sum(axis=-1).min() > 0 or kind_relu
+    assert np.abs(np.asarray(d_xs[:, :5])).sum() > 0
+
+
+@pytest.mark.parametrize(("case", "how"), ALL, ids=[f"{c[0]}-{h}" for c, h in ALL])
+def test_gradients_with_resets_agree(case, how):
+    """Every implementation's gradient equals the scan's, which ``check_grads`` checks
+    against finite differences (float64, forward and reverse mode)."""
+    cell = case[1]
+    params, xs, carry = _inputs(cell, seed=4)
+    lengths, resets = jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+
+    def loss(params, xs, carry, how):
+        ys, final = _run(
+            cell, params, xs, how, lengths=lengths, resets=resets, initial_carry=carry, reverse=True
+        )
+        return jnp.sum(ys**2) + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(final))
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry, "scan")
+    got = jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry, how)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    if how == "scan":
+        with jax.enable_x64(True):
+            p64, x64, c64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, xs, carry))
+            check_grads(
+                lambda p, x: loss(p, x, c64, "scan"), (p64, x64), order=1, modes=("fwd", "rev")
+            )
