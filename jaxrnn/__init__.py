@@ -2,13 +2,14 @@
 
 Cells step (``SimpleRNN``, ``LSTM``, ``GRU``); drivers loop over time (``rnn`` with
 ``lax.scan``, ``static_rnn`` with a Python loop); layers combine them (``bidirectional``,
-``Stack``/``stacked``); ``jaxrnn.masking`` handles padded batches; ``jaxrnn.nn`` wraps the
+``Stack``/``stacked``); ``tbptt`` runs long sequences in windows (truncated backpropagation
+through time); ``jaxrnn.masking`` handles padded batches; ``jaxrnn.nn`` wraps the
 same functions as Flax modules; ``jaxrnn.interop`` loads and writes PyTorch and Keras weights.
 """
 
 from jaxrnn import interop
 from jaxrnn.cells import GRU, LSTM, SimpleRNN
-from jaxrnn.drivers import rnn, static_rnn
+from jaxrnn.drivers import reset_carry, rnn, static_rnn
 from jaxrnn.layers import Bidirectional, Stack, bidirectional, stacked
 from jaxrnn.masking import (
     lengths_from_mask,
@@ -16,6 +17,7 @@ from jaxrnn.masking import (
     mask_from_lengths,
     reverse_sequence,
 )
+from jaxrnn.tbptt import tbptt
 
 __version__ = "0.1.0"
 
@@ -30,8 +32,10 @@ __all__ = [
     "lengths_from_mask",
     "lengths_from_padding",
     "mask_from_lengths",
+    "reset_carry",
     "reverse_sequence",
     "rnn",
     "stacked",
     "static_rnn",
+    "tbptt",
 ]

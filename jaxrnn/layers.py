@@ -40,6 +40,7 @@ def _bidirectional(
     static,
     hidden_masks=(None, None),
     implementation=None,
+    resets=None,
 ):
     _checks.check_merge(merge)
     if not isinstance(params, tuple | list) or len(params) != 2:
@@ -59,6 +60,7 @@ def _bidirectional(
         static=static,
         hidden_mask=hidden_masks[0],
         implementation=implementation,
+        resets=resets,
     )
     ys_bw, carry_bw = _drive(
         cell_bw,
@@ -72,6 +74,7 @@ def _bidirectional(
         static=static,
         hidden_mask=hidden_masks[1],
         implementation=implementation,
+        resets=resets,
     )
     return _merge(ys_fw, ys_bw, merge), (carry_fw, carry_bw)
 
@@ -84,6 +87,7 @@ def bidirectional(
     lengths: Array | None = None,
     *,
     merge: str | None = "concat",
+    resets: Array | None = None,
     initial_carry: tuple[Carry, Carry] | None = None,
     unroll: int | bool = 1,
     time_major: bool = False,
@@ -101,6 +105,11 @@ def bidirectional(
       xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
       merge: ``"concat"`` (forward features first, ``[..., H_fw + H_bw]``), ``"sum"``,
         ``"mul"``, ``"ave"`` (``[..., H]``) or ``None`` (the pair ``(ys_fw, ys_bw)``).
+      resets: optional bool ``[batch, time]`` (see :func:`jaxrnn.rnn`): both directions
+        restart from zeros at each segment, the backward one running each segment from its
+        own last step.
+      initial_carry: optional ``(carry_fw, carry_bw)``; the backward one enters at the last
+        valid step.
       static: loop over time in Python (``static_rnn``) instead of ``lax.scan``.
       implementation: passed to :func:`jaxrnn.rnn` for both directions.
 
@@ -121,6 +130,7 @@ def bidirectional(
         time_major,
         static,
         implementation=implementation,
+        resets=resets,
     )
 
 
@@ -209,6 +219,8 @@ def stacked(
     lengths: Array | None = None,
     *,
     key: Array | None = None,
+    resets: Array | None = None,
+    initial_carry: Sequence | None = None,
     unroll: int | bool = 1,
     time_major: bool = False,
     static: bool = False,
@@ -222,6 +234,11 @@ def stacked(
       xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
       lengths: optional int ``[batch]``, applied to every layer.
       key: a PRNG key turns dropout on (training); ``None`` turns it off (evaluation).
+      resets: optional bool ``[batch, time]`` (see :func:`jaxrnn.rnn`), applied to every
+        layer: each layer's carry restarts from zeros where a segment begins.
+      initial_carry: optional list with one initial carry per layer (a pair for a
+        bidirectional layer), such as the ``carries`` a previous call returned; ``None``
+        starts every layer from zeros.
       implementation: passed to :func:`jaxrnn.rnn` for every layer (``None`` chooses per
         layer; recurrent dropout runs ``"scan"``).
 
@@ -231,11 +248,20 @@ def stacked(
     """
     if len(params) != len(stack.layers):
         raise ValueError(f"params has {len(params)} entries, stack has {len(stack.layers)}")
+    if initial_carry is None:
+        initial_carry = [None] * len(stack.layers)
+    elif not isinstance(initial_carry, Sequence) or len(initial_carry) != len(stack.layers):
+        got = len(initial_carry) if isinstance(initial_carry, Sequence) else type(initial_carry)
+        raise ValueError(
+            f"initial_carry must be a list with one carry per layer ({len(stack.layers)}), "
+            f"got {got}"
+        )
     _checks.check_xs(xs, time_major=time_major)
     batch = xs.shape[1] if time_major else xs.shape[0]
     training = key is not None
     carries = []
-    for index, (layer, layer_params) in enumerate(zip(stack.layers, params, strict=True)):
+    layers = zip(stack.layers, params, initial_carry, strict=True)
+    for index, (layer, layer_params, layer_carry) in enumerate(layers):
         masks: tuple = (None, None)
         if key is not None:
             key, k_in, k_fw, k_bw, k_out = jax.random.split(key, 5)
@@ -262,12 +288,13 @@ def stacked(
                 xs,
                 lengths,
                 layer.merge,
-                None,
+                layer_carry,
                 unroll,
                 time_major,
                 static,
                 masks[:2],
                 implementation,
+                resets,
             )
         else:
             xs, carry = _drive(
@@ -275,13 +302,14 @@ def stacked(
                 layer_params,
                 xs,
                 lengths,
-                None,
+                layer_carry,
                 False,
                 unroll,
                 time_major,
                 static=static,
                 hidden_mask=masks[0],
                 implementation=implementation,
+                resets=resets,
             )
         carries.append(carry)
         last = index == len(stack.layers) - 1

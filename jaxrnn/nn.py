@@ -77,8 +77,9 @@ def _read(held):
 class RNN(nnx.Module):
     """One recurrent layer: ``cell`` driven by :func:`jaxrnn.rnn` over ``[batch, time, in]``.
 
-    ``__call__(x, lengths=None, initial_carry=None)`` returns ``ys`` ``[batch, time, H]`` (zero
-    past each length), or ``(ys, final_carry)`` with ``return_carry=True``.
+    ``__call__(x, lengths=None, initial_carry=None, *, resets=None)`` returns ``ys``
+    ``[batch, time, H]`` (zero past each length), or ``(ys, final_carry)`` with
+    ``return_carry=True``; ``resets`` as in :func:`jaxrnn.rnn`.
     """
 
     def __init__(
@@ -104,12 +105,13 @@ class RNN(nnx.Module):
     def params(self) -> dict:
         return _read(self.weights)
 
-    def __call__(self, x, lengths=None, initial_carry=None):
+    def __call__(self, x, lengths=None, initial_carry=None, *, resets=None):
         ys, carry = rnn(
             self.cell,
             self.params(),
             x,
             lengths,
+            resets=resets,
             initial_carry=initial_carry,
             reverse=self.reverse,
             unroll=self.unroll,
@@ -148,7 +150,9 @@ class Bidirectional(nnx.Module):
     def params(self) -> tuple[dict, dict]:
         return tuple(_read(self.weights))
 
-    def __call__(self, x, lengths=None):
+    def __call__(self, x, lengths=None, initial_carry=None, *, resets=None):
+        """``ys`` (or ``(ys, (carry_fw, carry_bw))`` with ``return_carry``); ``initial_carry``
+        and ``resets`` as in :func:`jaxrnn.bidirectional`."""
         ys, carries = bidirectional(
             self.cell_fw,
             self.cell_bw,
@@ -156,6 +160,8 @@ class Bidirectional(nnx.Module):
             x,
             lengths,
             merge=self.merge,
+            resets=resets,
+            initial_carry=initial_carry,
             unroll=self.unroll,
             time_major=self.time_major,
             implementation=self.implementation,
@@ -177,28 +183,42 @@ class Stacked(nnx.Module):
         rngs: nnx.Rngs,
         unroll: int | bool = 1,
         time_major=False,
+        return_carry=False,
         dtype=None,
         param_dtype=None,
         implementation: str | None = None,
     ):
         stack = _stack_with_dtypes(stack, dtype, param_dtype)
         self.stack, self.unroll, self.time_major = stack, unroll, time_major
+        self.return_carry = return_carry
         self.implementation = implementation
         self.weights = _hold(stack.init(rngs.params(), in_features))
 
     def params(self) -> list:
         return _read(self.weights)
 
-    def __call__(self, x, lengths=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(
+        self,
+        x,
+        lengths=None,
+        initial_carry=None,
+        *,
+        resets=None,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """``ys``, or ``(ys, carries)`` with ``return_carry`` (one final carry per layer);
+        ``initial_carry`` (one per layer) and ``resets`` as in :func:`jaxrnn.stacked`."""
         key = None if rngs is None else rngs.dropout()
-        ys, _ = stacked(
+        ys, carries = stacked(
             self.stack,
             self.params(),
             x,
             lengths,
             key=key,
+            resets=resets,
+            initial_carry=initial_carry,
             unroll=self.unroll,
             time_major=self.time_major,
             implementation=self.implementation,
         )
-        return ys
+        return (ys, carries) if self.return_carry else ys
