@@ -232,3 +232,112 @@ def test_gradients_with_resets_agree(case, how):
             check_grads(
                 lambda p, x: loss(p, x, c64, "scan"), (p64, x64), order=1, modes=("fwd", "rev")
             )
+
+
+@pytest.mark.parametrize("implementation", [None, "scan"])
+def test_bidirectional_resets(implementation):
+    cell = jaxrnn.GRU(5)
+    params = (random_params(cell, F, seed=5), random_params(cell, F, seed=6))
+    xs = _inputs(cell, seed=5)[1]
+    lengths, resets = jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+    ys, (fw, bw) = jaxrnn.bidirectional(
+        cell, cell, params, xs, lengths, resets=resets, implementation=implementation
+    )
+    hyper = {"hidden": 5, "reset_after": True}
+    ys_fw, fw_want = reference("gru", params[0], xs, RESETS, LENGTHS, **hyper)
+    ys_bw, bw_want = reference("gru", params[1], xs, RESETS, LENGTHS, reverse=True, **hyper)
+    np.testing.assert_allclose(ys, np.concatenate([ys_fw, ys_bw], -1), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(fw, fw_want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(bw, bw_want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("implementation", [None, "scan"])
+def test_stacked_resets_and_initial_carries(implementation):
+    """Two layers, the second bidirectional: each layer's segments restart from zeros, the
+    first segment continues the given carries; the returned carries continue a stream."""
+    lstm, gru = jaxrnn.LSTM(5), jaxrnn.GRU(5)
+    stack = jaxrnn.Stack((lstm, jaxrnn.Bidirectional(gru, gru)))
+    params = stack.init(jax.random.key(7), F)
+    params[0] = random_params(lstm, F, seed=7)
+    xs, lengths = _inputs(lstm, seed=7)[1], jnp.asarray(LENGTHS)
+    rng = np.random.default_rng(7)
+    carry0 = [
+        tuple(jnp.asarray(rng.normal(size=(B, 5)), jnp.float32) for _ in range(2)),
+        tuple(jnp.asarray(rng.normal(size=(B, 5)), jnp.float32) for _ in range(2)),
+    ]
+    ys, carries = jaxrnn.stacked(
+        stack,
+        params,
+        xs,
+        lengths,
+        resets=jnp.asarray(RESETS),
+        initial_carry=carry0,
+        implementation=implementation,
+    )
+    np0 = jax.tree.map(np.asarray, carry0)
+    h1, c1 = reference("lstm", params[0], xs, RESETS, LENGTHS, carry0=np0[0], hidden=5)
+    hyper = {"hidden": 5, "reset_after": True}
+    fw, fw_c = reference("gru", params[1][0], h1, RESETS, LENGTHS, carry0=np0[1][0], **hyper)
+    bw, bw_c = reference(
+        "gru", params[1][1], h1, RESETS, LENGTHS, reverse=True, carry0=np0[1][1], **hyper
+    )
+    np.testing.assert_allclose(ys, np.concatenate([fw, bw], -1), rtol=5e-5, atol=5e-6)
+    for got, want in zip(jax.tree.leaves(carries), [*c1, fw_c, bw_c], strict=True):
+        np.testing.assert_allclose(got, want, rtol=5e-5, atol=5e-6)
+    with pytest.raises(ValueError, match="one carry per layer"):
+        jaxrnn.stacked(stack, params, xs, initial_carry=carry0[:1])
+
+
+def test_nnx_modules_take_resets():
+    from flax import nnx
+
+    from jaxrnn import nn
+
+    cell = jaxrnn.LSTM(5)
+    xs, lengths, resets = _inputs(cell)[1], jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+    layer = nn.RNN(cell, F, rngs=nnx.Rngs(0), return_carry=True)
+    want = jaxrnn.rnn(cell, layer.params(), xs, lengths, resets=resets)
+    got = layer(xs, lengths, resets=resets)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(g, w)
+    bi = nn.Bidirectional(cell, cell, F, rngs=nnx.Rngs(1))
+    want = jaxrnn.bidirectional(cell, cell, bi.params(), xs, lengths, resets=resets)[0]
+    np.testing.assert_array_equal(bi(xs, lengths, resets=resets), want)
+    stack = jaxrnn.Stack((cell, cell))
+    module = nn.Stacked(stack, F, rngs=nnx.Rngs(2), return_carry=True)
+    ys, carries = module(xs, lengths, resets=resets)
+    want_ys, want_carries = jaxrnn.stacked(stack, module.params(), xs, lengths, resets=resets)
+    np.testing.assert_array_equal(ys, want_ys)
+    again, _ = module(xs, lengths, carries, resets=resets)  # a stream's next batch
+    want_again, _ = jaxrnn.stacked(
+        stack, module.params(), xs, lengths, resets=resets, initial_carry=want_carries
+    )
+    np.testing.assert_array_equal(again, want_again)
+
+
+def test_reset_carry():
+    cell = jaxrnn.LSTM(3)
+    carry = jax.tree.map(lambda a: a + 1.0, cell.initial_carry(3))
+    out = jaxrnn.reset_carry(carry, jnp.asarray([True, False, True]))
+    for leaf in out:
+        np.testing.assert_array_equal(leaf[:, 0], [0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("resets", "error", "match"),
+    [
+        (np.zeros((T, B), bool), ValueError, r"resets must have shape \[batch, time\]"),
+        (np.zeros((B, T + 1), bool), ValueError, r"= \(4, 9\), got \(4, 10\)"),
+        (np.zeros((B, T), np.int32), TypeError, "resets must be a bool array"),
+        (np.zeros((B, T), np.float32), TypeError, "got dtype float32"),
+    ],
+)
+def test_bad_resets_are_errors(resets, error, match):
+    cell = jaxrnn.GRU(5)
+    params, xs, _ = _inputs(cell)
+    with pytest.raises(error, match=match):
+        jaxrnn.rnn(cell, params, xs, resets=resets)
+    with pytest.raises(error, match=match):
+        jax.jit(lambda x, r: jaxrnn.rnn(cell, params, x, resets=r))(xs, resets)
+    with pytest.raises(error, match=match):
+        jaxrnn.tbptt(cell, params, xs, 3, resets=resets)
