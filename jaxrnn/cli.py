@@ -1,18 +1,19 @@
-"""The ``jaxrnn`` command: ``train``, ``eval`` and ``plot`` runs in a work directory.
+"""The ``jaxrnn`` command: ``train``, ``eval``, ``sample`` and ``plot`` runs in a work directory.
 
 ::
 
     jaxrnn train --config NAME [--workdir DIR] [--set key=value ...] [--mnist_dir DIR]
                  [--data_dir DIR] [--overwrite]
     jaxrnn eval --workdir DIR
+    jaxrnn sample --workdir DIR [--length N] [--temperature T] [--seed S] [--prompt TEXT]
     jaxrnn plot --workdir DIR [--out FILE]
     jaxrnn configs                      # the config names and their fields
     jaxrnn info                         # versions, devices, whether the CPU kernels loaded
 
 Rerunning ``train`` with the same config and work directory resumes from the last checkpoint.
-``train``, ``eval`` and ``plot`` need the ``train`` extra (``pip install "jaxrnn[train]"``);
-``configs`` and ``info`` run with the core alone. Exit status: 0 on success, 1 on a non-finite
-loss, 2 on a usage or config error or a missing extra.
+``train``, ``eval``, ``sample`` and ``plot`` need the ``train`` extra (``pip install
+"jaxrnn[train]"``); ``configs`` and ``info`` run with the core alone. Exit status: 0 on
+success, 1 on a non-finite loss, 2 on a usage or config error or a missing extra.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--coordinator", help="host:port of process 0 (or JAXRNN_COORDINATOR)")
         p.add_argument("--num_processes", type=int, help="or JAXRNN_NUM_PROCESSES")
         p.add_argument("--process_id", type=int, help="or JAXRNN_PROCESS_ID")
+
+    sample = sub.add_parser("sample", help="text from a character-level run's latest checkpoint")
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--length", type=int, default=500, help="characters to generate")
+    sample.add_argument(
+        "--temperature", type=float, default=1.0, help="softmax temperature (0: most likely)"
+    )
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--prompt", default="", help="text the model reads first")
 
     plot = sub.add_parser("plot", help="PNG of a run's loss and accuracy curves")
     plot.add_argument("--workdir", required=True)
@@ -149,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             loop.evaluate_workdir(args.workdir, mnist_dir=args.mnist_dir, data_dir=args.data_dir)
+            return 0
+        if args.command == "sample":
+            from jaxrnn.training.sampling import sample_workdir
+
+            generated = sample_workdir(
+                args.workdir,
+                length=args.length,
+                temperature=args.temperature,
+                seed=args.seed,
+                prompt=args.prompt,
+            )
+            print(args.prompt + generated)
             return 0
         from jaxrnn.training.plotting import plot_run
 

@@ -7,17 +7,25 @@ batch ``inputs [batch, time, features]`` with ``lengths [batch]`` to
 * ``logits [batch, num_outputs]`` for classification, or
 * ``predictions [batch]`` for regression (``num_outputs`` must be 1),
 
-reading the recurrent stack out in one of two ways, as the tutorials do:
+reading the recurrent stack out in one of three ways:
 
 * ``readout="last"``: the last layer's output at each sequence's last valid step
   (``ys[b, lengths[b] - 1]``; Keras ``return_sequences=False`` over a masked input);
 * ``readout="state"``: the final hidden state of the last layer (for a bidirectional layer the
   forward state after the last valid step concatenated with the backward state after step 0,
-  as Keras ``Bidirectional(..., return_sequences=False)`` and TF1 ``bidirectional_dynamic_rnn``).
+  as Keras ``Bidirectional(..., return_sequences=False)`` and TF1 ``bidirectional_dynamic_rnn``);
+* ``readout="sequence"``: the head on every step, ``logits [batch, time, num_outputs]``
+  (``predictions [batch, time]``; past each length the head reads zeros): a language model.
 
-For a unidirectional stack both readouts give the same numbers. With ``masked=False`` the
+For a unidirectional stack "last" and "state" give the same numbers. With ``masked=False`` the
 ``lengths`` are ignored and every step is treated as valid (fixed-length data such as MNIST
-rows, where masking would only cost time).
+rows, where masking would only cost time). With ``vocab_size`` the inputs are int token ids
+``[batch, time]``, one-hot encoded to ``vocab_size`` features.
+
+A stateful caller (a language model trained over streams) passes the carry of one batch into
+the next: ``apply(..., initial_carry=carries, return_carry=True)`` returns ``(outputs,
+carries)``, ``carries`` being one carry per layer (:meth:`Model.initial_carry`'s layout), and
+``resets`` restarts chosen rows from zeros before chosen steps (:func:`jaxrnn.rnn`).
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ class Model:
       num_outputs: classes (classification) or 1 (regression).
       num_layers: depth of the stack.
       bidirectional: each layer runs both ways, outputs concatenated.
-      readout: ``"last"`` (output at the last valid step) or ``"state"`` (final state).
+      readout: ``"last"`` (output at the last valid step), ``"state"`` (final state) or
+        ``"sequence"`` (every step).
       task: ``"classification"`` or ``"regression"``.
       activation: ``SimpleRNN`` activation, ``"tanh"`` or ``"relu"``.
       forget_bias, forget_bias_init: see :class:`jaxrnn.LSTM`.
@@ -55,6 +64,8 @@ class Model:
       layer_norm: the layer-normalized LSTM or GRU (:class:`jaxrnn.LSTM`,
         :class:`jaxrnn.GRU`).
       masked: use ``lengths``; ``False`` treats every step as valid.
+      vocab_size: ``0``: the inputs are float features; ``V > 0``: int ids in ``[0, V)``,
+        one-hot encoded (``init``'s ``input_size`` must be ``V``).
       dropout, input_dropout, recurrent_dropout: see :class:`jaxrnn.Stack` (training only).
       head_init: ``"glorot"`` (Keras ``Dense``: Glorot-uniform kernel, zero bias) or
         ``"normal"`` (TF1 tutorials: standard normal kernel and bias).
@@ -81,6 +92,7 @@ class Model:
     proj_clip: float = 0.0
     layer_norm: bool = False
     masked: bool = True
+    vocab_size: int = 0
     dropout: float = 0.0
     input_dropout: float = 0.0
     recurrent_dropout: float = 0.0
@@ -93,8 +105,10 @@ class Model:
     def __post_init__(self):
         if self.cell not in _CELLS:
             raise ValueError(f"cell must be one of {_CELLS}, got {self.cell!r}")
-        if self.readout not in ("last", "state"):
-            raise ValueError(f"readout must be 'last' or 'state', got {self.readout!r}")
+        if self.readout not in ("last", "state", "sequence"):
+            raise ValueError(f"readout must be 'last', 'state' or 'sequence', got {self.readout!r}")
+        if self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be >= 0, got {self.vocab_size}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if self.task == "regression" and self.num_outputs != 1:
@@ -147,6 +161,10 @@ class Model:
 
     def init(self, key: Array, input_size: int) -> dict:
         """Parameters for inputs of ``input_size`` features, in ``param_dtype``."""
+        if self.vocab_size and input_size != self.vocab_size:
+            raise ValueError(
+                f"input_size {input_size} must equal vocab_size {self.vocab_size} (one-hot inputs)"
+            )
         k_rnn, k_w, k_b = jax.random.split(key, 3)
         stack = self.stack
         shape = (stack.output_size, self.num_outputs)
@@ -164,21 +182,45 @@ class Model:
         head = {k: v.astype(self.param_dtype) for k, v in head.items()}
         return {"rnn": stack.init(k_rnn, input_size), "head": head}
 
-    def features(self, params: dict, inputs: Array, lengths: Array | None, key=None) -> Array:
-        """The recurrent read-out fed to the head: ``[batch, stack.output_size]``."""
-        stack = self.stack
-        lengths = lengths if self.masked else None
-        if self.dtype is not None:
+    def initial_carry(self, batch_size: int) -> list:
+        """Zero carries for ``batch_size`` rows, one per layer (a ``(forward, backward)`` pair
+        for a bidirectional layer), in the recurrent state's dtype: the layout ``apply``'s
+        ``initial_carry`` takes and ``return_carry`` gives."""
+        cell = self._cell()
+        one = cell.initial_carry(batch_size)
+        return [(one, one) if self.bidirectional else one for _ in range(self.num_layers)]
+
+    def _run(self, params, inputs, lengths, key, resets, initial_carry):
+        """``(ys, carries)`` of the recurrent stack (``lengths`` already resolved)."""
+        if self.vocab_size:
+            if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
+                raise ValueError(
+                    f"with vocab_size the inputs are int ids [batch, time], got "
+                    f"{inputs.dtype} {inputs.shape}"
+                )
+            inputs = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype or jnp.float32)
+        elif self.dtype is not None:
             inputs = inputs.astype(self.dtype)
-        ys, carries = stacked(
-            stack,
+        extra = {}
+        if resets is not None:
+            extra["resets"] = resets
+        if initial_carry is not None:
+            extra["initial_carry"] = initial_carry
+        return stacked(
+            self.stack,
             params["rnn"],
             inputs,
             lengths,
             key=key,
             unroll=self.unroll,
             implementation=self.implementation,
+            **extra,
         )
+
+    def _read(self, ys, carries, lengths) -> Array:
+        """The recurrent read-out fed to the head (see :meth:`features`)."""
+        if self.readout == "sequence":
+            return ys
         if self.readout == "state":
             carry = carries[-1]
             cell = self._cell()
@@ -190,20 +232,49 @@ class Model:
         last = jnp.clip(lengths - 1, 0, ys.shape[1] - 1)
         return jnp.take_along_axis(ys, last[:, None, None], axis=1)[:, 0]
 
+    def features(self, params: dict, inputs: Array, lengths: Array | None, key=None) -> Array:
+        """The recurrent read-out fed to the head: ``[batch, stack.output_size]``
+        (``[batch, time, stack.output_size]`` for ``readout="sequence"``)."""
+        lengths = lengths if self.masked else None
+        ys, carries = self._run(params, inputs, lengths, key, None, None)
+        return self._read(ys, carries, lengths)
+
     def apply(
-        self, params: dict, inputs: Array, lengths: Array | None = None, key: Array | None = None
-    ) -> Array:
-        """Logits ``[batch, num_outputs]`` (regression: predictions ``[batch]``), in at least
-        float32 whatever the computation dtype.
+        self,
+        params: dict,
+        inputs: Array,
+        lengths: Array | None = None,
+        key: Array | None = None,
+        *,
+        resets: Array | None = None,
+        initial_carry: list | None = None,
+        return_carry: bool = False,
+    ):
+        """Logits ``[batch, num_outputs]`` (regression: predictions ``[batch]``; with
+        ``readout="sequence"`` one per step, ``[batch, time, ...]``), in at least float32
+        whatever the computation dtype.
 
         Args:
           params: from :meth:`init`.
-          inputs: float ``[batch, time, features]``; steps past ``lengths`` are ignored.
+          inputs: float ``[batch, time, features]`` (int ids ``[batch, time]`` with
+            ``vocab_size``); steps past ``lengths`` are ignored.
           lengths: int ``[batch]`` (``None``: all steps valid).
           key: a PRNG key turns dropout on (training).
+          resets: optional bool ``[batch, time]``: where True, that row's carry restarts from
+            zeros before that step (:func:`jaxrnn.rnn`); applied to every layer.
+          initial_carry: one carry per layer (:meth:`initial_carry`'s layout; ``None``:
+            zeros).
+          return_carry: also return the final carries.
+
+        Returns:
+          The outputs, or ``(outputs, carries)`` with ``return_carry``: ``carries`` one per
+          layer, each row's state after its last valid step.
         """
-        h = self.features(params, inputs, lengths, key)
+        lengths = lengths if self.masked else None
+        ys, carries = self._run(params, inputs, lengths, key, resets, initial_carry)
+        h = self._read(ys, carries, lengths)
         w, b = params["head"]["w"], params["head"]["b"]
         dtype = jnp.result_type(h.dtype, w.dtype) if self.dtype is None else self.dtype
         out = matmul(h, w, dtype) + b.astype(accumulation_dtype(dtype))
-        return out[:, 0] if self.task == "regression" else out
+        out = out[..., 0] if self.task == "regression" else out
+        return (out, carries) if return_carry else out

@@ -13,6 +13,7 @@ NAMES = (
     "rnn_mnist",
     "simplernn_mnist",
     "adding",
+    "char_lm",
 )
 
 

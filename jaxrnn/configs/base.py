@@ -23,6 +23,11 @@ class Config:
     # Shards of the training examples, each feeding batch_size / data_shards rows of every
     # batch; the batch order depends on (seed, data_shards) only. 0: one per process.
     data_shards: int = 0
+    # Text datasets (``jaxrnn.data.text``): the training text is cut into batch_size parallel
+    # streams, and row s of batch i is window i of stream s, this many characters (the
+    # truncated-BPTT length); an "example" is one window.
+    window: int = 100
+    stateful: bool = False  # carry the recurrent state from each batch into the next
 
     # Model (``jaxrnn.models.Model``).
     cell: str = "lstm"

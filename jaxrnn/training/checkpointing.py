@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state and the data iterator, keeping the last ``K``.
 
 Each checkpoint is a step directory under ``checkpoints/`` with two items: ``state`` (the
-:class:`TrainState` arrays) and ``data`` (the iterator's JSON state). Orbax writes into a
+:class:`TrainState` arrays but the carry) and ``data`` (the iterator's JSON state); a stateful
+run's checkpoints have a third, ``carry`` (``TrainState.carry``), so that the checkpoints of
+other runs keep the layout they have always had. Orbax writes into a
 temporary directory and renames it when complete, so a run killed mid-save leaves the previous
 checkpoints intact and the partial one is never restored.
 """
@@ -9,11 +11,27 @@ checkpoints intact and the partial one is never restored.
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxrnn.training.state import TrainState
+
+_ITEMS = ("state", "data", "carry")
+
+
+class _Saved(NamedTuple):
+    """The ``state`` item: :class:`TrainState` without its carry."""
+
+    step: Any
+    params: Any
+    opt_state: Any
+    key: Any
+
+
+def _saved(state: TrainState) -> _Saved:
+    return _Saved(state.step, state.params, state.opt_state, state.key)
 
 
 class Checkpointer:
@@ -32,9 +50,7 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max(int(keep), 1), create=True, cleanup_tmp_directories=True
             )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data")
-        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -45,27 +61,31 @@ class Checkpointer:
     def save(self, state: TrainState, data_state: dict) -> None:
         """Save at ``state.step`` (asynchronously; :meth:`wait` or :meth:`close` to finish)."""
         step = int(jax.device_get(state.step))
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-            ),
-            force=True,
-        )
+        items = {
+            "state": ocp.args.StandardSave(_saved(state)),
+            "data": ocp.args.JsonSave(data_state),
+        }
+        if state.carry is not None:
+            items["carry"] = ocp.args.StandardSave(state.carry)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-        """The checkpoint at ``step`` (default: latest), laid out like ``like``."""
+        """The checkpoint at ``step`` (default: latest), laid out like ``like`` (its carry
+        too, unless ``like.carry`` is ``None``)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["data"]
+
+        def abstract(tree):
+            return ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+
+        items = {"state": abstract(_saved(like)), "data": ocp.args.JsonRestore()}
+        if like.carry is not None:
+            items["carry"] = abstract(like.carry)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        carry = restored["carry"] if like.carry is not None else None
+        step_, params, opt_state, key = restored["state"]
+        return TrainState(step_, params, opt_state, key, carry), restored["data"]
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

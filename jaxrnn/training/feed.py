@@ -27,9 +27,10 @@ the setup it belongs to.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -169,14 +170,11 @@ class TrainFeed:
     def blocks(self, sizes: Sequence[int], mesh: Mesh) -> Iterator[dict]:
         """``next_block(k)`` for each ``k`` of ``sizes``, in order, each one gathered and sent
         by a background thread while the caller runs the previous one."""
-        with ThreadPoolExecutor(1, thread_name_prefix="jaxrnn-feed") as pool:
-            ahead = pool.submit(self.next_block, sizes[0], mesh) if sizes else None
-            for i in range(len(sizes)):
-                assert ahead is not None
-                block = ahead.result()
-                if i + 1 < len(sizes):
-                    ahead = pool.submit(self.next_block, sizes[i + 1], mesh)
-                yield block
+        return prefetch(self.next_block, sizes, mesh)
+
+    def row_specs(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shape and dtype of one row of a batch, per key."""
+        return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in self._arrays.items()}
 
     def _setup(self) -> dict:
         return {
@@ -214,6 +212,19 @@ class TrainFeed:
             position = {"epoch": batches // per_epoch, "step": batches % per_epoch}
             stream.set_state({**stream.get_state(), **position})
         return batches, saved_shards
+
+
+def prefetch(next_block: Callable[[int, Mesh], dict], sizes: Sequence[int], mesh: Mesh):
+    """``next_block(k, mesh)`` for each ``k`` of ``sizes``, in order, each one made by a
+    background thread while the caller runs the previous one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="jaxrnn-feed") as pool:
+        ahead = pool.submit(next_block, sizes[0], mesh) if sizes else None
+        for i in range(len(sizes)):
+            assert ahead is not None
+            block = ahead.result()
+            if i + 1 < len(sizes):
+                ahead = pool.submit(next_block, sizes[i + 1], mesh)
+            yield block
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:

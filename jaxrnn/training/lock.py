@@ -1,4 +1,4 @@
-"""One command at a time per work directory: ``train``, ``eval`` and ``plot`` lock it.
+"""One command at a time per work directory: ``train``, ``eval``, ``sample`` and ``plot`` lock it.
 
 On a local disk (or NFS) the lock is ``fcntl.flock`` on ``WORKDIR/jaxrnn.lock``, taken before
 the command reads or writes anything else there and held until it ends. The kernel releases it
@@ -65,7 +65,8 @@ def _holder(fd: int) -> str:
 
 
 def acquire(workdir: str, command: str, *, create: bool = True) -> Lock | None:
-    """Lock ``workdir`` for ``command`` ("train", "eval", "plot"), or raise WorkdirBusyError.
+    """Lock ``workdir`` for ``command`` ("train", "eval", "sample", "plot"), or raise
+    WorkdirBusyError.
 
     Returns ``None`` where there is nothing to lock: an object store, a platform without
     ``flock``, or (``create=False``) a directory that does not exist or whose lock file cannot

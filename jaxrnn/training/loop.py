@@ -11,6 +11,10 @@ every process (each feeds its rows of every evaluation batch). Checkpoints land 
 boundaries (``checkpoint_every`` is rounded up to a multiple of the block) and at the end; step
 ``s`` draws its randomness from ``fold_in(key, s)`` and its batch from the feed's position
 ``s``, so a resumed run ends with exactly the parameters of an uninterrupted one.
+
+A text dataset trains a character-level language model over parallel streams instead
+(:mod:`jaxrnn.training.streams`): the same loop, another feed and another evaluation (bits
+per character on the held-out text); with ``stateful`` the carry is part of the train state.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +31,21 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxrnn import parallel
-from jaxrnn.cells import check_floating
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import feed as feed_lib
 from jaxrnn.training import lock as lock_lib
 from jaxrnn.training import optimizers, runlog, steps
-from jaxrnn.training import state as state_lib
+from jaxrnn.training import streams as streams_lib
 from jaxrnn.training import workdir as workdir_lib
+from jaxrnn.training.build import (
+    build_model,
+    check_dtypes,
+    implementation_of,
+    init_state,
+    model_of,
+    total_steps,
+)
 from jaxrnn.training.checkpointing import Checkpointer
 from jaxrnn.training.lock import WorkdirBusyError
 from jaxrnn.training.runlog import read_metrics
@@ -48,6 +61,8 @@ __all__ = [
     "init_state",
     "load_run",
     "load_split",
+    "make_task",
+    "model_of",
     "read_metrics",
     "split_size",
     "summary_line",
@@ -80,70 +95,6 @@ def load_split(
     return load(config.dataset, split, data_dir=data_dir, mnist_dir=mnist_dir, rows=rows)
 
 
-def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
-    """The :class:`Model` of ``config``; the class count comes from the labels.
-
-    ``train`` may be this process's shard only: the largest label is taken over every process.
-    """
-    if "labels" in train:
-        seen = [train["labels"]] + ([test["labels"]] if test is not None else [])
-        largest = max(int(a.max()) if a.size else -1 for a in seen)
-        task, outputs = "classification", int(parallel.process_max(np.int64(largest))) + 1
-    else:
-        task, outputs = "regression", 1
-    _check_dtypes(config)
-    return Model(
-        cell=config.cell,
-        hidden_size=config.hidden_size,
-        num_outputs=outputs,
-        num_layers=config.num_layers,
-        bidirectional=config.bidirectional,
-        readout=config.readout,
-        task=task,
-        activation=config.activation,
-        forget_bias=config.forget_bias,
-        forget_bias_init=config.forget_bias_init,
-        proj_size=config.proj_size,
-        peepholes=config.peepholes,
-        cell_clip=config.cell_clip,
-        proj_clip=config.proj_clip,
-        layer_norm=config.layer_norm,
-        masked=config.masked,
-        dropout=config.dropout,
-        input_dropout=config.input_dropout,
-        recurrent_dropout=config.recurrent_dropout,
-        head_init=config.head_init,
-        unroll=config.unroll,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        implementation=_implementation(config),
-    )
-
-
-def _check_dtypes(config: Config) -> None:
-    for name in ("dtype", "param_dtype"):
-        value = getattr(config, name)
-        try:
-            check_floating(value, name)
-        except TypeError as error:
-            raise ValueError(f"--set {name}={value}: {error}") from None
-
-
-def _implementation(config: Config) -> str | None:
-    choices = ("auto", "scan", "fused", "kernel")
-    if config.implementation not in choices:
-        raise ValueError(f"implementation must be one of {choices}, got {config.implementation!r}")
-    return None if config.implementation == "auto" else config.implementation
-
-
-def total_steps(config: Config, num_train: int) -> int:
-    if config.num_steps > 0:
-        return config.num_steps
-    if config.num_epochs <= 0:
-        raise ValueError("set num_steps or num_epochs to a positive number")
-    return config.num_epochs * (num_train // config.batch_size)
-
-
 def _round_up(value: int, block: int) -> int:
     return max(block, math.ceil(value / block) * block) if value > 0 else 0
 
@@ -170,11 +121,66 @@ def evaluate(model: Model, eval_step, params, arrays: dict, batch_size: int, mes
     return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
 
 
-def init_state(config: Config, model: Model, tx, input_size: int, mesh):
-    key = jax.random.key(config.seed)
-    k_params, k_train = jax.random.split(key)
-    state = state_lib.create(model.init(k_params, input_size), tx, k_train)
-    return parallel.replicate(state, mesh)
+class Task(NamedTuple):
+    """What a run trains and is scored on.
+
+    ``feed`` is ``None`` when the task was made only to evaluate; ``evaluate(params)`` gives
+    the test metrics (``loss``, ``accuracy``, and ``bpc`` for text); ``report`` holds the
+    task's own fields of ``report.json``.
+    """
+
+    model: Model
+    num_train: int
+    input_size: int
+    feed: Any
+    evaluate: Callable[[Any], dict]
+    report: dict
+
+
+def make_task(
+    config: Config, mesh, *, shards: int, with_feed: bool = True, mnist_dir=None, data_dir=None
+) -> Task:
+    """The :class:`Task` of ``config``: its data loaded, its model built."""
+    if streams_lib.text.is_text(config.dataset):
+        streams_lib.check_config(config)
+        data = streams_lib.load(config)
+        vocab = data.vocab.size
+        model = model_of(config, "classification", vocab, vocab_size=vocab)
+        stream_feed = streams_lib.make_feed(data, config) if with_feed else None
+        report = {
+            "test_examples": len(data.held_out_ids) - 1,  # the predicted characters
+            "vocab_size": vocab,
+            "unigram_bpc": data.unigram_bpc,
+        }
+        score = streams_lib.make_evaluate(model, data, config, mesh)
+        num = streams_lib.num_examples(data, config)
+        return Task(model, num, vocab, stream_feed, score, report)
+
+    num_train, train_arrays = _load_train_shard(
+        config, shards, mnist_dir=mnist_dir, data_dir=data_dir
+    )
+    test_arrays = load_split(config, "test", mnist_dir=mnist_dir, data_dir=data_dir)
+    model = build_model(config, train_arrays, test_arrays)
+    feed = None
+    if with_feed:
+        keys = _model_keys(model, train_arrays)
+        feed = feed_lib.TrainFeed(
+            {k: train_arrays[k] for k in keys},
+            num_examples=num_train,
+            batch_size=config.batch_size,
+            shards=shards,
+            seed=config.seed,
+            process_index=parallel.process_index(),
+            process_count=parallel.process_count(),
+        )
+    eval_step = steps.make_eval_step(model)
+
+    def evaluate_test(params) -> dict:
+        return evaluate(model, eval_step, params, test_arrays, config.eval_batch_size, mesh)
+
+    input_size = train_arrays["inputs"].shape[-1]
+    report = {"test_examples": len(test_arrays["inputs"])}
+    return Task(model, num_train, input_size, feed, evaluate_test, report)
 
 
 def _load_train_shard(config: Config, shards: int, *, mnist_dir=None, data_dir=None):
@@ -201,8 +207,8 @@ def train(
     """
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
-    _check_dtypes(config)
-    _implementation(config)
+    check_dtypes(config)
+    implementation_of(config)
     with lock_lib.hold(workdir, "train"):
         return _train(
             config,
@@ -233,31 +239,19 @@ def _train(
     parallel.sync("jaxrnn:workdir")  # the others wait for process 0 to (re)create it
 
     t_data = time.perf_counter()
-    num_train, train_arrays = _load_train_shard(
-        config, shards, mnist_dir=mnist_dir, data_dir=data_dir
-    )
-    test_arrays = load_split(config, "test", mnist_dir=mnist_dir, data_dir=data_dir)
-    model = build_model(config, train_arrays, test_arrays)
     mesh = steps.make_mesh()
     steps.check_batch_size(config.batch_size, mesh)
+    streams_lib.check_config(config)
+    num_train = _task_size(config, shards, mnist_dir=mnist_dir, data_dir=data_dir)
     if num_train < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} examples")
+    task = make_task(config, mesh, shards=shards, mnist_dir=mnist_dir, data_dir=data_dir)
+    model, feed = task.model, task.feed
     last_step = total_steps(config, num_train)
-    keys = _model_keys(model, train_arrays)
-    feed = feed_lib.TrainFeed(
-        {k: train_arrays[k] for k in keys},
-        num_examples=num_train,
-        batch_size=config.batch_size,
-        shards=shards,
-        seed=config.seed,
-        process_index=parallel.process_index(),
-        process_count=parallel.process_count(),
-    )
     data_time = time.perf_counter() - t_data
 
     tx = optimizers.from_config(config, last_step)
-    state = init_state(config, model, tx, train_arrays["inputs"].shape[-1], mesh)
-    del train_arrays  # the feed holds what training needs
+    state = init_state(config, model, tx, task.input_size, mesh)
     checkpointer = Checkpointer(
         str(workdir_lib.as_path(workdir) / "checkpoints"), config.keep_checkpoints
     )
@@ -268,9 +262,9 @@ def _train(
         if batches != start:
             raise ValueError(f"the checkpoint at step {start} holds the data state of {batches}")
         print_fn(f"resuming from the checkpoint at step {start}")
-        if saved_shards != shards:
+        if saved_shards != feed.shards:
             print_fn(
-                f"the run was fed from {saved_shards} data shards and now from {shards}: the "
+                f"the run was fed from {saved_shards} data shards and now from {feed.shards}: the "
                 "batches from here on differ from the ones it would have drawn (a run started "
                 "with --set data_shards=N keeps one order on any process count dividing N)"
             )
@@ -281,7 +275,6 @@ def _train(
     eval_every = _round_up(config.eval_every, block)
     log_every = max(config.log_every, 1)
     train_block = steps.make_train_block(model, tx)
-    eval_step = steps.make_eval_step(model)
     sizes = [min(block, last_step - s) for s in range(start, last_step, block)]
 
     # Compile every block size this run needs before the clock starts.
@@ -291,9 +284,9 @@ def _train(
     for k in sorted(set(sizes)):
         abstract = {
             key: jax.ShapeDtypeStruct(
-                (k, config.batch_size, *value.shape[1:]), value.dtype, sharding=sharding
+                (k, config.batch_size, *row.shape), row.dtype, sharding=sharding
             )
-            for key, value in feed.arrays.items()
+            for key, row in feed.row_specs().items()
         }
         compiled[k] = train_block.lower(state, abstract).compile()  # type: ignore[attr-defined]
     compile_time = time.perf_counter() - t_compile
@@ -359,9 +352,7 @@ def _train(
                 checkpointer.save(host_state, feed.state(step))
             if do_eval and step != last_step:
                 t_eval = time.perf_counter()
-                test = evaluate(
-                    model, eval_step, state.params, test_arrays, config.eval_batch_size, mesh
-                )
+                test = task.evaluate(state.params)
                 log.write(step, "test", test)
                 eval_time += time.perf_counter() - t_eval
                 t_block = time.perf_counter()
@@ -379,7 +370,7 @@ def _train(
     checkpointer.close()
 
     t_eval = time.perf_counter()
-    test = evaluate(model, eval_step, state.params, test_arrays, config.eval_batch_size, mesh)
+    test = task.evaluate(state.params)
     final_eval_time = time.perf_counter() - t_eval
     log.write(last_step, "test", test)
     log.close()
@@ -395,9 +386,10 @@ def _train(
         "eval_time_s": eval_time + final_eval_time,
         "device_count": mesh.devices.size,
         "device_kind": jax.devices()[0].device_kind,
-        "test_examples": len(test_arrays["inputs"]),
         "dtype": config.dtype,
         "param_dtype": config.param_dtype,
+        **task.report,
+        **_test_fields(test),
     }
     earlier = workdir_lib.read_report(workdir) if start == last_step else None
     if earlier is not None:
@@ -411,11 +403,27 @@ def _train(
     return report
 
 
+def _test_fields(test: dict) -> dict:
+    """The test metrics other than loss and accuracy, as report fields (``test_bpc``)."""
+    return {f"test_{k}": v for k, v in test.items() if k not in ("loss", "accuracy")}
+
+
+def _task_size(config: Config, shards: int, *, mnist_dir=None, data_dir=None) -> int:
+    """The training examples of the run (windows of text for a text dataset)."""
+    if streams_lib.text.is_text(config.dataset):
+        return streams_lib.num_examples(streams_lib.load(config), config)
+    return split_size(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
+
+
 def summary_line(report: dict) -> str:
     line = (
         f"{report['config']}: test_accuracy={report['test_accuracy']:.4f} "
         f"test_loss={report['test_loss']:.4f} steps={report['steps']}"
     )
+    if "test_bpc" in report:
+        line += f" test_bpc={report['test_bpc']:.4f}"
+        if "unigram_bpc" in report:
+            line += f" unigram_bpc={report['unigram_bpc']:.4f}"
     if "train_time_s" in report:
         line += (
             f" train_time={report['train_time_s']:.2f}s compile_time="
@@ -435,26 +443,27 @@ def evaluate_workdir(workdir: str, *, mnist_dir=None, data_dir=None, print_fn=pr
 
 def _evaluate_workdir(workdir: str, *, mnist_dir, data_dir, print_fn) -> dict:
     name, config = load_run(workdir)
-    # This process's shard of the training split: enough for the class count and input size.
-    shards = parallel.process_count()
-    num_train, train_arrays = _load_train_shard(
-        config, shards, mnist_dir=mnist_dir, data_dir=data_dir
-    )
-    test_arrays = load_split(config, "test", mnist_dir=mnist_dir, data_dir=data_dir)
-    model = build_model(config, train_arrays, test_arrays)
     mesh = steps.make_mesh()
-    tx = optimizers.from_config(config, total_steps(config, num_train))
-    like = init_state(config, model, tx, train_arrays["inputs"].shape[-1], mesh)
+    # This process's shard of the training split: enough for the class count and input size.
+    task = make_task(
+        config,
+        mesh,
+        shards=parallel.process_count(),
+        with_feed=False,
+        mnist_dir=mnist_dir,
+        data_dir=data_dir,
+    )
+    tx = optimizers.from_config(config, total_steps(config, task.num_train))
+    like = init_state(config, task.model, tx, task.input_size, mesh)
     checkpointer = Checkpointer(str(workdir_lib.as_path(workdir) / "checkpoints"), read_only=True)
     state, _ = checkpointer.restore(like)
     checkpointer.close()
-    test = evaluate(
-        model, steps.make_eval_step(model), state.params, test_arrays, config.eval_batch_size, mesh
-    )
+    test = task.evaluate(state.params)
     report = {
         "config": name,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
+        **_test_fields(test),
         "steps": int(state.step),
         "device_count": mesh.devices.size,
     }
