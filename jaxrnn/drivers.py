@@ -64,17 +64,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks, _native
+from jaxrnn import _checks
+from jaxrnn._implementation import IMPLEMENTATIONS, has_fused_path, narrow, round_to
+from jaxrnn._implementation import resolve as _resolve_implementation
 from jaxrnn.cells import Carry, Cell, Params, accumulation_dtype
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
-IMPLEMENTATIONS = (None, "scan", "fused", "kernel")
-
-
-def has_fused_path(cell: Cell) -> bool:
-    """Whether ``cell`` has a fused loop (``implementation="fused"`` or ``"kernel"``)."""
-    return cell.fused_loop() is not None
+__all__ = ["IMPLEMENTATIONS", "has_fused_path", "reset_carry", "rnn", "static_rnn"]
 
 
 def reset_carry(carry: Carry, where: Array) -> Carry:
@@ -118,67 +115,6 @@ def _resets_after(resets: Array, backwards: bool) -> Array:
     the flag of the step visited next (none after the last one visited)."""
     none = jnp.zeros_like(resets[:1])
     return jnp.concatenate([none, resets[:-1]] if backwards else [resets[1:], none])
-
-
-def _is_one(unroll) -> bool:
-    return unroll is False or (not isinstance(unroll, bool) and unroll == 1)
-
-
-def _narrow(dtype) -> bool:
-    return jnp.dtype(dtype).itemsize < 4
-
-
-def _resolve_implementation(implementation, cell, dtype, unroll, remat, hidden_mask) -> str:
-    """``"scan"``, ``"fused"`` or ``"kernel"`` for ``rnn(implementation=...)`` (see the module
-    docstring); an explicit choice that cannot run raises ``ValueError`` naming the reason."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation == "scan":
-        return "scan"
-    blockers = []
-    if not has_fused_path(cell):
-        blockers.append(f"{cell} has no fused loop")
-    if remat is not False:
-        blockers.append("remat is set")
-    if hidden_mask is not None:
-        blockers.append("recurrent dropout is on")
-    if implementation is None:
-        if blockers:
-            return "scan"
-        on_cpu = jax.default_backend() == "cpu"
-        native_ok = dtype == jnp.float32 or (_narrow(dtype) and on_cpu)
-        kernels = _is_one(unroll) and native_ok and cell.has_kernels() and _native.enabled()
-        return "kernel" if kernels else "fused"
-    if implementation == "kernel":
-        if has_fused_path(cell) and not cell.has_kernels():
-            blockers.append(f"{cell} has no CPU kernels (its fused loop runs in XLA)")
-        if not _is_one(unroll):
-            blockers.append(
-                f"unroll={unroll!r} (the kernels have no unroll; it applies to lax.scan)"
-            )
-        if dtype != jnp.float32:
-            blockers.append(f"the computation dtype is {jnp.dtype(dtype).name}, not float32")
-        if jax.default_backend() != "cpu":
-            blockers.append(f"the default backend is {jax.default_backend()}, not cpu")
-        reason = _native.unavailable_reason()
-        if reason:
-            blockers.append(reason)
-    if blockers:
-        raise ValueError(f"implementation={implementation!r} cannot run: " + "; ".join(blockers))
-    return implementation
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _round_to(x: Array, dtype) -> Array:
-    """``x`` rounded to ``dtype`` and back; its derivative is the identity (so that the
-    gradients of a computation run in float32 on rounded values are not rounded again)."""
-    return x.astype(dtype).astype(x.dtype)
-
-
-@_round_to.defjvp
-def _round_to_jvp(dtype, primals, tangents):
-    (x,), (t,) = primals, tangents
-    return _round_to(x, dtype), t
 
 
 def _check_remat(remat) -> None:
@@ -310,11 +246,11 @@ def _drive(
     if how in ("fused", "kernel"):
         native = how == "kernel"
         loop_cell, loop_params, loop_xs = cell, params, xs
-        if native and _narrow(dtype):
+        if native and narrow(dtype):
             # The float32 kernels on values rounded to the computation dtype.
             loop_cell = dataclasses.replace(cell, dtype=jnp.dtype(jnp.float32))
             loop_params = {  # the weights rounded (they enter matmuls), not the biases
-                k: _round_to(v.astype(jnp.float32), dtype) if k.startswith("w_") else v
+                k: round_to(v.astype(jnp.float32), dtype) if k.startswith("w_") else v
                 for k, v in params.items()
             }
             loop_xs = xs.astype(dtype).astype(jnp.float32)

@@ -79,7 +79,8 @@ def tbptt(
 
     # The first window continues initial_carry (and gives it its gradient).
     first = min(window, steps)
-    ys, carry = run(0, *part(0, first), initial_carry)
+    x, window_resets = part(0, first)
+    ys, carry = run(0, x, window_resets, initial_carry)
     outputs = [ys]
     middle = (steps - first) // window
     if middle:
@@ -99,7 +100,8 @@ def tbptt(
         outputs.append(ys.reshape(middle * window, *ys.shape[2:]))
     done = first + middle * window
     if done < steps:  # the last, shorter window
-        ys, carry = run(done, *part(done, steps), jax.lax.stop_gradient(carry))
+        x, window_resets = part(done, steps)
+        ys, carry = run(done, x, window_resets, jax.lax.stop_gradient(carry))
         outputs.append(ys)
     ys = jnp.concatenate(outputs) if len(outputs) > 1 else outputs[0]
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
