@@ -341,3 +341,50 @@ def test_bad_resets_are_errors(resets, error, match):
         jax.jit(lambda x, r: jaxrnn.rnn(cell, params, x, resets=r))(xs, resets)
     with pytest.raises(error, match=match):
         jaxrnn.tbptt(cell, params, xs, 3, resets=resets)
+
+
+VARIANTS = [
+    jaxrnn.LSTM(5, proj_size=3),
+    jaxrnn.LSTM(5, peepholes=True, cell_clip=0.5, proj_size=3, proj_clip=0.4),
+    jaxrnn.LSTM(5, layer_norm=True),
+    jaxrnn.GRU(5, layer_norm=True),
+]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", VARIANTS, ids=["lstmp", "tf1", "ln_lstm", "ln_gru"])
+def test_variants_reset_like_segments_run_alone(cell, reverse):
+    """The variants (checked against their NumPy references in test_variants.py) with
+    resets: each segment as its own ``rnn`` call, from zeros (the first one forwards and the
+    last one backwards from the initial carry)."""
+    params = random_params(cell, F, seed=8)
+    xs, carry = _inputs(cell, seed=8)[1:]
+    ys, final = jaxrnn.rnn(
+        cell,
+        params,
+        xs,
+        jnp.asarray(LENGTHS),
+        resets=jnp.asarray(RESETS),
+        reverse=reverse,
+        initial_carry=carry,
+    )
+    for b in range(B):
+        segments, first_reset = _segments(RESETS[b], LENGTHS[b])
+        order = list(reversed(segments)) if reverse else segments
+        row_carry = jax.tree.map(lambda leaf, b=b: leaf[b : b + 1], carry)
+        want_final = row_carry
+        for index, (start, end) in enumerate(order):
+            continues = index == 0 and not (first_reset and not reverse)
+            start_carry = row_carry if continues else None
+            seg_ys, want_final = jaxrnn.rnn(
+                cell,
+                params,
+                xs[b : b + 1, start:end],
+                initial_carry=start_carry,
+                reverse=reverse,
+                implementation="scan",
+            )
+            np.testing.assert_allclose(ys[b, start:end], seg_ys[0], rtol=2e-5, atol=2e-6)
+        assert np.all(np.asarray(ys[b, LENGTHS[b] :]) == 0.0)
+        for got, want in zip(jax.tree.leaves(final), jax.tree.leaves(want_final), strict=True):
+            np.testing.assert_allclose(got[b], want[0], rtol=2e-5, atol=2e-6)
