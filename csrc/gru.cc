@@ -64,8 +64,9 @@ constexpr int kKept = 4;  // r, z, n, hh_n per unit and step
 ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
                           ffi::Buffer<ffi::F32> bias_h, ffi::Buffer<ffi::F32> h0,
-                          ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
-                          ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,
+                          ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::PRED> resets,
+                          ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
+                          ffi::ResultBuffer<ffi::F32> kept,
                           int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
   const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
@@ -80,11 +81,13 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const float* bh = bias_h.typed_data();
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
+  const bool* rs = ResetsOrNull(resets);
   float* y = ys->typed_data();
   // Empty (nothing will differentiate this call): the kept values go to a scratch row.
   float* kept_out = kept->element_count() > 0 ? kept->typed_data() : nullptr;
   std::vector<float> h_buf(2 * batch * hidden);  // step s reads h[s % 2], writes h[(s+1) % 2]
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
+  if (rs && steps > 0) ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
   const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 3, starts);
 
   // scratch: the recurrent products [batch, 3 * n], one row's discarded h and y, and one
@@ -111,6 +114,8 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
         std::fill_n(y + row, n, 0.0f);
       }
     }
+    // The next step starts from zeros where it resets (every chunk has read h_cur by now).
+    if (rs && s + 1 < steps) ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
   };
   RunRounds(pool, chunks - 1, steps, chunks, batch * 3 * widest + (2 + kKept) * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
@@ -120,7 +125,8 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 
 ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                            ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
-                           ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
+                           ffi::Buffer<ffi::PRED> resets, ffi::Buffer<ffi::F32> d_ys,
+                           ffi::Buffer<ffi::F32> d_h,
                            ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                            ffi::Buffer<ffi::F32> xs, ffi::ResultBuffer<ffi::F32> d_xp,
                            ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
@@ -140,6 +146,9 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   const bool* v = valid.typed_data();
   const float* dy = d_ys.typed_data();
   const float* y = ys.typed_data();
+  const bool* rs = ResetsOrNull(resets);
+  const ResetRows reset_rows(rs, steps, batch, hidden, reverse != 0, y, h0.typed_data());
+  const std::vector<float> zeros(hidden, 0.0f);  // the state before a reset
   float* dx = d_xp->typed_data();
   float* dh = d_h0->typed_data();  // the running cotangent of h, updated in place
   std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
@@ -149,8 +158,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
 
   // As in the LSTM's backward pass: round u adds step u - 1's d_hh @ w_h^T to the chunk's
-  // units of dh, then runs the pointwise part of step u; rounds T + 1 and T + 2, the weights'
-  // gradients.
+  // units of dh (zero where that step reset), then runs the pointwise part of step u; rounds
+  // T + 1 and T + 2, the weights' gradients.
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
     if (u == steps + 2) {
@@ -161,9 +170,11 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       return;
     }
     if (u == steps + 1) {
-      for (int gate = 0; gate < 3; ++gate)
+      for (int gate = 0; gate < 3; ++gate) {
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(),
                                 dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
+        reset_rows.Correct(dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
+      }
       inputs.CopyPart(k, chunks);
       return;
     }
@@ -171,6 +182,7 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, width, dhh.get() + t * batch * width, width, w + j0 * width, width,
            1.0f, dh + j0, hidden);
+      if (rs) ZeroResetRows(rs, t, batch, hidden, j0, n, dh);  // none crosses a reset
     }
     if (u == steps) return;
     const int64_t t = order.At(u);
@@ -182,7 +194,10 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       if (v[t * batch + b]) {
         const float* k = KeptRow<kKept>(kept_in, steps, batch, j0, n, t, b);
         const float* hp =
-            (t == first ? h0.typed_data() + b * hidden : y + (prev * batch + b) * hidden) + j0;
+            rs && rs[t * batch + b]
+                ? zeros.data()
+                : (t == first ? h0.typed_data() + b * hidden : y + (prev * batch + b) * hidden) +
+                      j0;
         GruBackwardRow(n, k, k + n, k + 2 * n, k + 3 * n, hp, dy + row, dh + b * hidden + j0,
                        dx_row, dhh_row, hidden);
       } else {  // a copied state: its cotangent passes through, the step gets none
@@ -212,6 +227,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruForward, GruForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // resets
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ys
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // kept
@@ -224,6 +240,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kept
                                   .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // resets
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d_ys
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d_h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ys

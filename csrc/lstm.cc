@@ -65,7 +65,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
                            ffi::Buffer<ffi::F32> c0,
                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
-                           ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
+                           ffi::Buffer<ffi::PRED> resets, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
                            ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,
                            float forget_bias, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
@@ -80,6 +80,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const float* bs = bias.typed_data();
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
+  const bool* rs = ResetsOrNull(resets);
   float* y = ys->typed_data();
   // An empty `kept` (inference: nothing will differentiate this call): each row's kept values
   // go to a scratch row that stays in L1 instead.
@@ -89,6 +90,10 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
   std::vector<float> h_buf(2 * batch * hidden);
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
+  if (rs && steps > 0) {
+    ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, c);
+    ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
+  }
   const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 4, starts);
 
   // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y, then
@@ -118,6 +123,12 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
         std::fill_n(y + row, n, 0.0f);
       }
     }
+    // The next step starts from zeros where it resets (every chunk has read h_cur by now; the
+    // chunk's units of c are its own).
+    if (rs && s + 1 < steps) {
+      ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, c);
+      ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
+    }
   };
   RunRounds(pool, chunks - 1, steps, chunks, batch * 4 * widest + 8 * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
@@ -127,7 +138,8 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 
 ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                             ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
-                            ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_c,
+                            ffi::Buffer<ffi::PRED> resets, ffi::Buffer<ffi::F32> d_ys,
+                            ffi::Buffer<ffi::F32> d_c,
                             ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
                             ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
                             ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_c0,
@@ -145,6 +157,9 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   const float* w = w_h.typed_data();
   const float* kept_in = kept.typed_data();
   const bool* v = valid.typed_data();
+  const bool* rs = ResetsOrNull(resets);
+  const ResetRows reset_rows(rs, steps, batch, hidden, reverse != 0, ys.typed_data(),
+                             h0.typed_data());
   const float* dy = d_ys.typed_data();
   float* dz = d_z->typed_data();
   float* dc = d_c0->typed_data();  // running cotangents, updated in place
@@ -155,7 +170,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
 
   // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
-  // of that step: the previous round) and runs the pointwise part of step u. Once every d_z is
+  // of that step: the previous round; then dh and dc are zero in the rows where that step
+  // reset) and runs the pointwise part of step u. Once every d_z is
   // written, round T + 1 computes the chunk's columns of w_h's gradient (and its part of the
   // time-major copy of batch-first inputs), round T + 2 its part of w_i's and b's columns.
   auto round = [&](int64_t u, int k, float*) {
@@ -167,10 +183,12 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       return;
     }
     if (u == steps + 1) {
-      for (int gate = 0; gate < 4; ++gate)
+      for (int gate = 0; gate < 4; ++gate) {
         RecurrentWeightGradient(steps, batch, hidden, reverse != 0, ys.typed_data(),
                                 h0.typed_data(), dz, width, gate * hidden + j0, n,
                                 d_w_h->typed_data());
+        reset_rows.Correct(dz, width, gate * hidden + j0, n, d_w_h->typed_data());
+      }
       inputs.CopyPart(k, chunks);
       return;
     }
@@ -178,6 +196,10 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, width, dz + t * batch * width, width, w + j0 * width, width, 1.0f,
            dh + j0, hidden);
+      if (rs) {
+        ZeroResetRows(rs, t, batch, hidden, j0, n, dh);
+        ZeroResetRows(rs, t, batch, hidden, j0, n, dc);
+      }
     }
     if (u == steps) return;
     const int64_t t = order.At(u);
@@ -212,6 +234,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -225,6 +248,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -12,7 +12,9 @@
 // Shapes (T steps, B batch, H hidden, G = gates * H): `xp` [T, B, G] (time-major) or
 // [B, T, G] (batch-first), the input projections x @ w_i, to which the forward handlers add
 // the bias `b` [G]; `valid` [T, B]: a step past a sequence's length copies the state and
-// outputs zero. Outputs are time-major.
+// outputs zero; `resets` [T, B] (or empty: none): a step where it is True starts from a zero
+// state, and no cotangent passes through it to the earlier state (the driver sets it only on
+// valid steps). Outputs are time-major.
 // The Python side (jaxrnn/_native.py) hands over OpenBLAS' cblas_sgemm before any call.
 
 #ifndef JAXRNN_CSRC_RECURRENCE_H_
@@ -69,6 +71,60 @@ inline void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden
   const float* d = reverse ? dz + col : dz + batch * dz_width + col;
   g_sgemm(kRowMajor, kTrans, kNoTrans, hidden, width, (steps - 1) * batch, 1.0f, h, hidden, d,
           dz_width, 1.0f, d_w + col, dz_width);
+}
+
+// The rows (step t, batch row b) of a `resets` mask [T, B] that are True: where a sequence
+// restarts from a zero state before step t. RecurrentWeightGradient takes every step's
+// previous state to be the previous output (or h0); Correct takes back what the reset rows
+// added that way, with one small sgemm over the gathered rows (resets are rare: measured
+// cheaper than a copy of the outputs with zero rows, benchmarks/resets.py).
+class ResetRows {
+ public:
+  // `resets` null (nothing resets) or [T, B]; `ys`, `h0` as for RecurrentWeightGradient.
+  ResetRows(const bool* resets, int64_t steps, int64_t batch, int64_t hidden, bool reverse,
+            const float* ys, const float* h0)
+      : hidden_(hidden) {
+    if (resets == nullptr) return;
+    const int64_t first = reverse ? steps - 1 : 0;
+    for (int64_t t = 0; t < steps; ++t) {
+      for (int64_t b = 0; b < batch; ++b) {
+        if (!resets[t * batch + b]) continue;
+        const int64_t prev = reverse ? t + 1 : t - 1;
+        const float* h = t == first ? h0 + b * hidden : ys + (prev * batch + b) * hidden;
+        rows_.push_back(t * batch + b);
+        h_prev_.insert(h_prev_.end(), h, h + hidden);
+      }
+    }
+  }
+  // d_w[:, col:col+width] -= sum over the reset rows r of h_prev[r]^T d_z[r, col:col+width].
+  void Correct(const float* dz, int64_t dz_width, int col, int width, float* d_w) const {
+    const int64_t count = static_cast<int64_t>(rows_.size());
+    if (count == 0) return;
+    std::vector<float> d(count * width);
+    for (int64_t r = 0; r < count; ++r)
+      std::memcpy(&d[r * width], dz + rows_[r] * dz_width + col, sizeof(float) * width);
+    g_sgemm(kRowMajor, kTrans, kNoTrans, hidden_, width, count, -1.0f, h_prev_.data(), hidden_,
+            d.data(), width, 1.0f, d_w + col, dz_width);
+  }
+
+ private:
+  int64_t hidden_;
+  std::vector<int64_t> rows_;  // t * B + b
+  std::vector<float> h_prev_;  // [rows, H]: what RecurrentWeightGradient took as h_prev
+};
+
+// The `resets` input [T, B], or null where it is empty (nothing resets: no check is made).
+inline const bool* ResetsOrNull(const ffi::Buffer<ffi::PRED>& resets) {
+  return resets.element_count() > 0 ? resets.typed_data() : nullptr;
+}
+
+// Zeroes units [j0, j0 + n) of the rows b of `state` ([B, H]) where resets[t, b] (`resets`
+// non-null): the state a step starts from after a reset, or the cotangent that reaches the
+// state before it.
+inline void ZeroResetRows(const bool* resets, int64_t t, int64_t batch, int64_t hidden, int j0,
+                          int n, float* state) {
+  for (int64_t b = 0; b < batch; ++b)
+    if (resets[t * batch + b]) std::fill_n(state + b * hidden + j0, n, 0.0f);
 }
 
 // sums[col:col+width] = the sums over `rows` rows of z[:, col:col+width] (z: [rows, z_width]),

@@ -36,7 +36,8 @@ void SimpleBackwardRow(int n, bool relu, const float* __restrict__ y,
 ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                              ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
                              ffi::Buffer<ffi::F32> h0,
-                             ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> ys,
+                             ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::PRED> resets,
+                             ffi::ResultBuffer<ffi::F32> ys,
                              ffi::ResultBuffer<ffi::F32> h_out, int32_t relu, int32_t reverse,
                              int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
@@ -51,9 +52,11 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const float* bs = bias.typed_data();
   const float* w = w_h.typed_data();
   const bool* v = valid.typed_data();
+  const bool* rs = ResetsOrNull(resets);
   float* y = ys->typed_data();
   std::vector<float> h_buf(2 * batch * hidden);
   std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
+  if (rs && steps > 0) ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
 
   auto step = [&](int64_t s, int k, float* acc) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
@@ -71,6 +74,8 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
         std::fill_n(y + row, n, 0.0f);
       }
     }
+    // The next step starts from zeros where it resets (every chunk has read h_cur by now).
+    if (rs && s + 1 < steps) ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
   };
   RunRounds(pool, chunks - 1, steps, chunks, batch * widest, step);
   std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
@@ -80,7 +85,7 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 
 ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                               ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::PRED> valid,
-                              ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
+                              ffi::Buffer<ffi::PRED> resets, ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> d_h,
                               ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
                               ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_h0,
                               ffi::ResultBuffer<ffi::F32> d_w_h,
@@ -96,6 +101,8 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   const float* w = w_h.typed_data();
   const float* y = ys.typed_data();
   const bool* v = valid.typed_data();
+  const bool* rs = ResetsOrNull(resets);
+  const ResetRows reset_rows(rs, steps, batch, hidden, reverse != 0, y, h0.typed_data());
   const float* dy = d_ys.typed_data();
   float* dz = d_z->typed_data();
   float* dh = d_h0->typed_data();
@@ -114,6 +121,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
     if (u == steps + 1) {
       RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(), dz, hidden,
                               j0, n, d_w_h->typed_data());
+      reset_rows.Correct(dz, hidden, j0, n, d_w_h->typed_data());
       inputs.CopyPart(k, chunks);
       return;
     }
@@ -121,6 +129,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       const int64_t t = order.At(u - 1);
       Gemm(true, batch, n, hidden, dz + t * batch * hidden, hidden, w + j0 * hidden, hidden,
            1.0f, dh + j0, hidden);
+      if (rs) ZeroResetRows(rs, t, batch, hidden, j0, n, dh);  // none crosses a reset
     }
     if (u == steps) return;
     const int64_t t = order.At(u);
@@ -151,6 +160,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleForward, SimpleForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("relu")
@@ -162,6 +172,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -15,7 +15,8 @@ across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
 a CPU (``lax.platform_dependent``), the XLA loop on GPU and TPU, and the XLA loop's
 derivative everywhere, so that the kernels need no derivatives of their own and higher-order
 gradients keep working. Every kernel takes and returns time-major ``[time, batch, ...]``
-per-step arrays (``xp`` may be batch-first) and a ``[time, batch]`` bool ``valid`` mask.
+per-step arrays (``xp`` may be batch-first), a ``[time, batch]`` bool ``valid`` mask and a
+``[time, batch]`` bool ``resets`` mask (empty where nothing resets).
 """
 
 from __future__ import annotations
@@ -151,6 +152,12 @@ def unavailable_reason() -> str | None:
 def mask(valid: jax.Array | None, steps: int, batch: int) -> jax.Array:
     """The kernels' ``[time, batch]`` bool mask (all steps valid where ``valid`` is None)."""
     return jnp.ones((steps, batch), jnp.bool_) if valid is None else valid
+
+
+def reset_mask(resets: jax.Array | None) -> jax.Array:
+    """The kernels' ``resets`` input: the ``[time, batch]`` bool mask, or an empty one where
+    there are none (the kernels then skip every reset check)."""
+    return jnp.zeros((0,), jnp.bool_) if resets is None else resets
 
 
 def on_cpu(native: Callable, xla: Callable, *args):

@@ -91,18 +91,33 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
     return scan
 
 
-def states_before(backwards, h0, ys):
+def states_before(backwards, h0, ys, resets=None):
     """The ``h`` before every step: the previous output (time-major), or ``h0`` ``[batch,
-    hidden]``. Past a sequence's length (where ``ys`` is zero) the values are wrong, and
-    unused: those steps get no gradient."""
+    hidden]``, and zeros where ``resets`` (``[time, batch]`` bool, or None) restarts the carry.
+    Past a sequence's length (where ``ys`` is zero) the values are wrong, and unused: those
+    steps get no gradient (the loops' ``valid`` steps come first in the order they run)."""
     h0 = h0[None]
-    return jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
+    h_prev = jnp.concatenate([ys[1:], h0]) if backwards else jnp.concatenate([h0, ys[:-1]])
+    if resets is None:
+        return h_prev
+    return jnp.where(resets[..., None], jnp.zeros_like(h_prev), h_prev)
 
 
-def recurrent_weight_gradient(backwards, h0, ys, d_z, dtype):
-    """``w_h``'s gradient, ``sum_t h_prev[t]^T d_z[t]``, as one matmul over all steps."""
-    h_prev = states_before(backwards, h0, ys)
+def recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets=None, h_prev=None):
+    """``w_h``'s gradient, ``sum_t h_prev[t]^T d_z[t]``, as one matmul over all steps
+    (``h_prev``: :func:`states_before`, computed here if not given)."""
+    if h_prev is None:
+        h_prev = states_before(backwards, h0, ys, resets)
     return matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]), dtype)
+
+
+def zero_where(resets_t, *arrays):
+    """``arrays`` (``[batch, ...]``) with zero rows where ``resets_t`` (``[batch]``) is True;
+    unchanged where it is None."""
+    if resets_t is None:
+        return arrays
+    reset = resets_t[:, None]
+    return tuple(jnp.where(reset, jnp.zeros_like(a), a) for a in arrays)
 
 
 def input_weight_gradient(xs, d_z, time_major, dtype):

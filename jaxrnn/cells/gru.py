@@ -129,12 +129,13 @@ class GRU(CellBase):
 # GRU (reset_after=True): r, z, n and the recurrent pre-activation hh_n are kept.
 
 
-def forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unroll):
+def forward_xla(w_h, xp, b, b_h, valid, h0, resets=None, *, backwards, time_major, unroll):
     xp = _loops.per_gate(xp, 3, time_major)
     b, b_h = _loops.split_gates(b, 3), _loops.split_gates(b_h, 3)
 
     def body(h, inputs):
-        xp_t, valid_t = inputs
+        xp_t, valid_t, reset_t = inputs
+        (h,) = _loops.zero_where(reset_t, h)  # a reset: the step starts from zeros
         hh = _loops.split_gates(matmul(h, w_h, w_h.dtype), 3)
         hr, hz, hn = (a + c for a, c in zip(hh, b_h, strict=True))
         r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
@@ -147,15 +148,18 @@ def forward_xla(w_h, xp, b, b_h, valid, h0, *, backwards, time_major, unroll):
             new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
         return new, (y, (r, z, n, hn))
 
-    h, (ys, kept) = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    inputs = (xp, valid, resets)
+    h, (ys, kept) = jax.lax.scan(body, h0, inputs, reverse=backwards, unroll=unroll)
     return ys, h, kept
 
 
-def backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, time_major):
+def backward_xla(
+    w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets=None, *, backwards, unroll, time_major
+):
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
-        h_prev, (r, z, n, hn), valid_t, d_y = inputs
+        h_prev, (r, z, n, hn), valid_t, reset_t, d_y = inputs
         g = d_h + d_y
         d_an = g * (1.0 - z) * (1.0 - n * n)
         d_az = g * (h_prev - n) * z * (1.0 - z)
@@ -167,21 +171,22 @@ def backward_xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, backwards, unroll, 
             keep = valid_t[:, None]
             d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
             d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-            return jnp.where(keep, g * z + matmul(d_hh, w_h_t, dtype), d_h), (d_xp, d_hh)
-        return g * z + matmul(d_hh, w_h_t, dtype), (d_xp, d_hh)
+            d_h_prev = jnp.where(keep, g * z + matmul(d_hh, w_h_t, dtype), d_h)
+        else:
+            d_h_prev = g * z + matmul(d_hh, w_h_t, dtype)
+        # No cotangent passes through a reset to the earlier carry.
+        return _loops.zero_where(reset_t, d_h_prev)[0], (d_xp, d_hh)
 
-    h_prev = _loops.states_before(backwards, h0, ys)
+    h_prev = _loops.states_before(backwards, h0, ys, resets)
     d_h0, (d_xp, d_hh) = jax.lax.scan(
-        body, d_h, (h_prev, kept, valid, d_ys), reverse=not backwards, unroll=unroll
+        body, d_h, (h_prev, kept, valid, resets, d_ys), reverse=not backwards, unroll=unroll
     )
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_hh, dtype)
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_hh, dtype, h_prev=h_prev)
     d_w_i, d_b = _loops.input_weight_gradient(xs, d_xp, time_major, dtype)
     return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
 
 
 def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
-    if resets is not None:
-        raise NotImplementedError("resets in the fused loops")
     dtype = cell.dtype
     (xp, b), w_h = _loops.projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
     b_h = params["b_h"].astype(accumulation_dtype(dtype))
@@ -189,7 +194,7 @@ def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major,
     options = {"time_major": time_major}
     xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
     if not _loops.native_loops(native, w_h, xp, h0):
-        ys, h, kept = xla(w_h, xp, b, b_h, valid, h0)
+        ys, h, kept = xla(w_h, xp, b, b_h, valid, h0, resets)
         return ys, h, (h0, ys, kept)
 
     def xla_packed(*args):
@@ -198,7 +203,7 @@ def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major,
 
     kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
-    ys, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, b_h, valid_, h0)
+    ys, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, b_h, valid_, h0, resets)
     return ys, h, (h0, ys, kept)
 
 
@@ -209,7 +214,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
     w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
     xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, **options)
     if isinstance(kept, tuple):  # the forward pass ran the XLA loop
-        grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+        grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets)
     else:
 
         def xla_packed(w_h, kept, *args):
@@ -217,7 +222,8 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
 
         kernel = functools.partial(backward_kernel, reverse=backwards, **options)
         valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-        grads = _native.on_cpu(kernel, xla_packed, w_h, kept, valid_, d_ys, d_h, ys, h0, xs32)
+        args = (w_h, kept, valid_, d_ys, d_h, ys, h0, xs32, resets)
+        grads = _native.on_cpu(kernel, xla_packed, *args)
     d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
     d_params = _loops.cast_like({"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}, params)
     return d_params, _loops.input_cotangent(params, time_major, d_xp, xs, dtype), None, None, d_h0
@@ -230,9 +236,12 @@ scan = _loops.with_backward(_forward, _backward)
 # The CPU kernels (``jaxrnn._native`` loads them).
 
 
-def forward_kernel(w_h, xp, b, b_h, valid, h0, *, reverse: bool, time_major: bool, keep=True):
+def forward_kernel(
+    w_h, xp, b, b_h, valid, h0, resets=None, *, reverse: bool, time_major: bool, keep=True
+):
     """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xp + b`` (``[T, B, 3H]`` or
-    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias; ``kept``: ``r, z,
+    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias, the state
+    zeroed before the steps where ``resets`` (``[T, B]`` bool, or None) is True; ``kept``: ``r, z,
     n`` and ``hh_n`` of every step (:func:`jaxrnn._native.pack_kept`), or empty with
     ``keep=False``."""
     steps, batch = valid.shape
@@ -244,11 +253,13 @@ def forward_kernel(w_h, xp, b, b_h, valid, h0, *, reverse: bool, time_major: boo
         vmap_method="sequential",
     )
     options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
-    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, **options)
+    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, _native.reset_mask(resets), **options)
     return ys, h, kept
 
 
-def backward_kernel(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, reverse: bool, time_major):
+def backward_kernel(
+    w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets=None, *, reverse: bool, time_major
+):
     """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
     pre-activations (``[T, B, 3H]``), initial state and weights (as
     :func:`jaxrnn.cells.lstm.backward_kernel`)."""
@@ -265,5 +276,5 @@ def backward_kernel(w_h, kept, valid, d_ys, d_h, ys, h0, xs, *, reverse: bool, t
         ),
         vmap_method="sequential",
     )
-    args = (w_h, kept, valid, d_ys, d_h, ys, h0, xs)
+    args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_h, ys, h0, xs)
     return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

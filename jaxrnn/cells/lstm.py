@@ -198,12 +198,14 @@ class LSTM(CellBase):
 # LSTM: the gate activations are kept, so that the backward loop has no exp or divide.
 
 
-def forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time_major, unroll):
+def forward_xla(
+    w_h, xp, b, valid, c0, h0, resets=None, *, forget_bias, backwards, time_major, unroll
+):
     xp, b = _loops.per_gate(xp, 4, time_major), _loops.split_gates(b, 4)
 
     def body(carry, inputs):
-        xp_t, valid_t = inputs
-        c_prev, h_prev = carry
+        xp_t, valid_t, reset_t = inputs
+        c_prev, h_prev = _loops.zero_where(reset_t, *carry)  # a reset: start from zeros
         hh = _loops.split_gates(matmul(h_prev, w_h, w_h.dtype), 4)
         zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
         if forget_bias:
@@ -220,19 +222,33 @@ def forward_xla(w_h, xp, b, valid, c0, h0, *, forget_bias, backwards, time_major
         return (c, h), (y, c_prev, (i, f, g, o))
 
     (c, h), (ys, c_prevs, gates) = jax.lax.scan(
-        body, (c0, h0), (xp, valid), reverse=backwards, unroll=unroll
+        body, (c0, h0), (xp, valid, resets), reverse=backwards, unroll=unroll
     )
     return ys, c, h, c_prevs, gates
 
 
 def backward_xla(
-    w_h, c_prevs, gates, valid, d_ys, d_c, d_h, ys, h0, xs, *, backwards, unroll, time_major
+    w_h,
+    c_prevs,
+    gates,
+    valid,
+    d_ys,
+    d_c,
+    d_h,
+    ys,
+    h0,
+    xs,
+    resets=None,
+    *,
+    backwards,
+    unroll,
+    time_major,
 ):
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_carry, inputs):
         d_c, d_h = d_carry
-        c_prev, (i, f, g, o), valid_t, d_y = inputs
+        c_prev, (i, f, g, o), valid_t, reset_t, d_y = inputs
         tanh_c = jnp.tanh(f * c_prev + i * g)
         d_h_all = d_h + d_y  # h is both the output and the next step's state
         d_o = d_h_all * tanh_c * o * (1.0 - o)
@@ -252,21 +268,26 @@ def backward_xla(
             keep = valid_t[:, None]
             d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
             d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
-            return (jnp.where(keep, d_c_prev, d_c), d_h_prev), d_z
-        return (d_c_prev, matmul(d_z, w_h_t, dtype)), d_z
+            d_c_prev = jnp.where(keep, d_c_prev, d_c)
+        else:
+            d_h_prev = matmul(d_z, w_h_t, dtype)
+        # No cotangent passes through a reset to the earlier carry.
+        return _loops.zero_where(reset_t, d_c_prev, d_h_prev), d_z
 
     (d_c0, d_h0), d_z = jax.lax.scan(
-        body, (d_c, d_h), (c_prevs, gates, valid, d_ys), reverse=not backwards, unroll=unroll
+        body,
+        (d_c, d_h),
+        (c_prevs, gates, valid, resets, d_ys),
+        reverse=not backwards,
+        unroll=unroll,
     )
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
     return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
 def _forward(
     cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native, keep=True
 ):
-    if resets is not None:
-        raise NotImplementedError("resets in the fused loops")
     dtype = cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
     w_h = params["w_h"].astype(dtype)
@@ -274,7 +295,7 @@ def _forward(
     options = {"forget_bias": cell.forget_bias, "time_major": time_major}
     xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
     if not _loops.native_loops(native, w_h, xp, *carry0):
-        ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0)
+        ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0, resets)
         return ys, (c, h), (carry0, ys, (c_prevs, gates))
 
     def xla_packed(*args):
@@ -284,7 +305,7 @@ def _forward(
 
     kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
     valid_ = _native.mask(valid, steps, batch)
-    ys, c, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, valid_, *carry0)
+    ys, c, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, valid_, *carry0, resets)
     return ys, (c, h), (carry0, ys, kept)
 
 
@@ -299,7 +320,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
     )
     xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, time_major=time_major)
     if isinstance(kept, tuple):  # the forward pass ran the XLA loop
-        grads = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0, xs)
+        grads = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0, xs, resets)
     else:
 
         def xla_packed(w_h, kept, *args):
@@ -308,7 +329,7 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
 
         kernel = functools.partial(backward_kernel, reverse=backwards, time_major=time_major)
         valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-        args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32)
+        args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32, resets)
         grads = _native.on_cpu(kernel, xla_packed, *args)
     d_z, d_c0, d_h0, *weights = grads
     d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
@@ -323,11 +344,23 @@ scan = _loops.with_backward(_forward, _backward)
 
 
 def forward_kernel(
-    w_h, xp, b, valid, c0, h0, *, forget_bias: float, reverse: bool, time_major: bool, keep=True
+    w_h,
+    xp,
+    b,
+    valid,
+    c0,
+    h0,
+    resets=None,
+    *,
+    forget_bias: float,
+    reverse: bool,
+    time_major: bool,
+    keep=True,
 ):
     """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
     ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
-    ``(c0, h0)``; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
+    ``(c0, h0)``, the state zeroed before the steps where ``resets`` (``[T, B]`` bool, or None)
+    is True; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
     gate activations (:func:`jaxrnn._native.pack_kept`), or, with ``keep=False`` (nothing
     will differentiate the call), an empty array, unwritten."""
     steps, batch = valid.shape
@@ -346,6 +379,7 @@ def forward_kernel(
         c0,
         h0,
         valid,
+        _native.reset_mask(resets),
         forget_bias=np.float32(forget_bias),
         reverse=np.int32(reverse),
         time_major=np.int32(time_major),
@@ -353,11 +387,14 @@ def forward_kernel(
     return ys, c, h, kept
 
 
-def backward_kernel(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, *, reverse: bool, time_major):
+def backward_kernel(
+    w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, resets=None, *, reverse: bool, time_major
+):
     """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
     (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
     final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
-    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``)."""
+    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``); no
+    cotangent passes through the steps where ``resets`` (``[T, B]`` bool, or None) is True."""
     steps, batch, hidden = ys.shape
     state = (batch, hidden)
     call = jax.ffi.ffi_call(
@@ -372,5 +409,5 @@ def backward_kernel(w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, *, reverse: bo
         ),
         vmap_method="sequential",
     )
-    args = (w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs)
+    args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_c, d_h, ys, h0, xs)
     return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))

@@ -68,45 +68,49 @@ class SimpleRNN(CellBase):
 # one is available (``jaxrnn._native``), else in XLA.
 
 
-def forward_xla(w_h, xp, b, valid, h0, *, relu, backwards, time_major, unroll):
+def forward_xla(w_h, xp, b, valid, h0, resets=None, *, relu, backwards, time_major, unroll):
     act = jax.nn.relu if relu else jnp.tanh
     (xp,) = _loops.per_gate(xp, 1, time_major)
 
     def body(h, inputs):
-        xp_t, valid_t = inputs
+        xp_t, valid_t, reset_t = inputs
+        (h,) = _loops.zero_where(reset_t, h)  # a reset: the step starts from zeros
         new = act(xp_t + b + matmul(h, w_h, w_h.dtype))
         if valid_t is None:
             return new, new
         keep = valid_t[:, None]
         return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
 
-    h, ys = jax.lax.scan(body, h0, (xp, valid), reverse=backwards, unroll=unroll)
+    h, ys = jax.lax.scan(body, h0, (xp, valid, resets), reverse=backwards, unroll=unroll)
     return ys, h
 
 
-def backward_xla(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu, backwards, unroll, time_major):
+def backward_xla(
+    w_h, ys, valid, d_ys, d_h, h0, xs, resets=None, *, relu, backwards, unroll, time_major
+):
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
-        y_t, d_y, valid_t = inputs
+        y_t, d_y, valid_t, reset_t = inputs
         # Past a sequence's length y is zero and its state is copied: the state's cotangent
-        # passes through and the step gets none.
+        # passes through and the step gets none. Through a reset none passes.
         g = d_h + d_y
         d_z = jnp.where(y_t > 0, g, 0.0) if relu else g * (1.0 - y_t * y_t)
         if valid_t is not None:
             keep = valid_t[:, None]
             d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
-            return jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h), d_z
-        return matmul(d_z, w_h_t, dtype), d_z
+            d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
+        else:
+            d_h_prev = matmul(d_z, w_h_t, dtype)
+        return _loops.zero_where(reset_t, d_h_prev)[0], d_z
 
-    d_h0, d_z = jax.lax.scan(body, d_h, (ys, d_ys, valid), reverse=not backwards, unroll=unroll)
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype)
+    inputs = (ys, d_ys, valid, resets)
+    d_h0, d_z = jax.lax.scan(body, d_h, inputs, reverse=not backwards, unroll=unroll)
+    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
     return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
 def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
-    if resets is not None:
-        raise NotImplementedError("resets in the fused loops")
     del keep  # what it keeps is dropped by XLA where unused
     relu, dtype = cell.activation == "relu", cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
@@ -119,9 +123,10 @@ def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major,
         kernel = functools.partial(
             forward_kernel, relu=relu, reverse=backwards, time_major=time_major
         )
-        ys, h = _native.on_cpu(kernel, xla, w_h, xp, b, _native.mask(valid, steps, batch), h0)
+        valid_ = _native.mask(valid, steps, batch)
+        ys, h = _native.on_cpu(kernel, xla, w_h, xp, b, valid_, h0, resets)
     else:
-        ys, h = xla(w_h, xp, b, valid, h0)
+        ys, h = xla(w_h, xp, b, valid, h0, resets)
     return ys, h, (h0, ys)
 
 
@@ -136,9 +141,9 @@ def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
         kernel = functools.partial(backward_kernel, reverse=backwards, **options)
         valid_ = _native.mask(valid, *ys.shape[:2])
         xs32 = xs.astype(jnp.float32)
-        grads = _native.on_cpu(kernel, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32)
+        grads = _native.on_cpu(kernel, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32, resets)
     else:
-        grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs)
+        grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs, resets)
     d_z, d_h0, *weights = grads
     d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
     return d_params, d_xs, None, None, d_h0
@@ -151,9 +156,12 @@ scan = _loops.with_backward(_forward, _backward)
 # The CPU kernels (``jaxrnn._native`` loads them).
 
 
-def forward_kernel(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_major: bool):
+def forward_kernel(
+    w_h, xp, b, valid, h0, resets=None, *, relu: bool, reverse: bool, time_major: bool
+):
     """``(ys, h)``: the SimpleRNN over ``xp + b`` (``xp``: the input projection, ``[T, B, H]``
-    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``."""
+    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``, the state zeroed before the steps
+    where ``resets`` (``[T, B]`` bool, or None) is True."""
     steps, batch = valid.shape
     hidden = w_h.shape[0]
     call = jax.ffi.ffi_call(
@@ -167,6 +175,7 @@ def forward_kernel(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_maj
         w_h,
         h0,
         valid,
+        _native.reset_mask(resets),
         relu=np.int32(relu),
         reverse=np.int32(reverse),
         time_major=np.int32(time_major),
@@ -174,7 +183,9 @@ def forward_kernel(w_h, xp, b, valid, h0, *, relu: bool, reverse: bool, time_maj
     return ys, h
 
 
-def backward_kernel(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: bool, time_major):
+def backward_kernel(
+    w_h, ys, valid, d_ys, d_h, h0, xs, resets=None, *, relu: bool, reverse: bool, time_major
+):
     """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
     initial state and weights (as :func:`jaxrnn.cells.lstm.backward_kernel`)."""
     hidden = w_h.shape[0]
@@ -183,6 +194,6 @@ def backward_kernel(w_h, ys, valid, d_ys, d_h, h0, xs, *, relu: bool, reverse: b
         _native.outputs(ys.shape, d_h.shape, w_h.shape, (xs.shape[2], hidden), (hidden,)),
         vmap_method="sequential",
     )
-    args = (w_h, ys, valid, d_ys, d_h, h0, xs)
+    args = (w_h, ys, valid, _native.reset_mask(resets), d_ys, d_h, h0, xs)
     options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
     return tuple(call(*args, **options, time_major=np.int32(time_major)))
