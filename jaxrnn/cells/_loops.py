@@ -111,6 +111,22 @@ def recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets=None, h_prev
     return matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, d_z.reshape(-1, d_z.shape[-1]), dtype)
 
 
+def resets_after(backwards, resets, carry0):
+    """``(after, carry0)``: the loop's resets (zero the carry before visiting step ``t``) as
+    flags to zero it after the step visited before (``[time, batch]``: the flag of the step
+    visited next, none after the last one), and ``carry0`` zeroed where the first step visited
+    resets; ``(None, carry0)`` without resets. The loops zero the carry they hand on, not the
+    one they read: the recurrent matmul then reads the loop's state as it does without resets
+    (XLA:CPU compiles a matmul of a ``jnp.where`` differently, rounding differently in the last
+    bit), so that all-False resets give exactly the results of none."""
+    if resets is None:
+        return None, carry0
+    carry0 = zero_where(resets[-1 if backwards else 0], *carry0)
+    none = jnp.zeros_like(resets[:1])
+    after = jnp.concatenate([none, resets[:-1]] if backwards else [resets[1:], none])
+    return after, carry0
+
+
 def zero_where(resets_t, *arrays):
     """``arrays`` (``[batch, ...]``) with zero rows where ``resets_t`` (``[batch]``) is True;
     unchanged where it is None."""

@@ -134,8 +134,7 @@ def forward_xla(w_h, xp, b, b_h, valid, h0, resets=None, *, backwards, time_majo
     b, b_h = _loops.split_gates(b, 3), _loops.split_gates(b_h, 3)
 
     def body(h, inputs):
-        xp_t, valid_t, reset_t = inputs
-        (h,) = _loops.zero_where(reset_t, h)  # a reset: the step starts from zeros
+        xp_t, valid_t, reset_after_t = inputs
         hh = _loops.split_gates(matmul(h, w_h, w_h.dtype), 3)
         hr, hz, hn = (a + c for a, c in zip(hh, b_h, strict=True))
         r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
@@ -146,9 +145,11 @@ def forward_xla(w_h, xp, b, b_h, valid, h0, resets=None, *, backwards, time_majo
         if valid_t is not None:
             keep = valid_t[:, None]
             new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
-        return new, (y, (r, z, n, hn))
+        # The next step starts from zeros where it resets.
+        return _loops.zero_where(reset_after_t, new)[0], (y, (r, z, n, hn))
 
-    inputs = (xp, valid, resets)
+    after, (h0,) = _loops.resets_after(backwards, resets, (h0,))
+    inputs = (xp, valid, after)
     h, (ys, kept) = jax.lax.scan(body, h0, inputs, reverse=backwards, unroll=unroll)
     return ys, h, kept
 

@@ -204,8 +204,8 @@ def forward_xla(
     xp, b = _loops.per_gate(xp, 4, time_major), _loops.split_gates(b, 4)
 
     def body(carry, inputs):
-        xp_t, valid_t, reset_t = inputs
-        c_prev, h_prev = _loops.zero_where(reset_t, *carry)  # a reset: start from zeros
+        xp_t, valid_t, reset_after_t = inputs
+        c_prev, h_prev = carry
         hh = _loops.split_gates(matmul(h_prev, w_h, w_h.dtype), 4)
         zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
         if forget_bias:
@@ -219,10 +219,12 @@ def forward_xla(
             keep = valid_t[:, None]
             c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        return (c, h), (y, c_prev, (i, f, g, o))
+        # The next step starts from zeros where it resets (and keeps them as its c_prev).
+        return _loops.zero_where(reset_after_t, c, h), (y, c_prev, (i, f, g, o))
 
+    after, carry0 = _loops.resets_after(backwards, resets, (c0, h0))
     (c, h), (ys, c_prevs, gates) = jax.lax.scan(
-        body, (c0, h0), (xp, valid, resets), reverse=backwards, unroll=unroll
+        body, carry0, (xp, valid, after), reverse=backwards, unroll=unroll
     )
     return ys, c, h, c_prevs, gates
 

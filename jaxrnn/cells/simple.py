@@ -73,15 +73,16 @@ def forward_xla(w_h, xp, b, valid, h0, resets=None, *, relu, backwards, time_maj
     (xp,) = _loops.per_gate(xp, 1, time_major)
 
     def body(h, inputs):
-        xp_t, valid_t, reset_t = inputs
-        (h,) = _loops.zero_where(reset_t, h)  # a reset: the step starts from zeros
+        xp_t, valid_t, reset_after_t = inputs
         new = act(xp_t + b + matmul(h, w_h, w_h.dtype))
-        if valid_t is None:
-            return new, new
-        keep = valid_t[:, None]
-        return jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
+        y = new
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new, y = jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
+        return _loops.zero_where(reset_after_t, new)[0], y  # the next step starts from zeros
 
-    h, ys = jax.lax.scan(body, h0, (xp, valid, resets), reverse=backwards, unroll=unroll)
+    after, (h0,) = _loops.resets_after(backwards, resets, (h0,))
+    h, ys = jax.lax.scan(body, h0, (xp, valid, after), reverse=backwards, unroll=unroll)
     return ys, h
 
 
