@@ -24,7 +24,13 @@ def example(monkeypatch):
 
 
 def test_every_example_is_tested():
-    tested = {"train_variable_length", "nnx_model", "torch_lstm", "bidirectional_tagging"}
+    tested = {
+        "train_variable_length",
+        "nnx_model",
+        "torch_lstm",
+        "bidirectional_tagging",
+        "recurrent_policy",
+    }
     scripts = {p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_")}
     assert scripts == tested
 
@@ -45,6 +51,22 @@ def test_bidirectional_tagging(example):
     result = example("bidirectional_tagging").main(small=True)["bidirectional"]
     assert result["last_loss"] < 0.5 * result["first_loss"]
     assert result["test_accuracy"] > 0.85
+
+
+def test_recurrent_policy(example):
+    result = example("recurrent_policy").main(small=True)
+    # One rnn call with resets gives the log-probs of the step-by-step rollout, in every update
+    # of training and for the trained policy...
+    assert result["train_logp_gap"] < 1e-4
+    assert result["logp_gap_with_resets"] < 1e-4
+    # ...and without resets it agrees only until the first episode ends.
+    assert result["no_resets_gap_before_end"] < 1e-4
+    assert result["no_resets_gap_after_end"] > 0.5
+    assert result["no_resets_steps_off"] > 0.3
+    # The memory task is learnt: chance is 0.5, which is where the policy starts.
+    assert result["first_success"] < 0.65
+    assert result["last_success"] > 0.85
+    assert result["greedy_success"] > 0.9
 
 
 def test_torch_lstm_against_stored_pytorch_outputs(example):
