@@ -76,8 +76,8 @@ inline void RecurrentWeightGradient(int64_t steps, int64_t batch, int64_t hidden
 // The rows (step t, batch row b) of a `resets` mask [T, B] that are True: where a sequence
 // restarts from a zero state before step t. RecurrentWeightGradient takes every step's
 // previous state to be the previous output (or h0); Correct takes back what the reset rows
-// added that way, with one small sgemm over the gathered rows (resets are rare: measured
-// cheaper than a copy of the outputs with zero rows, benchmarks/resets.py).
+// added that way, with one sgemm over the gathered rows: its cost grows with the resets
+// (rare), where a copy of the outputs with zero rows would pass over all T * B rows.
 class ResetRows {
  public:
   // `resets` null (nothing resets) or [T, B]; `ys`, `h0` as for RecurrentWeightGradient.

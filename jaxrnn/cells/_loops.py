@@ -12,13 +12,21 @@ holds only the recurrent matmul and the cell's elementwise derivative, and the g
 
 Every per-step value the forward loop writes is a separate buffer write (one more operation
 per step, which dominates small models on CPU), so each cell keeps only what its backward
-pass needs, and the previous ``h`` is always the previous output: the ``SimpleRNN`` keeps
-nothing but its outputs (its derivative is a function of the output); the LSTM keeps the
-previous cell state and its four gate activations (its backward loop then has no exp or
-divide; ``docs/design/fused-loops.md`` has the measurements); the GRU keeps
-``r, z, n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
+pass needs, and the previous ``h`` is the previous output (zeros after a reset): the
+``SimpleRNN`` keeps nothing but its outputs (its derivative is a function of the output); the
+LSTM keeps the previous cell state and its four gate activations (its backward loop then has
+no exp or divide; ``docs/design/fused-loops.md`` has the measurements); the GRU keeps ``r, z,
+n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
 Undifferentiated (the ``custom_vjp``'s primal), the forward pass keeps nothing. All functions
 take and return time-major per-step arrays.
+
+``resets`` (bool ``[time, batch]`` or None, in the loop's order: zero the carry before
+visiting step ``t``; only where ``valid``): the forward loop zeroes the carry that the step
+before a reset hands on (:func:`resets_after`), so that what the LSTM keeps as its previous
+cell state is zero there; the backward loop zeroes the carry's cotangent where it leaves a
+reset step, and the recurrent weights' gradient takes the state before a reset as zero
+(:func:`states_before`). Without resets the loops are the graphs they are without the
+argument.
 
 On a CPU the three cells' two loops (and the weights' gradients) run as jaxrnn's kernels
 instead (``jaxrnn._native``, under the conditions of :func:`_native_loops`); the XLA loops
