@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from jaxrnn import _checks
 from jaxrnn._implementation import IMPLEMENTATIONS, has_fused_path, narrow, round_to
 from jaxrnn._implementation import resolve as _resolve_implementation
-from jaxrnn.cells import Carry, Cell, Params, accumulation_dtype
+from jaxrnn.cells import Carry, Cell, Params, _loops, accumulation_dtype
 from jaxrnn.masking import reverse_sequence
 
 Array = jax.Array
@@ -108,13 +108,6 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
         return new_carry, y
 
     return step
-
-
-def _resets_after(resets: Array, backwards: bool) -> Array:
-    """Loop resets (zero before visiting step ``t``) as flags to zero after visiting ``t``:
-    the flag of the step visited next (none after the last one visited)."""
-    none = jnp.zeros_like(resets[:1])
-    return jnp.concatenate([none, resets[:-1]] if backwards else [resets[1:], none])
 
 
 def _check_remat(remat) -> None:
@@ -274,8 +267,10 @@ def _drive(
         return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
     if resets is not None:
-        initial_carry = reset_carry(initial_carry, resets[-1 if backwards else 0])
-        resets = _resets_after(resets, backwards)
+        # As the fused loops do (``_loops.resets_after``): zero what a step hands on.
+        leaves, tree = jax.tree.flatten(initial_carry)
+        resets, leaves = _loops.resets_after(backwards, resets, leaves)
+        initial_carry = jax.tree.unflatten(tree, leaves)
     # Parameters narrower than float32 are widened once, outside the loop, so that their
     # gradients are summed over steps in float32 (each step casts them to ``dtype``).
     params = {k: v.astype(accumulation_dtype(v.dtype)) for k, v in params.items()}
