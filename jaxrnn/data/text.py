@@ -130,20 +130,17 @@ def streams(ids: np.ndarray, num_streams: int, window: int) -> tuple[np.ndarray,
 def stream_batch(inputs: np.ndarray, targets: np.ndarray, index: int, window: int) -> dict:
     """Batch ``index`` of the streams (:func:`streams`): window ``index % W`` of each.
 
-    Returns ``inputs`` and ``labels`` (the targets) int32 ``[S, window]`` and ``resets`` bool
-    ``[S, window]``,
-    True in column 0 of the first window of each pass over the streams (batch ``index`` with
-    ``index % W == 0``), where the carry handed over from the end of the previous pass
-    restarts from zeros; False elsewhere.
+    Returns ``inputs`` and ``labels`` (the targets) int32 ``[S, window]``, and ``starts`` bool
+    ``[S]``: True in the first batch of each pass over the streams (``index % W == 0``), whose
+    rows begin their streams anew, so that the carry handed over from the end of the previous
+    pass restarts from zeros; False elsewhere.
     """
     per = inputs.shape[1] // window
     start = (index % per) * window
-    resets = np.zeros(inputs[:, :window].shape, bool)
-    resets[:, 0] = index % per == 0
     return {
         "inputs": inputs[:, start : start + window],
         "labels": targets[:, start : start + window],
-        "resets": resets,
+        "starts": np.full(inputs.shape[:1], index % per == 0),
     }
 
 

@@ -1,4 +1,4 @@
-"""Training: train state, optimizers, jitted steps, checkpoints, the loop and plots.
+"""Training: train state, optimizers, jitted steps, checkpoints, the loop, sampling and plots.
 
 Needs the ``train`` extra: ``pip install "jaxrnn[train]"``.
 """
@@ -8,6 +8,7 @@ from jaxrnn import _extras
 with _extras.requires("train", __name__):
     from jaxrnn.training.loop import NonFiniteError, WorkdirError, evaluate_workdir, train
     from jaxrnn.training.optimizers import make_optimizer
+    from jaxrnn.training.sampling import sample_workdir
     from jaxrnn.training.state import TrainState
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "WorkdirError",
     "evaluate_workdir",
     "make_optimizer",
+    "sample_workdir",
     "train",
 ]

@@ -209,6 +209,7 @@ def train(
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     check_dtypes(config)
     implementation_of(config)
+    streams_lib.check_config(config)
     with lock_lib.hold(workdir, "train"):
         return _train(
             config,
@@ -241,7 +242,6 @@ def _train(
     t_data = time.perf_counter()
     mesh = steps.make_mesh()
     steps.check_batch_size(config.batch_size, mesh)
-    streams_lib.check_config(config)
     num_train = _task_size(config, shards, mnist_dir=mnist_dir, data_dir=data_dir)
     if num_train < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} examples")

@@ -12,9 +12,9 @@
   with ``readout="sequence"`` has a loss per step (``labels [batch, time]``), averaged over
   every step.
 * Stateful training (``state.carry`` not ``None``): each step starts from the carry the
-  previous one ended with (``batch["resets"]`` restarting rows from zeros where a pass over
-  the streams begins) and stores its final carry in the state; no gradient flows into an
-  earlier batch (truncated backpropagation through time).
+  previous one ended with (the rows where ``batch["starts"]`` is True from zeros: a pass over
+  the streams begins there) and stores its final carry in the state; no gradient flows into
+  an earlier batch (truncated backpropagation through time).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from jaxrnn import parallel
+from jaxrnn.drivers import reset_carry
 from jaxrnn.models import Model
 from jaxrnn.training.state import TrainState, step_key
 
@@ -80,14 +81,10 @@ def _loss(model: Model, params, batch: dict, key, carry):
     if carry is None:
         outputs = model.apply(params, inputs, lengths, key)
     else:
+        if "starts" in batch:
+            carry = reset_carry(carry, batch["starts"])
         outputs, carry = model.apply(
-            params,
-            inputs,
-            lengths,
-            key,
-            resets=batch.get("resets"),
-            initial_carry=carry,
-            return_carry=True,
+            params, inputs, lengths, key, initial_carry=carry, return_carry=True
         )
         carry = jax.lax.stop_gradient(carry)
     loss, correct = per_example(model, outputs, batch)

@@ -6,7 +6,7 @@ A text dataset (``jaxrnn.data.text``) trains a character-level language model: a
 ``batch_size`` parallel streams (:func:`jaxrnn.data.text.streams`); batch ``i`` is window
 ``i`` of every stream, so with ``Config.stateful`` the carry each step ends with is the one
 the next step starts from (``TrainState.carry``, checkpointed with the parameters), and the
-first batch of each pass restarts it from zeros (``resets`` on its first column).
+first batch of each pass restarts it from zeros (its ``starts`` rows).
 
 :class:`StreamFeed` has :class:`jaxrnn.training.feed.TrainFeed`'s interface. Its position
 is the number of batches drawn, which the train loop keeps equal to the step: batch ``t`` is
@@ -138,13 +138,13 @@ class StreamFeed:
         self._next = 0
 
     def row_specs(self) -> dict[str, jax.ShapeDtypeStruct]:
-        """What one row of a batch holds: ``inputs``, ``labels`` int32 and ``resets`` bool,
-        each ``[window]``."""
+        """What one row of a batch holds: ``inputs`` and ``labels`` int32 ``[window]``,
+        ``starts`` a bool scalar (:func:`jaxrnn.data.text.stream_batch`)."""
         window = (self.window,)
         return {
             "inputs": jax.ShapeDtypeStruct(window, np.int32),
             "labels": jax.ShapeDtypeStruct(window, np.int32),
-            "resets": jax.ShapeDtypeStruct(window, np.bool_),
+            "starts": jax.ShapeDtypeStruct((), np.bool_),
         }
 
     def next_local(self, steps: int) -> dict[str, np.ndarray]:
