@@ -36,13 +36,15 @@ def tbptt(
     take one window of a stream and hand the returned carry to the next (see the
     language-model guide).
 
+    ``lengths``, ``resets``, ``initial_carry``, ``unroll``, ``time_major`` and
+    ``implementation`` are those of :func:`jaxrnn.rnn` (which runs forwards only here).
+
     Args:
-      cell, params: as for :func:`jaxrnn.rnn`.
+      cell: a ``SimpleRNN``, ``LSTM`` or ``GRU``.
+      params: the cell's parameters (``cell.init``).
       xs: ``[batch, time, input_size]`` (``[time, batch, input_size]`` if ``time_major``).
       window: steps per window, a positive int; the last window is shorter where ``window``
         does not divide ``time``.
-      lengths, resets, initial_carry, unroll, time_major, implementation: as for
-        :func:`jaxrnn.rnn` (forward direction only).
 
     Returns:
       ``(ys, final_carry)`` as :func:`jaxrnn.rnn` returns them.
