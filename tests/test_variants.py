@@ -12,6 +12,7 @@ Every reference loops per sequence and per gate (its own weight slice), in float
 """
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -228,11 +229,15 @@ def test_gradients_check_grads(cell):
         xs = _xs(1, (3, 4, F)).astype(np.float64)
         lengths = np.array([4, 1, 3], np.int32)
 
-        def loss(p, x):
-            ys, carry = jaxrnn.rnn(c64, p, x, lengths, reverse=True)
+        def loss(p, x, implementation=None):
+            ys, carry = jaxrnn.rnn(c64, p, x, lengths, reverse=True, implementation=implementation)
             return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(carry))
 
-        check_grads(loss, (params, xs), order=1, modes=("rev", "fwd"), atol=1e-5, rtol=1e-5)
+        # Reverse mode as chosen (the fused loop where the variant has one); forward mode
+        # needs lax.scan.
+        check_grads(loss, (params, xs), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
+        scan_loss = functools.partial(loss, implementation="scan")
+        check_grads(scan_loss, (params, xs), order=1, modes=("fwd",), atol=1e-5, rtol=1e-5)
 
 
 def test_bidirectional_and_stacked(cell):
@@ -328,12 +333,21 @@ def test_implementation_choice(cell):
 
         return str(jax.make_jaxpr(jax.grad(loss))(params))
 
-    chosen = jaxpr(None)  # None runs lax.scan, JAX's derivative
-    assert "custom_vjp" not in chosen and "ffi_call" not in chosen
-    assert not jaxrnn.drivers.has_fused_path(cell)
-    for implementation in ("fused", "kernel"):
-        with pytest.raises(ValueError, match="has no fused loop"):
-            jaxrnn.rnn(cell, params, xs, implementation=implementation)
+    chosen = jaxpr(None)
+    assert "ffi_call" not in chosen  # no CPU kernels for the variants
+    if cell.layer_norm:  # None runs lax.scan, JAX's derivative
+        assert "custom_vjp" not in chosen
+        assert not jaxrnn.drivers.has_fused_path(cell)
+        for implementation in ("fused", "kernel"):
+            with pytest.raises(ValueError, match="has no fused loop"):
+                jaxrnn.rnn(cell, params, xs, implementation=implementation)
+    else:  # the variants' fused XLA loop
+        assert "custom_vjp" in str(
+            jax.make_jaxpr(lambda p: jaxrnn.rnn(cell, p, xs, LENGTHS)[0])(params)
+        )
+        assert jaxrnn.drivers.has_fused_path(cell) and not cell.has_kernels()
+        with pytest.raises(ValueError, match="has no CPU kernels"):
+            jaxrnn.rnn(cell, params, xs, implementation="kernel")
 
 
 def test_init_layout():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops
+from jaxrnn.cells import _loops, lstm_variants
 from jaxrnn.cells._base import (
     Array,
     CellBase,
@@ -67,8 +67,11 @@ class LSTM(CellBase):
     Parameters: ``w_i [I, 4H]``, ``w_h [R, 4H]`` (``R = P`` with a projection, else ``H``),
     ``b [4H]`` (and optionally ``b_h [4H]``, added to ``b``); ``w_hr [H, P]`` with
     ``proj_size``; ``w_ci, w_cf, w_co [H]`` with peepholes (initially zero); ``g_i, g_h [4H]``,
-    ``g_c, b_c [H]`` with ``layer_norm`` (gains initially one, shift zero). The variants run
-    as ``lax.scan`` (``implementation="scan"``): only the plain cell has a fused loop.
+    ``g_c, b_c [H]`` with ``layer_norm`` (gains initially one, shift zero). Every combination
+    of ``proj_size``, peepholes and the clips has a fused XLA loop with a hand-written
+    backward pass (:mod:`jaxrnn.cells.lstm_variants`; no CPU kernels: ``implementation=None``
+    runs it as ``"fused"`` on every platform, ``"kernel"`` is an error); ``layer_norm`` runs
+    as ``lax.scan`` (``implementation="scan"``). Only the plain cell has CPU kernels.
 
     Carry: ``(c, h)``, ``c`` ``[batch, hidden_size]`` and ``h`` ``[batch, output_size]``
     (``proj_size`` or ``hidden_size``); the output is ``h'``. ``dtype``/``param_dtype``: see
@@ -120,7 +123,12 @@ class LSTM(CellBase):
         )
 
     def fused_loop(self):
-        return scan if self.plain else None
+        if self.plain:
+            return scan
+        return None if self.layer_norm else lstm_variants.scan
+
+    def has_kernels(self) -> bool:
+        return self.plain
 
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         shapes = super().param_shapes(input_size)
