@@ -31,17 +31,20 @@ How ``rnn`` computes is its ``implementation`` argument (the numbers agree to ro
 
 * ``"scan"``: a plain ``lax.scan`` of the cell's step, differentiated by JAX. Every JAX
   transformation applies, forward-mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) included.
-* ``"fused"`` (``SimpleRNN``, ``LSTM``, ``GRU(reset_after=True)``): the input half of every
+* ``"fused"`` (``SimpleRNN``, ``LSTM`` with any options but ``layer_norm``,
+  ``GRU(reset_after=True)``): the input half of every
   step (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
   pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and the
   cell's elementwise derivative, and the weight gradients are one matmul each after it.
   Reverse mode only: ``jax.jvp`` of it raises.
-* ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``): the
-  whole loop in one call, each step's hidden units split over the cores. float32 on a CPU, with
+* ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``; the
+  plain ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``: the LSTM's variants have
+  none): the whole loop in one call, each step's hidden units split over the cores. float32 on a CPU, with
   ``unroll=1``; reverse mode only.
-* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply (the
-  LSTM's ``proj_size``, peepholes and clipping, ``layer_norm``, ``GRU(reset_after=False)``,
-  ``remat``, recurrent dropout); else, with ``unroll=1`` and the kernels built, the kernels
+* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply
+  (``layer_norm``, ``GRU(reset_after=False)``, ``remat``, recurrent dropout); ``"fused"``
+  for the LSTM's ``proj_size``, peepholes and clipping, whose fused XLA loop has no CPU
+  kernels, on every platform; else, with ``unroll=1`` and the kernels built, the kernels
   wherever the computation is placed on a CPU (the same call runs the fused XLA loop on a GPU
   or TPU); a bfloat16 or float16 computation takes the kernels only when the default backend
   is a CPU, and runs them in float32 on inputs and weights rounded to its dtype (faster on a
