@@ -39,8 +39,8 @@ How ``rnn`` computes is its ``implementation`` argument (the numbers agree to ro
   Reverse mode only: ``jax.jvp`` of it raises.
 * ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``; the
   plain ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``: the LSTM's variants have
-  none): the whole loop in one call, each step's hidden units split over the cores. float32 on a CPU, with
-  ``unroll=1``; reverse mode only.
+  none): the whole loop in one call, each step's hidden units split over the cores. float32
+  on a CPU, with ``unroll=1``; reverse mode only.
 * ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply
   (``layer_norm``, ``GRU(reset_after=False)``, ``remat``, recurrent dropout); ``"fused"``
   for the LSTM's ``proj_size``, peepholes and clipping, whose fused XLA loop has no CPU
