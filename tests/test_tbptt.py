@@ -11,7 +11,6 @@ import jaxrnn
 
 B, T, F = 3, 11, 2
 CELLS = [jaxrnn.SimpleRNN(4), jaxrnn.LSTM(4), jaxrnn.GRU(4)]
-IDS = ["rnn", "lstm", "gru"]
 
 
 def _data(cell, seed=0):
@@ -52,9 +51,18 @@ def _loss(run):
     return loss
 
 
-@pytest.mark.parametrize("implementation", [None, "scan"])
-@pytest.mark.parametrize("window", [1, 3, 4, 11, 20])
-@pytest.mark.parametrize("cell", CELLS, ids=IDS)
+# Windows of 3 steps over 11 (a first window, a scan over two, a shorter last one) and of
+# 20 (one window: no truncation), for each cell through its default path, the LSTM also
+# through lax.scan.
+CASES = [(cell, window, None) for cell in CELLS for window in (3, 20)]
+CASES += [(CELLS[1], window, "scan") for window in (3, 20)]
+
+
+@pytest.mark.parametrize(
+    ("cell", "window", "implementation"),
+    CASES,
+    ids=[f"{type(c).__name__}-{w}-{i or 'default'}" for c, w, i in CASES],
+)
 def test_tbptt_values_and_gradients(cell, window, implementation):
     params, xs, resets, lengths, carry = _data(cell)
     kwargs = {"resets": resets, "implementation": implementation}

@@ -157,6 +157,11 @@ def _close(got, want, tol=2e-5):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
 
 
+# Cases that together turn on every option, for the tests whose subject is the composition
+# (stacks, dropout, vmap, remat) rather than one option's equations.
+COVERING = [c for c in CASES if c[0] in ("tf1_all", "ln_lstmp_peepholes", "ln_gru", "ln_gru_cho")]
+
+
 @pytest.fixture(params=CASES, ids=IDS)
 def cell(request):
     return request.param[1]
@@ -276,6 +281,7 @@ def test_recurrent_dropout_masks_h_where_it_enters_w_h(cell, reverse):
         _close(got, want)
 
 
+@pytest.mark.parametrize("cell", [c[1] for c in COVERING], ids=[c[0] for c in COVERING])
 def test_the_three_dropouts_in_a_stack(cell):
     stack = jaxrnn.Stack(
         (cell, jaxrnn.Bidirectional(cell, cell)),
@@ -468,6 +474,7 @@ def test_the_benchmarks_flax_twins_are_the_same_models():
     assert done.stdout.count("largest difference of one step") == 8
 
 
+@pytest.mark.parametrize("cell", [c[1] for c in COVERING], ids=[c[0] for c in COVERING])
 def test_bidirectional_under_vmap_and_remat(cell):
     """One sequence per vmapped call gives the batch's numbers; ``remat`` (``True`` and
     blocks of ``k`` steps) gives the same gradients, to float32 rounding (the recomputation
