@@ -17,9 +17,10 @@ in the graph). Both
   each sequence into segments that each start from a zero carry: where ``resets[b, t]`` is
   True, the carry is zeros before step ``t`` (a new episode or document starts there; the
   first segment continues ``initial_carry`` unless ``resets[b, 0]``). No gradient crosses a
-  reset, a reset past a sequence's length has no effect, and all-False resets give exactly
-  the results of none. With ``reverse=True`` each segment runs from its own last step to its
-  first, from zeros, but for the last segment, which continues ``initial_carry``.
+  reset, a reset past a sequence's length has no effect, and all-False resets give bit for bit
+  the outputs and carries of none (gradients agree to rounding). With ``reverse=True`` each
+  segment runs from its own last step to its first, from zeros, but for the last segment,
+  which continues ``initial_carry``.
 
 Precision follows the cell's ``dtype`` and ``param_dtype`` (see :mod:`jaxrnn.cells`): ``xs``
 and the parameters may be of any floating dtype; ``ys`` come out in the computation dtype and
