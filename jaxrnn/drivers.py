@@ -81,8 +81,8 @@ __all__ = ["IMPLEMENTATIONS", "has_fused_path", "reset_carry", "rnn", "static_rn
 def reset_carry(carry: Carry, where: Array) -> Carry:
     """``carry`` with the rows where ``where`` (bool ``[batch]``) is True replaced by zeros: a
     new sequence (episode, document) starts from the initial state there."""
-    keep = ~where[:, None]
-    return jax.tree.map(lambda leaf: jnp.where(keep, leaf, jnp.zeros_like(leaf)), carry)
+    leaves, tree = jax.tree.flatten(carry)
+    return jax.tree.unflatten(tree, _loops.zero_where(where, *leaves))
 
 
 def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:

@@ -5,16 +5,15 @@ and the errors of bad settings and options."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _sigkill import kill_after_checkpoint
 
 from jaxrnn import configs
 from jaxrnn.cli import main
@@ -288,17 +287,7 @@ def test_resume_after_sigkill_mid_stream_is_exact(tmp_path):
     quiet = {"env": env, "cwd": ROOT, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     proc = subprocess.Popen(_train_cli(killed), **quiet)
     other = subprocess.Popen(_train_cli(straight), **quiet)
-    ckpt_dir = killed / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        found = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
-        if any(int(d) >= 120 for d in found):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    partial = kill_after_checkpoint(proc, killed / "checkpoints", 120)
     assert 0 < partial < 1200 and partial % 31
     resumed = subprocess.run(_train_cli(killed), env=env, cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

@@ -3,13 +3,12 @@ non-finite losses stop the run, workdirs of other runs are refused, plots are wr
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from _sigkill import kill_after_checkpoint
 
 from jaxrnn import configs
 from jaxrnn.cli import main
@@ -100,17 +99,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, extra):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    ckpt_dir = killed / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        steps = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
-        if any(int(d) >= 160 for d in steps):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    partial = kill_after_checkpoint(proc, killed / "checkpoints", 160)
     assert partial < 1600
     resumed = subprocess.run(
         _cli(killed, *settings), env=env, cwd=ROOT, capture_output=True, text=True
