@@ -253,17 +253,9 @@ def _drive(
             loop_xs = xs.astype(dtype).astype(jnp.float32)
         # Takes either layout: the transpose to time-major is folded into the projection.
         # The cell's own loop (``jaxrnn.cells._loops.with_backward``): ``ys`` time-major.
+        loop = _loops.Loop(backwards, unroll, time_major, native)
         ys, carry = loop_cell.fused_loop()(
-            loop_cell,
-            backwards,
-            unroll,
-            time_major,
-            native,
-            loop_params,
-            loop_xs,
-            valid,
-            resets,
-            initial_carry,
+            loop_cell, loop, loop_params, loop_xs, valid, resets, initial_carry
         )
         ys = ys.astype(dtype)
         if lengths is not None and reverse:

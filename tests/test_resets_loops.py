@@ -1,6 +1,6 @@
 """Per-step resets in the cells' fused loops (XLA and CPU kernels), called directly as the
-drivers call them: ``cell.fused_loop()(cell, backwards, unroll, time_major, native, params,
-xs, valid, resets, carry0)``, where ``resets[t, b]`` (time-major, in the loop's own terms)
+drivers call them: ``cell.fused_loop()(cell, Loop(backwards, unroll, time_major, native),
+params, xs, valid, resets, carry0)``, where ``resets[t, b]`` (time-major, in the loop's own terms)
 zeroes row ``b``'s carry just before step ``t``. Outputs against a float64 NumPy loop of the
 cell equations (``_reference.step``), gradients against JAX's derivative of a plain
 ``lax.scan`` of ``cell.step``."""
@@ -16,6 +16,7 @@ from conftest import random_params
 
 import jaxrnn
 from jaxrnn import _native
+from jaxrnn.cells import _loops
 
 T, I = 7, 3  # noqa: E741
 # Sizes at which the kernels split the units over two threads (where two cores are usable):
@@ -121,8 +122,8 @@ def _fused(cell, backwards, time_major, native, valid, resets):
     """The cell's fused loop on ``xs`` in its layout; ``ys`` time-major."""
 
     def run(params, xs, carry0):
-        loop = cell.fused_loop()
-        return loop(cell, backwards, 1, time_major, native, params, xs, valid, resets, carry0)
+        loop = _loops.Loop(backwards, 1, time_major, native)
+        return cell.fused_loop()(cell, loop, params, xs, valid, resets, carry0)
 
     return run
 

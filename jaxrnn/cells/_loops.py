@@ -35,6 +35,7 @@ here are then their derivatives, and what they run on other platforms.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -76,25 +77,36 @@ def cast_like(grads: dict, params: Params) -> dict:
     return {k: v.astype(params[k].dtype) for k, v in grads.items()}
 
 
-def with_backward(forward: Callable, backward: Callable) -> Callable:
-    """``scan(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0) ->
-    (ys, carry)`` as a ``jax.custom_vjp``, from ``forward(cell, params, xs, valid, resets, carry0,
-    backwards, unroll, time_major, native, keep) -> (ys, carry, kept)`` and
-    ``backward(cell, backwards, unroll, time_major, native, (params, xs, valid, resets, kept),
-    (d_ys, d_carry))``. The primal (nothing differentiates it) runs ``forward`` with ``keep=False``:
-    what it keeps may be skipped."""
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """How a fused loop runs (hashable: a static argument of the loops' ``custom_vjp``).
 
-    def scan(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0):
-        args = (cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native)
-        ys, carry, _ = forward(*args, keep=False)
+    ``backwards``: visit the steps from the last to the first; ``unroll``: ``lax.scan``'s
+    unroll factor; ``time_major``: the layout of ``xs`` (``ys`` is always time-major);
+    ``native``: run jaxrnn's CPU kernels where the arrays allow (:func:`native_loops`)."""
+
+    backwards: bool = False
+    unroll: int | bool = 1
+    time_major: bool = True
+    native: bool = False
+
+
+def with_backward(forward: Callable, backward: Callable) -> Callable:
+    """``scan(cell, loop, params, xs, valid, resets, carry0) -> (ys, carry)`` as a
+    ``jax.custom_vjp``, from ``forward(cell, loop, params, xs, valid, resets, carry0, keep) ->
+    (ys, carry, kept)`` and ``backward(cell, loop, (params, xs, valid, resets, kept), (d_ys,
+    d_carry))``; ``loop`` is a :class:`Loop`. The primal (nothing differentiates it) runs
+    ``forward`` with ``keep=False``: what it keeps may be skipped."""
+
+    def scan(cell, loop, params, xs, valid, resets, carry0):
+        ys, carry, _ = forward(cell, loop, params, xs, valid, resets, carry0, keep=False)
         return ys, carry
 
-    def scan_fwd(cell, backwards, unroll, time_major, native, params, xs, valid, resets, carry0):
-        args = (cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native)
-        ys, carry, kept = forward(*args)
+    def scan_fwd(cell, loop, params, xs, valid, resets, carry0):
+        ys, carry, kept = forward(cell, loop, params, xs, valid, resets, carry0)
         return (ys, carry), (params, xs, valid, resets, kept)
 
-    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1, 2, 3, 4))
+    scan = jax.custom_vjp(scan, nondiff_argnums=(0, 1))
     scan.defvjp(scan_fwd, backward)
     return scan
 

@@ -187,7 +187,8 @@ def backward_xla(
     return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
 
 
-def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
+def _forward(cell, loop, params, xs, valid, resets, h0, keep=True):
+    backwards, unroll, time_major, native = dataclasses.astuple(loop)
     dtype = cell.dtype
     (xp, b), w_h = _loops.projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
     b_h = params["b_h"].astype(accumulation_dtype(dtype))
@@ -208,7 +209,8 @@ def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major,
     return ys, h, (h0, ys, kept)
 
 
-def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+def _backward(cell, loop, saved, cotangents):
+    backwards, unroll, time_major = loop.backwards, loop.unroll, loop.time_major
     params, xs, valid, resets, (h0, ys, kept) = saved
     d_ys, d_h = cotangents
     dtype, options = cell.dtype, {"time_major": time_major}

@@ -295,9 +295,8 @@ def backward_xla(
     return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _forward(
-    cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native, keep=True
-):
+def _forward(cell, loop, params, xs, valid, resets, carry0, keep=True):
+    backwards, unroll, time_major, native = dataclasses.astuple(loop)
     dtype = cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
     w_h = params["w_h"].astype(dtype)
@@ -319,7 +318,8 @@ def _forward(
     return ys, (c, h), (carry0, ys, kept)
 
 
-def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+def _backward(cell, loop, saved, cotangents):
+    backwards, unroll, time_major = loop.backwards, loop.unroll, loop.time_major
     params, xs, valid, resets, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
     w_h, h0, d_ys, dtype = (

@@ -28,6 +28,8 @@ used enter the weights' gradients.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -210,9 +212,8 @@ def _time_major(xs, time_major):
     return xs if time_major else jnp.swapaxes(xs, 0, 1)
 
 
-def _forward(
-    cell, params, xs, valid, resets, carry0, backwards, unroll, time_major, native, keep=True
-):
+def _forward(cell, loop, params, xs, valid, resets, carry0, keep=True):
+    backwards, unroll, time_major, native = dataclasses.astuple(loop)
     del native  # the variants have no kernels: always the XLA loop
     dtype = cell.dtype
     xs_tm = _time_major(xs, time_major)
@@ -253,7 +254,8 @@ def _weight_gradients(h_prev, xs_tm, d_z, dtype):
     return d_w_h, d_w_i, d_b
 
 
-def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+def _backward(cell, loop, saved, cotangents):
+    backwards, unroll, time_major = loop.backwards, loop.unroll, loop.time_major
     params, xs, valid, resets, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
     dtype = cell.dtype

@@ -111,7 +111,8 @@ def backward_xla(
     return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
 
 
-def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major, native, keep=True):
+def _forward(cell, loop, params, xs, valid, resets, h0, keep=True):
+    backwards, unroll, time_major, native = dataclasses.astuple(loop)
     del keep  # what it keeps is dropped by XLA where unused
     relu, dtype = cell.activation == "relu", cell.dtype
     xp, b = _loops.projection(params, xs, input_bias(params), dtype)
@@ -131,7 +132,8 @@ def _forward(cell, params, xs, valid, resets, h0, backwards, unroll, time_major,
     return ys, h, (h0, ys)
 
 
-def _backward(cell, backwards, unroll, time_major, native, saved, cotangents):
+def _backward(cell, loop, saved, cotangents):
+    backwards, unroll, time_major, native = dataclasses.astuple(loop)
     params, xs, valid, resets, (h0, ys) = saved
     d_ys, d_h = cotangents
     relu, dtype = cell.activation == "relu", cell.dtype
