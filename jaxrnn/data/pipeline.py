@@ -1,8 +1,8 @@
 """Loading prepared datasets into memory, and the batch iterators that feed training.
 
-Every dataset here fits in memory (MNIST train is 47 MB of uint8), so :func:`load` returns
-NumPy arrays and the iterators index them: measured in ``benchmarks/data_throughput.py``, this
-is faster than a grain pipeline over the same arrays and far faster than a training step.
+Every dataset here fits in memory (MNIST train is 47 MB of uint8): :func:`load` returns
+NumPy arrays and the iterators index them (the data guide compares the throughput with a
+grain pipeline).
 
 Sharding: with ``process_count`` processes, process ``i`` owns the contiguous block of examples
 ``shard_bounds(N, i, process_count)`` (sizes differ by at most one, as ``np.array_split``)
