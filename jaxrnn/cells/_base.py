@@ -123,7 +123,8 @@ class CellBase:
     gates: int = 1
     dtype: DType
     param_dtype: DType
-    step: Callable[..., tuple[Carry, Array]]  # the recurrent half, defined by each cell
+    # The cell's own arithmetic, given the projected input and the recurrent matmul.
+    update: Callable[..., tuple[Carry, Array]]
 
     @property
     def output_size(self) -> int:
@@ -174,11 +175,27 @@ class CellBase:
         """The carry with its ``h`` replaced (used by recurrent dropout)."""
         return h
 
+    def recurrent(self, params: Params, h: Array) -> Array | None:
+        """The recurrent matmul ``h @ w_h`` (``[batch, gates * hidden_size]``, in the
+        accumulation dtype) that :meth:`update` is given; ``None`` for a cell without ``w_h``."""
+        return matmul(h, params["w_h"], self._dt())
+
+    def step(self, params: Params, carry: Carry, xp: Array) -> tuple[Carry, Array]:
+        """The recurrent half of a step, given one projected input ``xp`` (``[batch, gates *
+        hidden_size]``, :meth:`project_inputs`): ``update(params, carry, xp, hw)`` with ``hw``
+        the recurrent matmul of the carry's ``h`` (:meth:`recurrent`). Returns ``(carry, y)``.
+
+        A cell defines ``update(params, carry, xp, hw) -> (carry, y)``: its gates and state
+        arithmetic given the two matmuls' results, in the accumulation dtype. The same
+        definition runs here (``lax.scan``) and in the fused loop
+        (:mod:`jaxrnn.cells.fused`), which derives its backward pass from it."""
+        return self.update(params, carry, xp, self.recurrent(params, self.hidden(carry)))
+
     def masked_step(self, params: Params, carry: Carry, xp: Array, mask: Array):
         """``step`` with ``h * mask`` (``[batch, H]``) where ``h`` enters the recurrent
         weights (recurrent dropout); every other use of the state sees it unmasked."""
         h = self.hidden(carry)
-        return self.step(params, self.with_hidden(carry, h * mask.astype(h.dtype)), xp)
+        return self.update(params, carry, xp, self.recurrent(params, h * mask.astype(h.dtype)))
 
     def _dt(self) -> DType:
         """The computation dtype inside ``project_inputs``/``step``: ``dtype``, or float32 where

@@ -93,12 +93,23 @@ class GRU(CellBase):
             xw = layer_norm(xw, params["g_i"])
         return xw + params["b"].astype(acc)
 
+    def recurrent(self, params: Params, h: Array) -> Array:
+        """``h @ w_h`` (``[batch, 3H]``); with ``reset_after=False`` only the ``r, z`` blocks
+        (``[batch, 2H]``): ``n``'s matmul reads ``r * h`` (:meth:`update`)."""
+        w_h = params["w_h"] if self.reset_after else params["w_h"][:, : 2 * self.hidden_size]
+        return matmul(h, w_h, self._dt())
+
     def masked_step(self, params: Params, carry: Array, xp: Array, mask: Array):
         # The mask reaches the matmuls only: z * h interpolates with the unmasked state.
-        return self.step(params, carry, xp, recurrent=carry * mask.astype(carry.dtype))
+        h = carry * mask.astype(carry.dtype)
+        return self.update(params, carry, xp, self.recurrent(params, h), recurrent=h)
 
-    def step(self, params: Params, carry: Array, xp: Array, recurrent: Array | None = None):
-        """``recurrent``: the ``h`` that enters ``w_h`` (default ``carry``)."""
+    def update(
+        self, params: Params, carry: Array, xp: Array, hw: Array, recurrent: Array | None = None
+    ):
+        """``(h', h')`` from ``xp`` (``[batch, 3H]``, the projected input with ``b``) and ``hw``
+        (:meth:`recurrent`); ``recurrent``: the ``h`` that enters ``n``'s matmul with
+        ``reset_after=False`` (default ``carry``)."""
         h = carry if recurrent is None else recurrent
         w_h, dt = params["w_h"], self._dt()
         size = self.hidden_size
@@ -109,13 +120,13 @@ class GRU(CellBase):
         xr, xz, xn = jnp.split(xp, 3, axis=-1)
         if self.reset_after:
             b_h = params["b_h"].astype(accumulation_dtype(dt))
-            hh = norm(matmul(h, w_h, dt), slice(None)) + b_h
+            hh = norm(hw, slice(None)) + b_h
             hr, hz, hn = jnp.split(hh, 3, axis=-1)
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)
             n = jnp.tanh(xn + r * hn)
         else:
-            rz = norm(matmul(h, w_h[:, : 2 * size], dt), slice(0, 2 * size))
+            rz = norm(hw, slice(0, 2 * size))
             hr, hz = jnp.split(rz, 2, axis=-1)
             r = jax.nn.sigmoid(xr + hr)
             z = jax.nn.sigmoid(xz + hz)

@@ -176,10 +176,11 @@ class LSTM(CellBase):
             xw = layer_norm(xw, params["g_i"])
         return xw + input_bias(params).astype(acc)
 
-    def step(self, params: Params, carry, xp: Array):
-        c, h = carry
+    def update(self, params: Params, carry, xp: Array, hw: Array):
+        """The gates and the new state from ``xp`` (``[batch, 4H]``, the projected input with
+        the bias) and ``hw = h @ w_h`` (``[batch, 4H]``); returns ``((c', h'), h')``."""
+        c = carry[0]
         dt = self._dt()
-        hw = matmul(h, params["w_h"], dt)
         if self.layer_norm:
             hw = layer_norm(hw, params["g_h"])
         zi, zf, zg, zo = jnp.split(xp + hw, 4, axis=-1)

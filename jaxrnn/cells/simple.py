@@ -56,9 +56,10 @@ class SimpleRNN(CellBase):
             key, input_size, self.hidden_size, 1, self.param_dtype if dtype is None else dtype
         )
 
-    def step(self, params: Params, carry: Array, xp: Array) -> tuple[Array, Array]:
+    def update(self, params: Params, carry: Array, xp: Array, hw: Array) -> tuple[Array, Array]:
+        """``h' = act(xp + hw)``, the output ``h'``."""
         act = jnp.tanh if self.activation == "tanh" else jax.nn.relu
-        h = act(xp + matmul(carry, params["w_h"], self._dt()))
+        h = act(xp + hw)
         return h, h
 
 
