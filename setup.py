@@ -9,6 +9,7 @@ a logged warning at the first CPU computation say why. With ``JAXRNN_REQUIRE_KER
 failed build is an error instead (``./dev.sh wheel`` and CI set it).
 """
 
+import glob
 import os
 import sys
 
@@ -18,6 +19,16 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 REQUIRE = "JAXRNN_REQUIRE_KERNELS"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern: str) -> list[str]:
+    """The files of ``csrc/`` that match ``pattern``, relative to this directory, sorted:
+    the shared recurrence and each cell's kernels (a cell with kernels adds its file here)."""
+    found = glob.glob(os.path.join(HERE, "csrc", pattern))
+    if not found:
+        raise FileNotFoundError(f"no csrc/{pattern} next to setup.py ({HERE})")
+    return sorted(os.path.relpath(path, HERE) for path in found)
 
 
 class BuildKernels(build_ext):
@@ -46,8 +57,8 @@ setup(
     ext_modules=[
         Extension(
             "jaxrnn._recurrence",
-            sources=[f"csrc/{name}.cc" for name in ("recurrence", "simple", "lstm", "gru")],
-            depends=["csrc/recurrence.h"],
+            sources=sources("*.cc"),
+            depends=sources("*.h"),
             include_dirs=[os.path.join(os.path.dirname(jaxlib.__file__), "include")],
             language="c++",
             # -fno-trapping-math lets the pointwise loops vectorise; NaN still propagates. -g0:

@@ -1,6 +1,7 @@
 """jaxrnn: recurrent networks for JAX as pure functions on ``jax.lax.scan``.
 
-Cells step (``SimpleRNN``, ``LSTM``, ``GRU``); drivers loop over time (``rnn`` with
+Cells step (``SimpleRNN``, ``LSTM``, ``GRU``, or one's own: a subclass of ``Cell``, named
+with ``jaxrnn.cells.register``); drivers loop over time (``rnn`` with
 ``lax.scan``, ``static_rnn`` with a Python loop); layers combine them (``bidirectional``,
 ``Stack``/``stacked``); ``tbptt`` runs long sequences in windows (truncated backpropagation
 through time); ``jaxrnn.masking`` handles padded batches; ``jaxrnn.nn`` wraps the
@@ -8,7 +9,7 @@ same functions as Flax modules; ``jaxrnn.interop`` loads and writes PyTorch and 
 """
 
 from jaxrnn import interop
-from jaxrnn.cells import GRU, LSTM, SimpleRNN
+from jaxrnn.cells import GRU, LSTM, Cell, SimpleRNN
 from jaxrnn.drivers import reset_carry, rnn, static_rnn
 from jaxrnn.layers import Bidirectional, Stack, bidirectional, stacked
 from jaxrnn.masking import (
@@ -17,6 +18,7 @@ from jaxrnn.masking import (
     mask_from_lengths,
     reverse_sequence,
 )
+from jaxrnn.options import RunOptions
 from jaxrnn.tbptt import tbptt
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ __all__ = [
     "GRU",
     "LSTM",
     "Bidirectional",
+    "Cell",
+    "RunOptions",
     "SimpleRNN",
     "Stack",
     "bidirectional",

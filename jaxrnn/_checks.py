@@ -31,19 +31,20 @@ def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
 
 
 def check_params(cell, params, input_size: int, name: str = "params") -> None:
-    """``params`` must hold ``w_i [input_size, k*H]``, ``w_h [R, k*H]`` and every other
-    parameter of ``cell.param_shapes`` in its shape, for ``cell``."""
-    if not isinstance(params, dict) or "w_i" not in params or "w_h" not in params:
+    """``params`` must be a dict of floating-point arrays that holds every parameter of
+    ``cell.param_shapes(input_size)`` in its shape (what the cell needs, e.g. ``w_i
+    [input_size, k*H]`` and ``w_h [R, k*H]``)."""
+    expected = cell.param_shapes(input_size)
+    if not isinstance(params, dict) or not any(key in params for key in expected):
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise TypeError(
             f"{name} must be the dict made by {type(cell).__name__}.init "
-            f"(keys w_i, w_h, b, ...), got {keys}"
+            f"(keys {', '.join(expected)}, b, ...), got {keys}"
         )
     for key, value in params.items():
         if not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.floating):
             got = getattr(value, "dtype", type(value).__name__)
             raise TypeError(f"{name}[{key!r}] must be a floating-point array, got {got}")
-    expected = cell.param_shapes(input_size)
     for key, shape in expected.items():
         if key not in params:
             raise ValueError(

@@ -1,6 +1,6 @@
 """Loading jaxrnn's CPU kernels for the SimpleRNN, LSTM and GRU recurrences (the XLA FFI), and
 what every cell's binding shares (each cell's ``ffi_call`` sits with the cell, in
-``jaxrnn.cells``).
+``jaxrnn.cells``, and its FFI targets are registered with it: ``jaxrnn.cells.registry``).
 
 XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a dispatch for
 each: at the tutorials' sizes that, not arithmetic, sets the step time. The kernels
@@ -35,14 +35,6 @@ import jax.numpy as jnp
 ENV_NATIVE = "JAXRNN_NATIVE"  # "0": never use the kernels
 ENV_THREADS = "JAXRNN_NATIVE_THREADS"  # threads per kernel call (default: the usable cores)
 
-_TARGETS = {
-    "jaxrnn_lstm_forward": "JaxrnnLstmForward",
-    "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
-    "jaxrnn_simple_forward": "JaxrnnSimpleForward",
-    "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
-    "jaxrnn_gru_forward": "JaxrnnGruForward",
-    "jaxrnn_gru_backward": "JaxrnnGruBackward",
-}
 _log = logging.getLogger(__name__)
 _libraries: list[ctypes.CDLL] = []  # kept alive for the life of the process
 _max_threads = 1  # what the kernels were told at load time
@@ -70,6 +62,14 @@ def _blas_requirement() -> str:
     except importlib.metadata.PackageNotFoundError:
         pass
     return "scipy-openblas32"
+
+
+def _targets() -> dict[str, str]:
+    """The FFI targets of every registered cell's kernels (``{target: symbol}``). Asked at load
+    time: the cells' modules import this one, so it cannot import them first."""
+    from jaxrnn.cells import registry
+
+    return registry.kernel_targets()
 
 
 @functools.cache
@@ -109,7 +109,7 @@ def kernel_status() -> tuple[bool, str]:
     global _max_threads
     _max_threads = _threads()
     lib.jaxrnn_set_max_threads(_max_threads)
-    for target, symbol in _TARGETS.items():
+    for target, symbol in _targets().items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     _libraries.extend([blas, lib])
     return True, "loaded"

@@ -254,9 +254,9 @@ def _drive(
         # Takes either layout: the transpose to time-major is folded into the projection.
         # The cell's own loop (``jaxrnn.cells._loops.with_backward``): ``ys`` time-major.
         loop = _loops.Loop(backwards, unroll, time_major, native)
-        ys, carry = loop_cell.fused_loop()(
-            loop_cell, loop, loop_params, loop_xs, valid, resets, initial_carry
-        )
+        fused_loop = loop_cell.fused_loop()
+        assert fused_loop is not None  # "fused" and "kernel" are chosen only where it exists
+        ys, carry = fused_loop(loop_cell, loop, loop_params, loop_xs, valid, resets, initial_carry)
         ys = ys.astype(dtype)
         if lengths is not None and reverse:
             ys = reverse_sequence(ys, lengths, time_major=True)

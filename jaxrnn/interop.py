@@ -76,17 +76,28 @@ from jaxrnn.cells import GRU, LSTM, Cell, Params, SimpleRNN
 _KERAS_GRU_ORDER = (1, 0, 2)  # Keras z, r, h  <->  jaxrnn r, z, n
 _GATE_NAMES = {SimpleRNN: "h", LSTM: "i, f, g, o", GRU: "r, z, n"}
 _KIND_BY_GATES = {1: "SimpleRNN", 3: "GRU", 4: "LSTM"}
+# The cells that the frameworks have, with the options (turned on) that they lack, per
+# framework: such a cell's weights cannot be converted.
+_MISSING: dict[type, dict[str, tuple[str, ...]]] = {
+    SimpleRNN: {"PyTorch": (), "Keras": ()},
+    LSTM: {
+        "PyTorch": ("peepholes", "cell_clip", "proj_clip", "layer_norm"),
+        "Keras": ("peepholes", "cell_clip", "proj_clip", "layer_norm", "proj_size"),
+    },
+    GRU: {"PyTorch": ("layer_norm",), "Keras": ("layer_norm",)},
+}
 
 
 def _check_cell(cell, framework: str = "PyTorch") -> int:
-    """Number of gate blocks of ``cell``; ``TypeError`` for anything but a jaxrnn cell,
-    ``ValueError`` for a variant that ``framework``'s layers do not have."""
-    if not isinstance(cell, SimpleRNN | LSTM | GRU):
-        raise TypeError(f"cell must be a jaxrnn SimpleRNN, LSTM or GRU, got {cell!r}")
-    options = ["layer_norm"] if isinstance(cell, GRU) else []
-    if isinstance(cell, LSTM):
-        options = ["peepholes", "cell_clip", "proj_clip", "layer_norm"]
-        options += ["proj_size"] if framework == "Keras" else []
+    """Number of gate blocks of ``cell``; ``TypeError`` for anything but a SimpleRNN, LSTM or
+    GRU, ``ValueError`` for a variant that ``framework``'s layers do not have."""
+    kind = next((kind for kind in _MISSING if isinstance(cell, kind)), None)
+    if kind is None:
+        raise TypeError(
+            f"cell must be a jaxrnn SimpleRNN, LSTM or GRU (the recurrent layers that PyTorch "
+            f"and Keras have), got {cell!r}"
+        )
+    options = _MISSING[kind][framework]
     present = [name for name in options if getattr(cell, name) not in (None, False, 0)]
     if present:
         raise ValueError(

@@ -36,12 +36,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import GRU, LSTM, SimpleRNN, accumulation_dtype, check_floating, matmul
+from jaxrnn.cells import Cell, accumulation_dtype, check_floating, matmul, registry
 from jaxrnn.layers import Bidirectional, Stack, stacked
 
 Array = jax.Array
 
-_CELLS = ("rnn", "lstm", "gru")
+# The options of a Model (and of a training Config) that go to its cell: each to the cells
+# whose class has a field of that name (jaxrnn.cells.registry.build).
+CELL_OPTIONS = (
+    "activation",
+    "forget_bias",
+    "forget_bias_init",
+    "proj_size",
+    "peepholes",
+    "cell_clip",
+    "proj_clip",
+    "layer_norm",
+)
+# The ones that turn a variant on: an error where set for a cell that has no such field. The
+# others are left out for such a cell (an experiment's config sets them for its own cell, and
+# ``--set cell=...`` may choose another).
+_VARIANTS = ("proj_size", "peepholes", "cell_clip", "proj_clip", "layer_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +64,9 @@ class Model:
     """A stack of ``num_layers`` recurrent layers and a dense head.
 
     Attributes:
-      cell: ``"rnn"`` (``SimpleRNN``), ``"lstm"`` or ``"gru"``.
+      cell: the name of a registered cell (:mod:`jaxrnn.cells.registry`): ``"rnn"``
+        (``SimpleRNN``), ``"lstm"``, ``"gru"``, or one's own. The cell options below go to
+        the cells whose class has a field of that name.
       hidden_size: units per direction and layer.
       num_outputs: classes (classification) or 1 (regression).
       num_layers: depth of the stack.
@@ -103,8 +120,7 @@ class Model:
     implementation: str | None = None
 
     def __post_init__(self):
-        if self.cell not in _CELLS:
-            raise ValueError(f"cell must be one of {_CELLS}, got {self.cell!r}")
+        registry.get(self.cell)  # a registered name
         if self.readout not in ("last", "state", "sequence"):
             raise ValueError(f"readout must be 'last', 'state' or 'sequence', got {self.readout!r}")
         if self.vocab_size < 0:
@@ -117,10 +133,9 @@ class Model:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.head_init not in ("glorot", "normal"):
             raise ValueError(f"head_init must be 'glorot' or 'normal', got {self.head_init!r}")
-        lstm_only = ("proj_size", "peepholes", "cell_clip", "proj_clip")
-        for name in lstm_only + ("layer_norm",):
-            allowed = ("lstm",) if name in lstm_only else ("lstm", "gru")
-            if getattr(self, name) and self.cell not in allowed:
+        for name in _VARIANTS:
+            if getattr(self, name) and not registry.takes(self.cell, name):
+                allowed = [cell for cell in registry.names() if registry.takes(cell, name)]
                 raise ValueError(
                     f"{name} applies to cell={' or '.join(map(repr, allowed))}, "
                     f"got cell={self.cell!r}"
@@ -130,23 +145,15 @@ class Model:
         check_floating(self.param_dtype, "Model: param_dtype")
         self._cell()  # the cell's own checks of its options
 
-    def _cell(self):
-        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        if self.cell == "rnn":
-            return SimpleRNN(self.hidden_size, self.activation, **dtypes)
-        if self.cell == "lstm":
-            return LSTM(
-                self.hidden_size,
-                self.forget_bias,
-                self.forget_bias_init,
-                proj_size=self.proj_size,
-                peepholes=self.peepholes,
-                cell_clip=self.cell_clip or None,
-                proj_clip=self.proj_clip or None,
-                layer_norm=self.layer_norm,
-                **dtypes,
-            )
-        return GRU(self.hidden_size, layer_norm=self.layer_norm, **dtypes)
+    def _cell(self) -> Cell:
+        options = {name: getattr(self, name) for name in CELL_OPTIONS}
+        return registry.build(
+            self.cell,
+            self.hidden_size,
+            options,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     @property
     def stack(self) -> Stack:

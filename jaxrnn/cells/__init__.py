@@ -12,7 +12,12 @@ loop:
   shape, so a driver can apply it to all time steps ``[time, batch, input_size]`` at once.
 * ``step(params, carry, xp) -> (carry, y)``: the recurrent half, given one projected input.
 
-``cell(params, carry, x)`` is the composition of both. Gates are fused: one ``[in, k*H]`` input
+``cell(params, carry, x)`` is the composition of both.
+
+Every cell is a :class:`Cell` (the base class; ``jaxrnn.Cell``) and is known by a name:
+``"rnn"`` (``SimpleRNN``), ``"lstm"``, ``"gru"``, and any cell of one's own registered with
+:func:`register` (:mod:`jaxrnn.cells.registry`), which ``Model(cell=...)`` and ``--set
+cell=...`` then build. Gates are fused: one ``[in, k*H]`` input
 matmul and one ``[H, k*H]`` recurrent matmul per step, whatever the number of gates ``k``.
 
 Parameter layout (``I`` input size, ``H`` hidden size):
@@ -35,6 +40,7 @@ the LSTM's ``c``) are in that accumulation dtype, so a bfloat16 or float16 compu
 a float32 state from step to step; each step's output is returned in ``dtype``.
 """
 
+from jaxrnn.cells import registry
 from jaxrnn.cells._base import (
     Array,
     Carry,
@@ -45,11 +51,16 @@ from jaxrnn.cells._base import (
     input_bias,
     matmul,
 )
-from jaxrnn.cells.gru import GRU
-from jaxrnn.cells.lstm import LSTM
-from jaxrnn.cells.simple import SimpleRNN
+from jaxrnn.cells._base import CellBase as Cell
 
-Cell = SimpleRNN | LSTM | GRU
+# isort: off
+# Importing a cell's module registers it: this order is that of registry.names().
+from jaxrnn.cells.simple import SimpleRNN
+from jaxrnn.cells.lstm import LSTM
+from jaxrnn.cells.gru import GRU
+
+# isort: on
+from jaxrnn.cells.registry import register
 
 __all__ = [
     "GRU",
@@ -64,4 +75,6 @@ __all__ = [
     "check_floating",
     "input_bias",
     "matmul",
+    "register",
+    "registry",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -117,12 +117,26 @@ def init_weights(
 
 
 class CellBase:
-    """Shared behaviour of the cells (not public): carry shapes and the one-step call."""
+    """The base class of every cell (public as ``jaxrnn.Cell``): carry handling, the input
+    projection and the one-step call.
+
+    A cell of one's own is a frozen dataclass that subclasses it, with the fields
+    ``hidden_size``, ``dtype`` and ``param_dtype``, and defines ``init(key, input_size,
+    dtype=None) -> params`` and ``update(params, carry, xp, hw) -> (carry, y)`` (see
+    :meth:`step`). What it inherits assumes ``gates`` blocks of ``hidden_size`` in the input
+    projection ``x @ w_i + b`` (override :meth:`project_inputs` otherwise), a carry ``h``
+    ``[batch, hidden_size]`` (override :meth:`initial_carry`, :meth:`hidden` and
+    :meth:`with_hidden` otherwise) and a recurrent matrix ``w_h`` (for a cell without one,
+    override :meth:`param_shapes` and :meth:`recurrent`, which then returns ``None``).
+    :func:`jaxrnn.cells.register` gives it a name for ``Model(cell=...)``.
+    """
 
     hidden_size: int
     gates: int = 1
     dtype: DType
     param_dtype: DType
+    init: Callable[..., Params]  # (key, input_size, dtype=None) -> params, defined by each cell
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every cell is a dataclass
     # The cell's own arithmetic, given the projected input and the recurrent matmul.
     update: Callable[..., tuple[Carry, Array]]
 

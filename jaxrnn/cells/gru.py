@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops
+from jaxrnn.cells import _loops, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
@@ -25,6 +25,13 @@ from jaxrnn.cells._base import (
 )
 
 
+@registry.register(
+    "gru",
+    kernels={
+        "jaxrnn_gru_forward": "JaxrnnGruForward",
+        "jaxrnn_gru_backward": "JaxrnnGruBackward",
+    },
+)
 @dataclasses.dataclass(frozen=True)
 class GRU(CellBase):
     """Gated recurrent unit; gate blocks in the order r (reset), z (update), n (candidate).

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops, lstm_variants
+from jaxrnn.cells import _loops, lstm_variants, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
@@ -27,6 +27,13 @@ from jaxrnn.cells._base import (
 )
 
 
+@registry.register(
+    "lstm",
+    kernels={
+        "jaxrnn_lstm_forward": "JaxrnnLstmForward",
+        "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
+    },
+)
 @dataclasses.dataclass(frozen=True)
 class LSTM(CellBase):
     """Long short-term memory; gate blocks in the order i, f, g, o.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops
+from jaxrnn.cells import _loops, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
@@ -25,6 +25,13 @@ from jaxrnn.cells._base import (
 )
 
 
+@registry.register(
+    "rnn",
+    kernels={
+        "jaxrnn_simple_forward": "JaxrnnSimpleForward",
+        "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+    },
+)
 @dataclasses.dataclass(frozen=True)
 class SimpleRNN(CellBase):
     """Elman RNN: ``h' = act(x @ w_i + h @ w_h + b)``; the output is ``h'``.

@@ -30,7 +30,7 @@ class Config:
     stateful: bool = False  # carry the recurrent state from each batch into the next
 
     # Model (``jaxrnn.models.Model``).
-    cell: str = "lstm"
+    cell: str = "lstm"  # a registered cell (jaxrnn.cells.registry): "rnn", "lstm", "gru", ...
     hidden_size: int = 32
     num_layers: int = 1
     bidirectional: bool = False

@@ -13,9 +13,8 @@ import numpy as np
 from jaxrnn import parallel
 from jaxrnn.cells import check_floating
 from jaxrnn.configs.base import Config
-from jaxrnn.models import Model
+from jaxrnn.models import CELL_OPTIONS, Model
 from jaxrnn.training import state as state_lib
-from jaxrnn.training import streams as streams_lib
 
 
 def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
@@ -34,9 +33,8 @@ def build_model(config: Config, train: dict, test: dict | None = None) -> Model:
 
 def model_of(config: Config, task: str, outputs: int, vocab_size: int = 0) -> Model:
     """The :class:`Model` of ``config`` for ``task`` with ``outputs`` outputs (``vocab_size``:
-    int token inputs, one-hot encoded)."""
-    check_dtypes(config)
-    streams_lib.check_config(config)
+    int token inputs, one-hot encoded). ``config.cell`` is a registered cell's name
+    (:mod:`jaxrnn.cells.registry`), whose module must have been imported."""
     return Model(
         cell=config.cell,
         hidden_size=config.hidden_size,
@@ -45,14 +43,6 @@ def model_of(config: Config, task: str, outputs: int, vocab_size: int = 0) -> Mo
         bidirectional=config.bidirectional,
         readout=config.readout,
         task=task,
-        activation=config.activation,
-        forget_bias=config.forget_bias,
-        forget_bias_init=config.forget_bias_init,
-        proj_size=config.proj_size,
-        peepholes=config.peepholes,
-        cell_clip=config.cell_clip,
-        proj_clip=config.proj_clip,
-        layer_norm=config.layer_norm,
         masked=config.masked and not vocab_size,
         vocab_size=vocab_size,
         dropout=config.dropout,
@@ -63,6 +53,7 @@ def model_of(config: Config, task: str, outputs: int, vocab_size: int = 0) -> Mo
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         implementation=implementation_of(config),
+        **{name: getattr(config, name) for name in CELL_OPTIONS},
     )
 
 
