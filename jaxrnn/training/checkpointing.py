@@ -51,6 +51,7 @@ class Checkpointer:
                 max_to_keep=max(int(keep), 1), create=True, cleanup_tmp_directories=True
             )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -88,8 +89,17 @@ class Checkpointer:
         return TrainState(step_, params, opt_state, key, carry), restored["data"]
 
     def wait(self) -> None:
+        """Return once every save has been written."""
         self._manager.wait_until_finished()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Finish every save, then release the manager; closing again does nothing."""
+        if self._closed:
+            return
         self._manager.wait_until_finished()
         self._manager.close()
+        self._closed = True

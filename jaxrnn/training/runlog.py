@@ -258,6 +258,7 @@ class RunLog:
             flush_secs = 0.0 if is_local(root) else REMOTE_FLUSH_SECS
         self._flush_secs = flush_secs
         self._last_flush = -float("inf")
+        self._closed = False
 
     def write(self, step: int, split: str, values: dict) -> None:
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
@@ -273,6 +274,14 @@ class RunLog:
         self._events.flush()
         self._last_flush = time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Write every row and event and close the files; closing again does nothing."""
+        if self._closed:
+            return
         self._rows.close()
         self._events.close()
+        self._closed = True
