@@ -59,156 +59,58 @@ void GruBackwardRow(int n, const float* __restrict__ kr, const float* __restrict
   }
 }
 
-constexpr int kKept = 4;  // r, z, n, hh_n per unit and step
+constexpr int kGates = 3, kKept = 4;  // kept: r, z, n and hh_n
 
 ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
                           ffi::Buffer<ffi::F32> bias_h, ffi::Buffer<ffi::F32> h0,
                           ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::PRED> resets,
                           ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
-                          ffi::ResultBuffer<ffi::F32> kept,
-                          int32_t reverse, int32_t time_major) {
+                          ffi::ResultBuffer<ffi::F32> kept, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
-  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
-  const int64_t hidden = w_h.dimensions()[0], width = 3 * hidden;
-  const Steps order{steps, batch, reverse != 0};
-  const std::vector<int> starts = SplitUnits(batch, hidden, 3);
-  const int chunks = static_cast<int>(starts.size()) - 1;
-  const int widest = WidestChunk(starts);
-
-  const float* x = xp.typed_data();
-  const float* bs = bias.typed_data();
+  const ForwardLoop loop{
+      .steps = valid.dimensions()[0], .batch = valid.dimensions()[1],
+      .hidden = w_h.dimensions()[0], .reverse = reverse != 0, .time_major = time_major != 0,
+      .xp = xp.typed_data(), .bias = bias.typed_data(), .w_h = w_h.typed_data(),
+      .h0 = h0.typed_data(), .valid = valid.typed_data(), .resets = ResetsOrNull(resets),
+      .ys = ys->typed_data(), .h_out = h_out->typed_data(), .kept = KeptOrNull(kept)};
   const float* bh = bias_h.typed_data();
-  const float* w = w_h.typed_data();
-  const bool* v = valid.typed_data();
-  const bool* rs = ResetsOrNull(resets);
-  float* y = ys->typed_data();
-  // Empty (nothing will differentiate this call): the kept values go to a scratch row.
-  float* kept_out = kept->element_count() > 0 ? kept->typed_data() : nullptr;
-  std::vector<float> h_buf(2 * batch * hidden);  // step s reads h[s % 2], writes h[(s+1) % 2]
-  std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  if (rs && steps > 0) ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
-  const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 3, starts);
-
-  // scratch: the recurrent products [batch, 3 * n], one row's discarded h and y, and one
-  // row's kept values when they are not kept.
-  auto step = [&](int64_t s, int k, float* scratch) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    const int64_t t = order.At(s);
-    const float* h_cur = &h_buf[(s % 2) * batch * hidden];
-    float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
-    float* acc = scratch;
-    float *sh = acc + batch * 3 * n, *sy = sh + n, *sk = sy + n;
-    Gemm(false, batch, 3 * n, hidden, h_cur, hidden, w_chunk[k].data(), 3 * n, 0.0f, acc, 3 * n);
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t row = (t * batch + b) * hidden + j0;
-      const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
-      const float* hp = h_cur + b * hidden + j0;
-      float* k_row = kept_out ? KeptRow<kKept>(kept_out, steps, batch, j0, n, t, b) : sk;
-      const bool ok = v[t * batch + b];
-      GruRow(n, x_row, bs + j0, bh + j0, hidden, acc + b * 3 * n, n, hp,
-             ok ? h_next + b * hidden + j0 : sh, ok ? y + row : sy, k_row, k_row + n,
-             k_row + 2 * n, k_row + 3 * n);
-      if (!ok) {  // past the length: the state is copied and the output is zero
-        std::memcpy(h_next + b * hidden + j0, hp, sizeof(float) * n);
-        std::fill_n(y + row, n, 0.0f);
-      }
-    }
-    // The next step starts from zeros where it resets (every chunk has read h_cur by now).
-    if (rs && s + 1 < steps) ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
-  };
-  RunRounds(pool, chunks - 1, steps, chunks, batch * 3 * widest + (2 + kKept) * widest, step);
-  std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
-              sizeof(float) * batch * hidden);
+  RunForward<kGates, kKept>(pool, loop, [bh](const ForwardRow& r) {
+    const int n = r.n;
+    GruRow(n, r.xp, r.bias, bh + r.j0, r.hidden, r.acc, n, r.h_prev, r.h, r.y, r.kept,
+           r.kept + n, r.kept + 2 * n, r.kept + 3 * n);
+  });
   return ffi::Error::Success();
 }
 
 ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                            ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
                            ffi::Buffer<ffi::PRED> resets, ffi::Buffer<ffi::F32> d_ys,
-                           ffi::Buffer<ffi::F32> d_h,
-                           ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
-                           ffi::Buffer<ffi::F32> xs, ffi::ResultBuffer<ffi::F32> d_xp,
-                           ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
-                           ffi::ResultBuffer<ffi::F32> d_b_h, ffi::ResultBuffer<ffi::F32> d_w_i,
-                           ffi::ResultBuffer<ffi::F32> d_b, int32_t reverse,
-                           int32_t time_major) {
+                           ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
+                           ffi::ResultBuffer<ffi::F32> d_xp, ffi::ResultBuffer<ffi::F32> d_h0,
+                           ffi::ResultBuffer<ffi::F32> d_w_h, ffi::ResultBuffer<ffi::F32> d_b_h,
+                           ffi::ResultBuffer<ffi::F32> d_w_i, ffi::ResultBuffer<ffi::F32> d_b,
+                           int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
-  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
-  const int64_t hidden = w_h.dimensions()[0], width = 3 * hidden;
-  const Steps order{steps, batch, reverse == 0};  // the forward pass's steps, last first
-  const int64_t first = reverse ? steps - 1 : 0;   // the step whose previous state is h0
-  const std::vector<int> starts = SplitUnits(batch, hidden, 3);
-  const int chunks = static_cast<int>(starts.size()) - 1;
-
-  const float* w = w_h.typed_data();
-  const float* kept_in = kept.typed_data();
-  const bool* v = valid.typed_data();
-  const float* dy = d_ys.typed_data();
-  const float* y = ys.typed_data();
-  const bool* rs = ResetsOrNull(resets);
-  const ResetRows reset_rows(rs, steps, batch, hidden, reverse != 0, y, h0.typed_data());
-  const std::vector<float> zeros(hidden, 0.0f);  // the state before a reset
-  float* dx = d_xp->typed_data();
-  float* dh = d_h0->typed_data();  // the running cotangent of h, updated in place
-  std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
-  // The recurrent pre-activations' cotangents; every row is written before it is read.
-  std::unique_ptr<float[]> dhh(new float[steps * batch * width]);
-  const int64_t features = xs.dimensions()[2];
-  TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
-
-  // As in the LSTM's backward pass: round u adds step u - 1's d_hh @ w_h^T to the chunk's
-  // units of dh (zero where that step reset), then runs the pointwise part of step u; rounds
-  // T + 1 and T + 2, the weights' gradients.
-  auto round = [&](int64_t u, int k, float*) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    if (u == steps + 2) {
-      const auto [c0, c1] = ColumnPart(width, k, chunks);
-      InputWeightGradient(steps * batch, features, inputs.data(), dx, width, c0, c1 - c0,
-                          d_w_i->typed_data(), d_b->typed_data());
-      ColumnSums(steps * batch, dhh.get(), width, c0, c1 - c0, d_b_h->typed_data());
-      return;
-    }
-    if (u == steps + 1) {
-      for (int gate = 0; gate < 3; ++gate) {
-        RecurrentWeightGradient(steps, batch, hidden, reverse != 0, y, h0.typed_data(),
-                                dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
-        reset_rows.Correct(dhh.get(), width, gate * hidden + j0, n, d_w_h->typed_data());
-      }
-      inputs.CopyPart(k, chunks);
-      return;
-    }
-    if (u > 0) {
-      const int64_t t = order.At(u - 1);
-      Gemm(true, batch, n, width, dhh.get() + t * batch * width, width, w + j0 * width, width,
-           1.0f, dh + j0, hidden);
-      if (rs) ZeroResetRows(rs, t, batch, hidden, j0, n, dh);  // none crosses a reset
-    }
-    if (u == steps) return;
-    const int64_t t = order.At(u);
-    const int64_t prev = reverse ? t + 1 : t - 1;
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t row = (t * batch + b) * hidden + j0;
-      float* dx_row = dx + (t * batch + b) * width + j0;
-      float* dhh_row = dhh.get() + (t * batch + b) * width + j0;
-      if (v[t * batch + b]) {
-        const float* k = KeptRow<kKept>(kept_in, steps, batch, j0, n, t, b);
-        const float* hp =
-            rs && rs[t * batch + b]
-                ? zeros.data()
-                : (t == first ? h0.typed_data() + b * hidden : y + (prev * batch + b) * hidden) +
-                      j0;
-        GruBackwardRow(n, k, k + n, k + 2 * n, k + 3 * n, hp, dy + row, dh + b * hidden + j0,
-                       dx_row, dhh_row, hidden);
-      } else {  // a copied state: its cotangent passes through, the step gets none
-        for (int gate = 0; gate < 3; ++gate) {
-          std::fill_n(dx_row + gate * hidden, n, 0.0f);
-          std::fill_n(dhh_row + gate * hidden, n, 0.0f);
-        }
-      }
-    }
-  };
-  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
+  // The recurrent pre-activations' cotangents (r * hh_n's in the n block); every row is
+  // written before it is read.
+  std::unique_ptr<float[]> d_hh(new float[d_xp->element_count()]);
+  const BackwardLoop loop{
+      .steps = valid.dimensions()[0], .batch = valid.dimensions()[1],
+      .hidden = w_h.dimensions()[0], .reverse = reverse != 0, .time_major = time_major != 0,
+      .w_h = w_h.typed_data(), .kept = kept.typed_data(), .valid = valid.typed_data(),
+      .resets = ResetsOrNull(resets), .d_ys = d_ys.typed_data(), .d_h = d_h.typed_data(),
+      .ys = ys.typed_data(), .h0 = h0.typed_data(), .xs = xs.typed_data(),
+      .features = xs.dimensions()[2], .d_in = d_xp->typed_data(), .d_rec = d_hh.get(),
+      .d_h0 = d_h0->typed_data(), .d_w_h = d_w_h->typed_data(), .d_w_i = d_w_i->typed_data(),
+      .d_b = d_b->typed_data(), .d_b_rec = d_b_h->typed_data()};
+  RunBackward<kGates, kKept>(pool, loop, [](const BackwardRow& r) {
+    const int n = r.n;
+    const float* k = r.kept;
+    GruBackwardRow(n, k, k + n, k + 2 * n, k + 3 * n, r.h_prev, r.dy, r.dh, r.d_in, r.d_rec,
+                   r.hidden);
+  });
   return ffi::Error::Success();
 }
 

@@ -61,161 +61,57 @@ void LstmBackwardRow(int n, const float* __restrict__ gi, const float* __restric
 
 // ------------------------------------------------------------------------------- LSTM
 
+constexpr int kGates = 4, kKept = 5;  // kept: the previous cell state and gates i, f, g, o
+
 ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_h,
-                           ffi::Buffer<ffi::F32> c0,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::PRED> valid,
-                           ffi::Buffer<ffi::PRED> resets, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
+                           ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
+                           ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::PRED> resets,
+                           ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> c_out,
                            ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> kept,
                            float forget_bias, int32_t reverse, int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
-  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
-  const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
-  const Steps order{steps, batch, reverse != 0};
-  const std::vector<int> starts = SplitUnits(batch, hidden, 4);
-  const int chunks = static_cast<int>(starts.size()) - 1;
-  const int widest = WidestChunk(starts);
-
-  const float* x = xp.typed_data();
-  const float* bs = bias.typed_data();
-  const float* w = w_h.typed_data();
-  const bool* v = valid.typed_data();
-  const bool* rs = ResetsOrNull(resets);
-  float* y = ys->typed_data();
-  // An empty `kept` (inference: nothing will differentiate this call): each row's kept values
-  // go to a scratch row that stays in L1 instead.
-  float* kept_out = kept->element_count() > 0 ? kept->typed_data() : nullptr;
-  float* c = c_out->typed_data();  // the cell state, updated in place
-  std::memcpy(c, c0.typed_data(), sizeof(float) * batch * hidden);
-  // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
-  std::vector<float> h_buf(2 * batch * hidden);
-  std::memcpy(h_buf.data(), h0.typed_data(), sizeof(float) * batch * hidden);
-  if (rs && steps > 0) {
-    ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, c);
-    ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
-  }
-  const std::vector<std::vector<float>> w_chunk = ChunkColumns(w, hidden, 4, starts);
-
-  // scratch: the recurrent products [batch, 4 * n], then one row's discarded c, h and y, then
-  // one row's discarded kept values when `kept` is empty.
-  auto step = [&](int64_t s, int k, float* scratch) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    const int64_t t = order.At(s);
-    const float* h_cur = &h_buf[(s % 2) * batch * hidden];
-    float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
-    float* acc = scratch;
-    float *sc = acc + batch * 4 * n, *sh = sc + n, *sy = sh + n, *sk = sy + n;
-    Gemm(false, batch, 4 * n, hidden, h_cur, hidden, w_chunk[k].data(), 4 * n, 0.0f, acc, 4 * n);
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t row = (t * batch + b) * hidden + j0;
-      const float* x_row = x + XpOffset(time_major, t, b, steps, batch, width) + j0;
-      float* c_row = c + b * hidden + j0;
-      float* k_row = kept_out ? KeptRow<5>(kept_out, steps, batch, j0, n, t, b) : sk;
-      if (v[t * batch + b]) {
-        LstmRow(n, x_row, bs + j0, hidden, acc + b * 4 * n, n, forget_bias, c_row,
-                h_next + b * hidden + j0, y + row, k_row, k_row + n, k_row + 2 * n,
-                k_row + 3 * n, k_row + 4 * n);
-      } else {  // past the length: the state is copied and the output is zero
-        std::memcpy(sc, c_row, sizeof(float) * n);
-        LstmRow(n, x_row, bs + j0, hidden, acc + b * 4 * n, n, forget_bias, sc, sh, sy, k_row,
-                k_row + n, k_row + 2 * n, k_row + 3 * n, k_row + 4 * n);
-        std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
-        std::fill_n(y + row, n, 0.0f);
-      }
-    }
-    // The next step starts from zeros where it resets (every chunk has read h_cur by now; the
-    // chunk's units of c are its own).
-    if (rs && s + 1 < steps) {
-      ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, c);
-      ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
-    }
-  };
-  RunRounds(pool, chunks - 1, steps, chunks, batch * 4 * widest + 8 * widest, step);
-  std::memcpy(h_out->typed_data(), &h_buf[(steps % 2) * batch * hidden],
-              sizeof(float) * batch * hidden);
+  const ForwardLoop loop{
+      .steps = valid.dimensions()[0], .batch = valid.dimensions()[1],
+      .hidden = w_h.dimensions()[0], .reverse = reverse != 0, .time_major = time_major != 0,
+      .xp = xp.typed_data(), .bias = bias.typed_data(), .w_h = w_h.typed_data(),
+      .h0 = h0.typed_data(), .valid = valid.typed_data(), .resets = ResetsOrNull(resets),
+      .ys = ys->typed_data(), .h_out = h_out->typed_data(), .c0 = c0.typed_data(),
+      .c_out = c_out->typed_data(), .kept = KeptOrNull(kept)};
+  RunForward<kGates, kKept>(pool, loop, [forget_bias](const ForwardRow& r) {
+    const int n = r.n;
+    LstmRow(n, r.xp, r.bias, r.hidden, r.acc, n, forget_bias, r.c, r.h, r.y, r.kept,
+            r.kept + n, r.kept + 2 * n, r.kept + 3 * n, r.kept + 4 * n);
+  });
   return ffi::Error::Success();
 }
 
 ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
                             ffi::Buffer<ffi::F32> kept, ffi::Buffer<ffi::PRED> valid,
                             ffi::Buffer<ffi::PRED> resets, ffi::Buffer<ffi::F32> d_ys,
-                            ffi::Buffer<ffi::F32> d_c,
-                            ffi::Buffer<ffi::F32> d_h, ffi::Buffer<ffi::F32> ys,
-                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> xs,
-                            ffi::ResultBuffer<ffi::F32> d_z, ffi::ResultBuffer<ffi::F32> d_c0,
-                            ffi::ResultBuffer<ffi::F32> d_h0, ffi::ResultBuffer<ffi::F32> d_w_h,
-                            ffi::ResultBuffer<ffi::F32> d_w_i, ffi::ResultBuffer<ffi::F32> d_b,
-                            int32_t reverse, int32_t time_major) {
+                            ffi::Buffer<ffi::F32> d_c, ffi::Buffer<ffi::F32> d_h,
+                            ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
+                            ffi::Buffer<ffi::F32> xs, ffi::ResultBuffer<ffi::F32> d_z,
+                            ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0,
+                            ffi::ResultBuffer<ffi::F32> d_w_h, ffi::ResultBuffer<ffi::F32> d_w_i,
+                            ffi::ResultBuffer<ffi::F32> d_b, int32_t reverse,
+                            int32_t time_major) {
   if (auto err = CheckGemm(); err.failure()) return err;
-  const int64_t steps = valid.dimensions()[0], batch = valid.dimensions()[1];
-  const int64_t hidden = w_h.dimensions()[0], width = 4 * hidden;
-  // The backward pass runs the steps in the opposite order of the forward pass.
-  const Steps order{steps, batch, reverse == 0};
-  const std::vector<int> starts = SplitUnits(batch, hidden, 4);
-  const int chunks = static_cast<int>(starts.size()) - 1;
-
-  const float* w = w_h.typed_data();
-  const float* kept_in = kept.typed_data();
-  const bool* v = valid.typed_data();
-  const bool* rs = ResetsOrNull(resets);
-  const ResetRows reset_rows(rs, steps, batch, hidden, reverse != 0, ys.typed_data(),
-                             h0.typed_data());
-  const float* dy = d_ys.typed_data();
-  float* dz = d_z->typed_data();
-  float* dc = d_c0->typed_data();  // running cotangents, updated in place
-  float* dh = d_h0->typed_data();
-  std::memcpy(dc, d_c.typed_data(), sizeof(float) * batch * hidden);
-  std::memcpy(dh, d_h.typed_data(), sizeof(float) * batch * hidden);
-  const int64_t features = xs.dimensions()[2];
-  TimeMajorInputs inputs(xs.typed_data(), steps, batch, features, time_major != 0);
-
-  // Round u finishes step u - 1 for a chunk's units (dh += d_z @ w_h^T needs every unit's d_z
-  // of that step: the previous round; then dh and dc are zero in the rows where that step
-  // reset) and runs the pointwise part of step u. Once every d_z is
-  // written, round T + 1 computes the chunk's columns of w_h's gradient (and its part of the
-  // time-major copy of batch-first inputs), round T + 2 its part of w_i's and b's columns.
-  auto round = [&](int64_t u, int k, float*) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    if (u == steps + 2) {
-      const auto [c0, c1] = ColumnPart(width, k, chunks);
-      InputWeightGradient(steps * batch, features, inputs.data(), dz, width, c0, c1 - c0,
-                          d_w_i->typed_data(), d_b->typed_data());
-      return;
-    }
-    if (u == steps + 1) {
-      for (int gate = 0; gate < 4; ++gate) {
-        RecurrentWeightGradient(steps, batch, hidden, reverse != 0, ys.typed_data(),
-                                h0.typed_data(), dz, width, gate * hidden + j0, n,
-                                d_w_h->typed_data());
-        reset_rows.Correct(dz, width, gate * hidden + j0, n, d_w_h->typed_data());
-      }
-      inputs.CopyPart(k, chunks);
-      return;
-    }
-    if (u > 0) {
-      const int64_t t = order.At(u - 1);
-      Gemm(true, batch, n, width, dz + t * batch * width, width, w + j0 * width, width, 1.0f,
-           dh + j0, hidden);
-      if (rs) {
-        ZeroResetRows(rs, t, batch, hidden, j0, n, dh);
-        ZeroResetRows(rs, t, batch, hidden, j0, n, dc);
-      }
-    }
-    if (u == steps) return;
-    const int64_t t = order.At(u);
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t row = (t * batch + b) * hidden + j0;
-      float* dz_row = dz + (t * batch + b) * width + j0;
-      if (v[t * batch + b]) {
-        const float* k = KeptRow<5>(kept_in, steps, batch, j0, n, t, b);
-        LstmBackwardRow(n, k + n, k + 2 * n, k + 3 * n, k + 4 * n, k, dy + row,
-                        dc + b * hidden + j0, dh + b * hidden + j0, dz_row, hidden);
-      } else {  // a copied state: its cotangents pass through, the step gets none
-        for (int gate = 0; gate < 4; ++gate) std::fill_n(dz_row + gate * hidden, n, 0.0f);
-      }
-    }
-  };
-  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
+  const BackwardLoop loop{
+      .steps = valid.dimensions()[0], .batch = valid.dimensions()[1],
+      .hidden = w_h.dimensions()[0], .reverse = reverse != 0, .time_major = time_major != 0,
+      .w_h = w_h.typed_data(), .kept = kept.typed_data(), .valid = valid.typed_data(),
+      .resets = ResetsOrNull(resets), .d_ys = d_ys.typed_data(), .d_h = d_h.typed_data(),
+      .ys = ys.typed_data(), .h0 = h0.typed_data(), .xs = xs.typed_data(),
+      .features = xs.dimensions()[2], .d_in = d_z->typed_data(), .d_rec = d_z->typed_data(),
+      .d_h0 = d_h0->typed_data(), .d_w_h = d_w_h->typed_data(), .d_w_i = d_w_i->typed_data(),
+      .d_b = d_b->typed_data(), .d_c = d_c.typed_data(), .d_c0 = d_c0->typed_data()};
+  RunBackward<kGates, kKept>(pool, loop, [](const BackwardRow& r) {
+    const int n = r.n;
+    const float* k = r.kept;
+    LstmBackwardRow(n, k + n, k + 2 * n, k + 3 * n, k + 4 * n, k, r.dy, r.dc, r.dh, r.d_in,
+                    r.hidden);
+  });
   return ffi::Error::Success();
 }
 

@@ -1,5 +1,7 @@
-// Shared by jaxrnn's CPU kernels (simple.cc, lstm.cc, gru.cc): OpenBLAS' sgemm, the thread
-// rounds, the chunking of hidden units, the vectorisable exp/sigmoid/tanh and the layouts.
+// Shared by jaxrnn's CPU kernels (simple.cc, lstm.cc, gru.cc): the forward and backward loops
+// themselves (RunForward, RunBackward), with OpenBLAS' sgemm, the thread rounds, the chunking
+// of hidden units, the vectorisable exp/sigmoid/tanh and the layouts. A cell's file holds its
+// pointwise math for one row of one step and its handlers' FFI bindings.
 //
 // XLA:CPU runs the body of a while loop one operation after another on one core, and every
 // operation costs a dispatch; these handlers run the whole loop in one call and split each
@@ -355,6 +357,254 @@ inline ffi::Error CheckGemm() {
                       "jaxrnn native kernels: no sgemm was registered");
   }
   return ffi::Error::Success();
+}
+
+// The `kept` output: its data, or null where it is empty (nothing will differentiate the call).
+inline float* KeptOrNull(ffi::ResultBuffer<ffi::F32>& kept) {
+  return kept->element_count() > 0 ? kept->typed_data() : nullptr;
+}
+
+// -------------------------------------------------------------------------------- loops
+// Every cell's forward and backward loops: the steps, the threads' rounds, lengths, resets,
+// the sgemm calls and the weights' gradients. A cell (simple.cc, lstm.cc, gru.cc) supplies
+// its number of gates (gate blocks of H columns in xp, w_h and d_z), of values it keeps per
+// unit and step for its backward pass, and its pointwise math for one batch row of one step.
+
+// One batch row b of step t for a chunk's units [j0, j0 + n), as a cell's forward update
+// reads and writes it. Gate g of unit j0 + j is at g * hidden + j in `xp` and `bias`, at
+// g * n + j in `acc`.
+struct ForwardRow {
+  int j0, n;
+  int64_t hidden;
+  const float* xp;      // xp[t, b, j0:], the input projection
+  const float* bias;    // bias[j0:]
+  const float* acc;     // the recurrent product h_prev @ w_h of the chunk's units
+  const float* h_prev;  // the state the step starts from
+  float* c;             // the LSTM's cell state (updated in place); null for the others
+  float* h;             // the new state
+  float* y;             // the output
+  float* kept;          // kKept * n values for the backward pass
+};
+
+// What a forward handler passes to RunForward (shapes in the comment at the top).
+struct ForwardLoop {
+  int64_t steps, batch, hidden;
+  bool reverse, time_major;
+  const float *xp, *bias, *w_h, *h0;
+  const bool* valid;
+  const bool* resets;  // null: nothing resets
+  float *ys, *h_out;
+  const float* c0 = nullptr;  // the LSTM's cell state [B, H]: initial, and final (c_out)
+  float* c_out = nullptr;
+  float* kept = nullptr;  // [T * B * kKept * H] (KeptRow), or null: nothing is kept
+};
+
+// Runs a forward loop: update(const ForwardRow&) computes one row of one step. A row past its
+// sequence's length copies the state and outputs zero; a cell that keeps values still runs
+// its update there, into scratch, so that its kept rows are all written.
+template <int kGates, int kKept, typename Update>
+void RunForward(ffi::ThreadPool& pool, const ForwardLoop& loop, const Update& update) {
+  const int64_t steps = loop.steps, batch = loop.batch, hidden = loop.hidden;
+  const int64_t width = kGates * hidden;
+  const Steps order{steps, batch, loop.reverse};
+  const std::vector<int> starts = SplitUnits(batch, hidden, kGates);
+  const int chunks = static_cast<int>(starts.size()) - 1;
+  const int widest = WidestChunk(starts);
+  const bool* v = loop.valid;
+  const bool* rs = loop.resets;
+  float* c = loop.c_out;  // the cell state, updated in place
+  if (c) std::memcpy(c, loop.c0, sizeof(float) * batch * hidden);
+  // Two state buffers: step s reads h[s % 2] and writes h[(s + 1) % 2].
+  std::vector<float> h_buf(2 * batch * hidden);
+  std::memcpy(h_buf.data(), loop.h0, sizeof(float) * batch * hidden);
+  if (rs && steps > 0) {
+    if (c) ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, c);
+    ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
+  }
+  // With one gate a chunk's columns of w_h are read in place.
+  std::vector<std::vector<float>> w_chunk;
+  if constexpr (kGates > 1) w_chunk = ChunkColumns(loop.w_h, hidden, kGates, starts);
+
+  // scratch: the recurrent products [batch, kGates * n], then one row's discarded c, h and y,
+  // then one row's discarded kept values when nothing is kept.
+  auto step = [&](int64_t s, int k, float* scratch) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    const int64_t t = order.At(s);
+    const float* h_cur = &h_buf[(s % 2) * batch * hidden];
+    float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
+    float* acc = scratch;
+    float *sc = acc + batch * kGates * n, *sh = sc + n, *sy = sh + n, *sk = sy + n;
+    if constexpr (kGates > 1) {
+      Gemm(false, batch, kGates * n, hidden, h_cur, hidden, w_chunk[k].data(), kGates * n, 0.0f,
+           acc, kGates * n);
+    } else {
+      Gemm(false, batch, n, hidden, h_cur, hidden, loop.w_h + j0, hidden, 0.0f, acc, n);
+    }
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      ForwardRow r{
+          .j0 = j0,
+          .n = n,
+          .hidden = hidden,
+          .xp = loop.xp + XpOffset(loop.time_major, t, b, steps, batch, width) + j0,
+          .bias = loop.bias + j0,
+          .acc = acc + b * kGates * n,
+          .h_prev = h_cur + b * hidden + j0,
+          .c = c ? c + b * hidden + j0 : nullptr,
+          .h = h_next + b * hidden + j0,
+          .y = loop.ys + row,
+          .kept = loop.kept ? KeptRow<kKept>(loop.kept, steps, batch, j0, n, t, b) : sk,
+      };
+      if (v[t * batch + b]) {
+        update(r);
+        continue;
+      }
+      if constexpr (kKept > 0) {
+        if (r.c) {
+          std::memcpy(sc, r.c, sizeof(float) * n);
+          r.c = sc;
+        }
+        r.h = sh;
+        r.y = sy;
+        update(r);
+      }
+      std::memcpy(h_next + b * hidden + j0, h_cur + b * hidden + j0, sizeof(float) * n);
+      std::fill_n(loop.ys + row, n, 0.0f);
+    }
+    // The next step starts from zeros where it resets (every chunk has read h_cur by now; the
+    // chunk's units of c are its own).
+    if (rs && s + 1 < steps) {
+      if (c) ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, c);
+      ZeroResetRows(rs, order.At(s + 1), batch, hidden, j0, n, h_next);
+    }
+  };
+  RunRounds(pool, chunks - 1, steps, chunks, (batch * kGates + 3 + kKept) * widest, step);
+  std::memcpy(loop.h_out, &h_buf[(steps % 2) * batch * hidden], sizeof(float) * batch * hidden);
+}
+
+// One batch row b of step t for a chunk's units [j0, j0 + n), as a cell's backward step reads
+// and writes it. On entry `dh` (and `dc`) hold the cotangents of the step's state from later
+// steps; on exit the parts that reach the previous state other than through w_h (the loop
+// adds d_rec @ w_h^T). Gate g of unit j0 + j is at g * hidden + j in `d_in` and `d_rec`.
+struct BackwardRow {
+  int n;
+  int64_t hidden;
+  const float* kept;    // the kKept * n values the forward pass kept
+  const float* y;       // ys[t, b, j0:], the step's output
+  const float* h_prev;  // the state the step started from (zeros after a reset)
+  const float* dy;      // d_ys[t, b, j0:]
+  float* dh;            // the running cotangent of h
+  float* dc;            // the LSTM's running cotangent of c; null for the others
+  float* d_in;          // the cotangents of the input pre-activations (xp + bias)
+  float* d_rec;         // those of the recurrent ones (h_prev @ w_h); d_in where the same
+};
+
+// What a backward handler passes to RunBackward (shapes in the comment at the top).
+struct BackwardLoop {
+  int64_t steps, batch, hidden;
+  bool reverse, time_major;  // as in the forward pass
+  const float *w_h, *kept;
+  const bool* valid;
+  const bool* resets;  // null: nothing resets
+  const float *d_ys, *d_h, *ys, *h0;
+  const float* xs;  // [T, B, F] or [B, T, F] (time_major)
+  int64_t features;
+  float *d_in, *d_rec;  // [T, B, kGates * H]; the same buffer where they are the same
+  float *d_h0, *d_w_h, *d_w_i, *d_b;
+  const float* d_c = nullptr;  // the LSTM's: the final cell state's cotangent [B, H]
+  float* d_c0 = nullptr;
+  float* d_b_rec = nullptr;  // a recurrent bias's gradient (the GRU's b_h): sums of d_rec
+};
+
+// Runs a backward loop (the forward pass's steps, last first): update(const BackwardRow&)
+// computes one row of one step. Rows past a sequence's length get zero d_in and d_rec; the
+// state's cotangents pass through them. Then the weights' gradients: d_w_h from d_rec,
+// d_w_i and d_b from d_in.
+//
+// Round u finishes step u - 1 for a chunk's units (dh += d_rec @ w_h^T needs every unit's
+// d_rec of that step: the previous round; then dh and dc are zero in the rows where that step
+// reset) and runs the pointwise part of step u. Once every d_rec is written, round T + 1
+// computes the chunk's columns of w_h's gradient (and its part of the time-major copy of
+// batch-first inputs), round T + 2 its part of w_i's and the biases' columns.
+template <int kGates, int kKept, typename Update>
+void RunBackward(ffi::ThreadPool& pool, const BackwardLoop& loop, const Update& update) {
+  const int64_t steps = loop.steps, batch = loop.batch, hidden = loop.hidden;
+  const int64_t width = kGates * hidden;
+  const Steps order{steps, batch, !loop.reverse};
+  const int64_t first = loop.reverse ? steps - 1 : 0;  // the step whose previous state is h0
+  const std::vector<int> starts = SplitUnits(batch, hidden, kGates);
+  const int chunks = static_cast<int>(starts.size()) - 1;
+  const bool* v = loop.valid;
+  const bool* rs = loop.resets;
+  const float* y = loop.ys;
+  const ResetRows reset_rows(rs, steps, batch, hidden, loop.reverse, y, loop.h0);
+  const std::vector<float> zeros(hidden, 0.0f);  // the state before a reset
+  float* dh = loop.d_h0;  // running cotangents, updated in place
+  float* dc = loop.d_c0;
+  std::memcpy(dh, loop.d_h, sizeof(float) * batch * hidden);
+  if (dc) std::memcpy(dc, loop.d_c, sizeof(float) * batch * hidden);
+  TimeMajorInputs inputs(loop.xs, steps, batch, loop.features, loop.time_major);
+
+  auto round = [&](int64_t u, int k, float*) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    if (u == steps + 2) {
+      const auto [c0, c1] = ColumnPart(width, k, chunks);
+      InputWeightGradient(steps * batch, loop.features, inputs.data(), loop.d_in, width, c0,
+                          c1 - c0, loop.d_w_i, loop.d_b);
+      if (loop.d_b_rec) ColumnSums(steps * batch, loop.d_rec, width, c0, c1 - c0, loop.d_b_rec);
+      return;
+    }
+    if (u == steps + 1) {
+      for (int gate = 0; gate < kGates; ++gate) {
+        RecurrentWeightGradient(steps, batch, hidden, loop.reverse, y, loop.h0, loop.d_rec,
+                                width, gate * hidden + j0, n, loop.d_w_h);
+        reset_rows.Correct(loop.d_rec, width, gate * hidden + j0, n, loop.d_w_h);
+      }
+      inputs.CopyPart(k, chunks);
+      return;
+    }
+    if (u > 0) {
+      const int64_t t = order.At(u - 1);
+      Gemm(true, batch, n, width, loop.d_rec + t * batch * width, width, loop.w_h + j0 * width,
+           width, 1.0f, dh + j0, hidden);
+      if (rs) {  // no cotangent crosses a reset
+        ZeroResetRows(rs, t, batch, hidden, j0, n, dh);
+        if (dc) ZeroResetRows(rs, t, batch, hidden, j0, n, dc);
+      }
+    }
+    if (u == steps) return;
+    const int64_t t = order.At(u);
+    const int64_t prev = loop.reverse ? t + 1 : t - 1;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (t * batch + b) * hidden + j0;
+      float* d_in = loop.d_in + (t * batch + b) * width + j0;
+      float* d_rec = loop.d_rec + (t * batch + b) * width + j0;
+      if (!v[t * batch + b]) {
+        for (int gate = 0; gate < kGates; ++gate) {
+          std::fill_n(d_in + gate * hidden, n, 0.0f);
+          if (d_rec != d_in) std::fill_n(d_rec + gate * hidden, n, 0.0f);
+        }
+        continue;
+      }
+      const float* h_prev =
+          rs && rs[t * batch + b]
+              ? zeros.data()
+              : (t == first ? loop.h0 + b * hidden : y + (prev * batch + b) * hidden) + j0;
+      update(BackwardRow{
+          .n = n,
+          .hidden = hidden,
+          .kept = kKept > 0 ? KeptRow<kKept>(loop.kept, steps, batch, j0, n, t, b) : nullptr,
+          .y = y + row,
+          .h_prev = h_prev,
+          .dy = loop.d_ys + row,
+          .dh = dh + b * hidden + j0,
+          .dc = dc ? dc + b * hidden + j0 : nullptr,
+          .d_in = d_in,
+          .d_rec = d_rec,
+      });
+    }
+  };
+  RunRounds(pool, chunks - 1, steps + 3, chunks, 0, round);
 }
 
 }  // namespace jaxrnn

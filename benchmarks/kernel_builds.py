@@ -1,0 +1,369 @@
+"""Two builds of jaxrnn's CPU kernels side by side in one process: bit for bit and in time.
+
+    python benchmarks/kernel_builds.py --base-lib OTHER.so --check   # every option, bitwise
+    python benchmarks/kernel_builds.py --base-lib OTHER.so           # timing, JSON out
+
+``--base-lib`` is another build of ``csrc/`` (say, of an earlier commit: ``git archive`` its
+``csrc/`` and compile it with ``setup.py``'s flags); ``--lib`` is this checkout's build (by
+default the installed ``jaxrnn._recurrence``). Both are loaded with ``ctypes``, handed the
+same OpenBLAS ``sgemm`` and thread count, and their handlers registered with XLA under
+prefixed target names (``base_jaxrnn_lstm_forward``, ``new_jaxrnn_lstm_forward``, ...). Each
+kernel is called through ``jax.ffi.ffi_call`` with the arguments its binding in
+``jaxrnn.cells`` passes.
+
+``--check`` runs the forward and backward kernels of the three cells over every combination
+of layout, direction, lengths and resets (and the LSTM's and GRU's forward without kept
+values, one step, the SimpleRNN's relu) and fails unless every output of the two builds is
+the same bit for bit; the backward kernels of both get the base build's forward outputs.
+
+Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), W5 (masked
+LSTM 32, T 20, B 64, in 1, lengths 5-20), W6 (LSTM 512, T 256, B 64, in 512), W3 (tanh
+SimpleRNN 150, T 28, B 150, in 28) and a GRU (128, T 28, B 100, in 28), batch-first inputs:
+the forward kernel and the backward kernel of each, the two builds alternating (protocol in
+``_common``); the JSON gives each build's median (min, max) per call and the median and range
+of the per-repeat ratios new / base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import importlib.util
+import itertools
+import os
+import statistics
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYMBOLS = {
+    "jaxrnn_lstm_forward": "JaxrnnLstmForward",
+    "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
+    "jaxrnn_simple_forward": "JaxrnnSimpleForward",
+    "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+    "jaxrnn_gru_forward": "JaxrnnGruForward",
+    "jaxrnn_gru_backward": "JaxrnnGruBackward",
+}
+BUILDS = ("base", "new")
+GATES = {"simple": 1, "lstm": 4, "gru": 3}
+KEPT = {"simple": 0, "lstm": 5, "gru": 4}  # values per unit and step kept for the backward pass
+FORGET_BIAS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"`` or ``"gru"``; sequence
+    lengths are drawn from ``[min_length, steps]`` (``None``: every step valid); ``reset_rate``
+    of the valid steps reset."""
+
+    cell: str
+    hidden: int
+    steps: int
+    batch: int
+    features: int
+    min_length: int | None = None
+    reset_rate: float = 0.0
+    reverse: bool = False
+    time_major: bool = False
+    relu: bool = False
+    keep: bool = True
+
+    def name(self) -> str:
+        parts = [f"{self.cell} H{self.hidden} T{self.steps} B{self.batch} I{self.features}"]
+        if self.min_length is not None:
+            parts.append(f"lengths {self.min_length}-{self.steps}")
+        if self.reset_rate:
+            parts.append(f"resets {self.reset_rate:g}")
+        for flag in ("reverse", "time_major", "relu"):
+            if getattr(self, flag):
+                parts.append(flag)
+        if not self.keep:
+            parts.append("nothing kept")
+        return ", ".join(parts)
+
+
+WORKLOADS = {
+    "W1": Case("lstm", 128, 28, 100, 28),
+    "W5": Case("lstm", 32, 20, 64, 1, min_length=5),
+    "W6": Case("lstm", 512, 256, 64, 512),
+    "W3 SimpleRNN": Case("simple", 150, 28, 150, 28),
+    "GRU": Case("gru", 128, 28, 100, 28),
+}
+
+
+def load(path: str, prefix: str, sgemm: int, threads: int) -> ctypes.CDLL:
+    """Loads the kernel library at ``path`` and registers its handlers as ``prefix`` + target."""
+    lib = ctypes.CDLL(os.path.abspath(path))
+    lib.jaxrnn_set_sgemm(ctypes.c_void_p(sgemm))
+    lib.jaxrnn_set_max_threads(threads)
+    for target, symbol in SYMBOLS.items():
+        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+        jax.ffi.register_ffi_target(prefix + target, capsule, platform="cpu")
+    return lib
+
+
+def openblas_sgemm() -> tuple[ctypes.CDLL, int]:
+    """The OpenBLAS that jaxrnn's kernels use (single-threaded) and its ``cblas_sgemm``."""
+    import scipy_openblas32
+
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        name = scipy_openblas32.get_library(fullname=True)
+        blas = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), name))
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    blas.scipy_openblas_set_num_threads(1)
+    return blas, ctypes.cast(blas.scipy_cblas_sgemm, ctypes.c_void_p).value or 0
+
+
+def inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 inputs of both kernels (``xp`` and ``xs`` in the case's layout)."""
+    rng = np.random.default_rng(seed)
+    t, b, h, f = case.steps, case.batch, case.hidden, case.features
+    width = GATES[case.cell] * h
+
+    def normal(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def layout(shape):
+        return normal(*shape) if case.time_major else normal(shape[1], shape[0], *shape[2:])
+
+    if case.min_length is None:
+        valid = np.ones((t, b), bool)
+    else:
+        lengths = rng.integers(case.min_length, t + 1, size=b)
+        valid = np.arange(t)[:, None] < lengths[None, :]
+    resets = (rng.random((t, b)) < case.reset_rate) & valid
+    return {
+        "xp": layout((t, b, width)),
+        "b": normal(width, scale=0.1),
+        "b_h": normal(width, scale=0.1),
+        "w_h": normal(h, width, scale=1.0 / np.sqrt(h)),
+        "h0": normal(b, h, scale=0.5),
+        "c0": normal(b, h, scale=0.5),
+        "valid": valid,
+        "resets": resets if case.reset_rate else np.zeros((0,), bool),
+        "xs": layout((t, b, f)),
+        "d_ys": normal(t, b, h),
+        "d_h": normal(b, h),
+        "d_c": normal(b, h),
+    }
+
+
+def _f32(*shapes) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+
+
+def forward_fn(prefix: str, case: Case) -> Callable[[dict], tuple]:
+    """The forward kernel of ``prefix``'s build, called as ``jaxrnn.cells`` calls it."""
+    t, b, h = case.steps, case.batch, case.hidden
+    kept = t * b * KEPT[case.cell] * h if case.keep else 0
+    options = {"reverse": np.int32(case.reverse), "time_major": np.int32(case.time_major)}
+    target = f"{prefix}jaxrnn_{case.cell}_forward"
+    if case.cell == "simple":
+        call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h)))
+        relu = np.int32(case.relu)
+        return lambda a: tuple(
+            call(a["xp"], a["b"], a["w_h"], a["h0"], a["valid"], a["resets"], relu=relu, **options)
+        )
+    if case.cell == "lstm":
+        call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h), (b, h), (kept,)))
+        forget = np.float32(FORGET_BIAS)
+        return lambda a: tuple(
+            call(
+                *(a[k] for k in ("xp", "b", "w_h", "c0", "h0", "valid", "resets")),
+                forget_bias=forget,
+                **options,
+            )
+        )
+    call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h), (kept,)))
+    return lambda a: tuple(
+        call(a["xp"], a["b"], a["w_h"], a["b_h"], a["h0"], a["valid"], a["resets"], **options)
+    )
+
+
+def backward_fn(prefix: str, case: Case) -> Callable[[dict, tuple], tuple]:
+    """The backward kernel of ``prefix``'s build, given the inputs and the forward outputs."""
+    t, b, h, f = case.steps, case.batch, case.hidden, case.features
+    g = GATES[case.cell] * h
+    options = {"reverse": np.int32(case.reverse), "time_major": np.int32(case.time_major)}
+    target = f"{prefix}jaxrnn_{case.cell}_backward"
+    if case.cell == "simple":
+        call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h), (h, h), (f, h), (h,)))
+
+        def simple(a, out):
+            ys = out[0]
+            args = (a["w_h"], ys, a["valid"], a["resets"], a["d_ys"], a["d_h"], a["h0"], a["xs"])
+            return tuple(call(*args, relu=np.int32(case.relu), **options))
+
+        return simple
+    if case.cell == "lstm":
+        call = jax.ffi.ffi_call(target, _f32((t, b, g), (b, h), (b, h), (h, g), (f, g), (g,)))
+
+        def lstm(a, out):
+            ys, kept = out[0], out[3]
+            args = (a["w_h"], kept, a["valid"], a["resets"], a["d_ys"], a["d_c"], a["d_h"])
+            return tuple(call(*args, ys, a["h0"], a["xs"], **options))
+
+        return lstm
+    call = jax.ffi.ffi_call(target, _f32((t, b, g), (b, h), (h, g), (g,), (f, g), (g,)))
+
+    def gru(a, out):
+        ys, kept = out[0], out[2]
+        args = (a["w_h"], kept, a["valid"], a["resets"], a["d_ys"], a["d_h"], ys, a["h0"])
+        return tuple(call(*args, a["xs"], **options))
+
+    return gru
+
+
+def check_cases() -> list[Case]:
+    """Every option of every cell at a small shape whose hidden units split into uneven chunks."""
+    cases = []
+    for cell in GATES:
+        for time_major, reverse, lengths, resets in itertools.product((False, True), repeat=4):
+            options = {"reverse": reverse, "time_major": time_major}
+            if lengths:
+                options["min_length"] = 2
+            if resets:
+                options["reset_rate"] = 0.2
+            cases.append(Case(cell, 80, 9, 32, 7, **options))
+        cases.append(Case(cell, 80, 1, 32, 7, min_length=0, reset_rate=0.3))
+    cases.append(Case("simple", 80, 9, 32, 7, min_length=2, reset_rate=0.2, relu=True))
+    cases.append(Case("lstm", 80, 9, 32, 7, min_length=2, reset_rate=0.2, keep=False))
+    cases.append(Case("gru", 80, 9, 32, 7, min_length=2, reset_rate=0.2, keep=False))
+    return cases
+
+
+def same_bits(x, y) -> bool:
+    x, y = np.asarray(x), np.asarray(y)
+    return x.shape == y.shape and np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+def check() -> int:
+    """Compares every output of the two builds over :func:`check_cases`; the number differing."""
+    failures = 0
+    for case in check_cases():
+        a = {k: jnp.asarray(v) for k, v in inputs(case).items()}
+        fwd = {p: jax.jit(forward_fn(f"{p}_", case)) for p in BUILDS}
+        out = {p: fwd[p](a) for p in BUILDS}
+        # With nothing kept the backward kernels get the kept values of a keeping call.
+        keeping = dataclasses.replace(case, keep=True)
+        base_out = out["base"] if case.keep else jax.jit(forward_fn("base_", keeping))(a)
+        grads = {p: jax.jit(backward_fn(f"{p}_", case))(a, base_out) for p in BUILDS}
+        bad = [
+            f"forward output {i}"
+            for i, pair in enumerate(zip(*out.values(), strict=True))
+            if not same_bits(*pair)
+        ]
+        bad += [
+            f"backward output {i}"
+            for i, pair in enumerate(zip(*grads.values(), strict=True))
+            if not same_bits(*pair)
+        ]
+        finite = all(bool(jnp.isfinite(x).all()) for x in (*out["new"], *grads["new"]))
+        print(f"{'DIFFERENT' if bad else 'same'}: {case.name()}", *bad, sep="; " if bad else "")
+        if not finite:
+            print("  (non-finite outputs: the inputs are too large)")
+        failures += bool(bad) or not finite
+    return failures
+
+
+def time_case(case: Case, repeats: int) -> dict:
+    """Forward and backward kernels of both builds at ``case``, timed alternating."""
+    a = {k: jnp.asarray(v) for k, v in inputs(case).items()}
+    fwd_out = jax.jit(forward_fn("base_", case))(a)
+    result: dict = {"case": dataclasses.asdict(case)}
+    for kernel in ("forward", "backward"):
+        runners = {}
+        for p in BUILDS:
+            if kernel == "forward":
+                compiled, _ = _common.compile_fn(forward_fn(f"{p}_", case), a)
+                runners[p] = _common.Runner(compiled, (a,))
+            else:
+                compiled, _ = _common.compile_fn(backward_fn(f"{p}_", case), a, fwd_out)
+                runners[p] = _common.Runner(compiled, (a, fwd_out))
+        inner = _common.inner_for(_common.rough_time(runners["base"]), target_s=0.1)
+        times = _common.time_alternating(runners, repeats=repeats, inner=inner)
+        ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
+        result[kernel] = {
+            **{p: _common.summarize(times[p]) for p in BUILDS},
+            "inner": inner,
+            "ratio_of_medians": statistics.median(times["new"]) / statistics.median(times["base"]),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return result
+
+
+def installed_library() -> str:
+    spec = importlib.util.find_spec("jaxrnn._recurrence")
+    if spec is None or spec.origin is None:
+        raise SystemExit("jaxrnn's kernels are not built here: pass --lib")
+    return spec.origin
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-lib", required=True, help="the other build (a .so file)")
+    parser.add_argument("--lib", default=None, help="this build (default: the installed one)")
+    parser.add_argument("--base-label", default=None, help="what --base-lib is, for the JSON")
+    parser.add_argument("--check", action="store_true", help="compare outputs bit for bit")
+    parser.add_argument("--threads", type=int, default=None, help="threads per kernel call")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "kernel_builds.json"))
+    args = parser.parse_args(argv)
+
+    # The check splits 80 units into 3 uneven chunks; timing uses the machine's cores.
+    threads = args.threads or (3 if args.check else len(os.sched_getaffinity(0)))
+    blas, sgemm = openblas_sgemm()
+    libraries = [
+        blas,
+        load(args.base_lib, "base_", sgemm, threads),
+        load(args.lib or installed_library(), "new_", sgemm, threads),
+    ]
+    if args.check:
+        failures = check()
+        print(f"{failures} case(s) differ" if failures else "every output is the same, bit for bit")
+        return 1 if failures else 0
+
+    results = {}
+    for name in args.workloads:
+        results[name] = time_case(WORKLOADS[name], args.repeats)
+        for kernel in ("forward", "backward"):
+            r = results[name][kernel]
+            print(
+                f"{name:13s} {kernel:8s} base {r['base']['median_ms']:9.3f} ms  "
+                f"new {r['new']['median_ms']:9.3f} ms  new/base {r['ratio_median']:.3f} "
+                f"(repeats {r['ratio_min']:.3f}-{r['ratio_max']:.3f})",
+                flush=True,
+            )
+    payload = {
+        "environment": _common.environment(),
+        "base": args.base_label or os.path.basename(args.base_lib),
+        "new": "this checkout's build" if args.lib is None else os.path.basename(args.lib),
+        "threads": threads,
+        "repeats": args.repeats,
+        "results": results,
+    }
+    _common.write_json(args.out, payload)
+    del libraries
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
