@@ -15,9 +15,8 @@ process ``p``'s rows at ``[p * B / P, (p + 1) * B / P)`` as the mesh expects.
 
 :meth:`TrainFeed.blocks` gathers the next block in a background thread while the caller runs
 the current one. Blocks go into 64-byte-aligned host memory, which JAX's CPU client uses in
-place, and the caller hands each block back (:meth:`TrainFeed.recycle`) once it has run, so
-that the next blocks reuse memory that is already mapped: on the CPU, copying and faulting in
-fresh memory for a block of 500 MNIST batches otherwise costs as much as training on it.
+place; the caller hands each block back (:meth:`TrainFeed.recycle`) once it has run, and later
+blocks of the same shape reuse its memory.
 
 The position in the stream is the number of batches drawn, which the train loop keeps equal
 to the step: :meth:`TrainFeed.state` and :meth:`TrainFeed.restore` save and restore it with
@@ -159,8 +158,7 @@ class TrainFeed:
 
         Call only once every computation reading ``block`` has finished (e.g. its results
         were fetched), and never read ``block`` again: JAX's CPU client may use the host
-        memory in place. Fresh memory for every block would cost page faults that, for large
-        blocks, rival the training step.
+        memory in place.
         """
         with self._lock:
             host = self._lent.pop(id(block), None)
@@ -231,7 +229,7 @@ def _aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.nda
     """``np.empty`` whose data starts on an ``alignment``-byte boundary.
 
     JAX's CPU client uses such a host array in place instead of copying it (the block is
-    never written again once handed over), which halves the cost of a block of large inputs.
+    never written again once handed over).
     """
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize

@@ -170,6 +170,14 @@ def make_task(
     """
     if streams_lib.text.is_text(config.dataset):
         return _text_task(config, mesh, with_feed=with_feed)
+    return _examples_task(
+        config, mesh, shards=shards, with_feed=with_feed, mnist_dir=mnist_dir, data_dir=data_dir
+    )
+
+
+def _examples_task(config: Config, mesh, *, shards, with_feed, mnist_dir, data_dir) -> Task:
+    """:func:`make_task` of a dataset of examples: this process's shard of the training
+    split (``feed``'s rule), the whole test split."""
     num_train = split_size(config, "train", mnist_dir=mnist_dir, data_dir=data_dir)
     if with_feed:
         _check_batch_fits(config, num_train)

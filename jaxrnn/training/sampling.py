@@ -100,6 +100,7 @@ def sample_workdir(
                 f"{workdir} holds a run of config {name!r} on dataset {config.dataset!r}; "
                 f"jaxrnn sample needs one on a text dataset ({', '.join(text.TEXT_DATASETS)})"
             )
+        loop.check_config(config)
         mesh = steps_lib.make_mesh()
         task = loop.make_task(config, mesh, shards=1, with_feed=False)
         tx = optimizers.from_config(config, loop.total_steps(config, task.num_train))

@@ -2,8 +2,7 @@
 
 * :func:`make_train_block` compiles ``K`` optimizer steps into one call (``lax.scan`` over a
   block of batches ``[K, batch, ...]`` stacked on the host and sent to the devices once,
-  ``jaxrnn.training.feed``): tiny recurrent models are otherwise dominated by the per-step
-  dispatch. The state is donated.
+  ``jaxrnn.training.feed``). The state is donated.
 * Batches are laid out on a one-axis :class:`jax.sharding.Mesh` named ``"data"`` over
   ``jax.devices()``: the batch dimension is split across devices, parameters are replicated,
   and one code path serves one device and many (XLA inserts the gradient all-reduce).
