@@ -65,8 +65,10 @@ class Model:
 
     Attributes:
       cell: the name of a registered cell (:mod:`jaxrnn.cells.registry`): ``"rnn"``
-        (``SimpleRNN``), ``"lstm"``, ``"gru"``, or one's own. The cell options below go to
-        the cells whose class has a field of that name.
+        (``SimpleRNN``), ``"lstm"``, ``"gru"``, or one's own. The cell options below
+        (``activation`` to ``layer_norm``) go to the cells whose class has a field of that
+        name; for another cell, turning on ``proj_size``, ``peepholes``, a clip or
+        ``layer_norm`` is an error, and ``activation`` and the forget biases are left out.
       hidden_size: units per direction and layer.
       num_outputs: classes (classification) or 1 (regression).
       num_layers: depth of the stack.

@@ -104,11 +104,7 @@ def test_rnn_and_static_rnn_against_numpy():
     for ys, h in runs.values():
         _close(ys, want_ys)
         _close(h, want_h)
-    # Backwards over the valid prefix, and without lengths.
-    ys, h = jaxrnn.rnn(cell, params, xs, LENGTHS, reverse=True)
-    want_ys, want_h = np_gated(params, xs, LENGTHS, reverse=True)
-    _close(ys, want_ys)
-    _close(h, want_h)
+    # Without lengths (backwards over the valid prefix: test_bidirectional_against_numpy).
     ys, _ = jaxrnn.rnn(cell, params, xs)
     _close(ys, np_gated(params, xs, np.full(B, T))[0])
 
@@ -190,7 +186,7 @@ def test_model_trains_with_the_registered_cell():
         return optax.apply_updates(params, updates), opt_state, loss
 
     opt_state, losses = tx.init(params), []
-    for key in jax.random.split(jax.random.key(9), 25):
+    for key in jax.random.split(jax.random.key(9), 15):
         params, opt_state, loss = train_step(params, opt_state, key)
         losses.append(float(loss))
     assert all(np.isfinite(losses))
