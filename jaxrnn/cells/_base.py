@@ -41,6 +41,15 @@ def matmul(a: Array, w: Array, dtype: DType) -> Array:
     )
 
 
+def gate_blocks(a: Array | tuple[Array, ...], gates: int) -> tuple[Array, ...]:
+    """The ``gates`` blocks of a projected input or recurrent matmul: ``a`` (``[batch, gates *
+    H]``) split along its last axis, or ``a`` itself where it is already the tuple of blocks
+    (``[batch, H]`` each, as the fused loop passes ``xp``)."""
+    if isinstance(a, tuple | list):
+        return tuple(a)
+    return tuple(jnp.split(a, gates, axis=-1))
+
+
 def check_floating(dtype: DType, name: str) -> None:
     """``dtype`` must be one that JAX calls floating (bfloat16, float16, float32, float64)."""
     try:
@@ -133,6 +142,9 @@ class CellBase:
 
     hidden_size: int
     gates: int = 1
+    # Whether ``update`` takes ``xp`` as its tuple of gate blocks (:func:`gate_blocks`), as
+    # the fused loop reads it; else the loop concatenates them.
+    accepts_gate_blocks: bool = False
     dtype: DType
     param_dtype: DType
     init: Callable[..., Params]  # (key, input_size, dtype=None) -> params, defined by each cell
@@ -194,13 +206,20 @@ class CellBase:
         accumulation dtype) that :meth:`update` is given; ``None`` for a cell without ``w_h``."""
         return matmul(h, params["w_h"], self._dt())
 
+    def update_params(self, params: Params) -> Params:
+        """The parameters that :meth:`update` reads (the fused loop sums their gradients over
+        the steps): all but the matmuls' weights ``w_i``, ``w_h`` and the biases that
+        :meth:`project_inputs` folds in (``b``, ``b_h``)."""
+        return {k: v for k, v in params.items() if k not in ("w_i", "w_h", "b", "b_h")}
+
     def step(self, params: Params, carry: Carry, xp: Array) -> tuple[Carry, Array]:
         """The recurrent half of a step, given one projected input ``xp`` (``[batch, gates *
         hidden_size]``, :meth:`project_inputs`): ``update(params, carry, xp, hw)`` with ``hw``
         the recurrent matmul of the carry's ``h`` (:meth:`recurrent`). Returns ``(carry, y)``.
 
         A cell defines ``update(params, carry, xp, hw) -> (carry, y)``: its gates and state
-        arithmetic given the two matmuls' results, in the accumulation dtype. The same
+        arithmetic given the two matmuls' results, in the accumulation dtype; ``xp`` may also
+        come as its tuple of ``gates`` blocks (:func:`gate_blocks`). The same
         definition runs here (``lax.scan``) and in the fused loop
         (:mod:`jaxrnn.cells.fused`), which derives its backward pass from it."""
         return self.update(params, carry, xp, self.recurrent(params, self.hidden(carry)))

@@ -19,6 +19,7 @@ from jaxrnn.cells._base import (
     Params,
     accumulation_dtype,
     check_hidden_size,
+    gate_blocks,
     init_weights,
     layer_norm,
     matmul,
@@ -64,6 +65,7 @@ class GRU(CellBase):
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 3
+    accepts_gate_blocks = True
 
     def __post_init__(self):
         check_hidden_size(self)
@@ -106,6 +108,11 @@ class GRU(CellBase):
         w_h = params["w_h"] if self.reset_after else params["w_h"][:, : 2 * self.hidden_size]
         return matmul(h, w_h, self._dt())
 
+    def update_params(self, params: Params) -> Params:
+        """As the other cells', and ``b_h`` (:meth:`update` adds it to ``hw``)."""
+        inner = super().update_params(params)
+        return inner | {"b_h": params["b_h"]} if "b_h" in params else inner
+
     def masked_step(self, params: Params, carry: Array, xp: Array, mask: Array):
         # The mask reaches the matmuls only: z * h interpolates with the unmasked state.
         h = carry * mask.astype(carry.dtype)
@@ -124,7 +131,7 @@ class GRU(CellBase):
         def norm(a, cols):
             return layer_norm(a, params["g_h"][cols]) if self.layer_norm else a
 
-        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        xr, xz, xn = gate_blocks(xp, 3)
         if self.reset_after:
             b_h = params["b_h"].astype(accumulation_dtype(dt))
             hh = norm(hw, slice(None)) + b_h

@@ -20,6 +20,7 @@ from jaxrnn.cells._base import (
     Params,
     accumulation_dtype,
     check_hidden_size,
+    gate_blocks,
     init_weights,
     input_bias,
     layer_norm,
@@ -96,6 +97,7 @@ class LSTM(CellBase):
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 4
+    accepts_gate_blocks = True
 
     def __post_init__(self):
         check_hidden_size(self)
@@ -186,28 +188,94 @@ class LSTM(CellBase):
     def update(self, params: Params, carry, xp: Array, hw: Array):
         """The gates and the new state from ``xp`` (``[batch, 4H]``, the projected input with
         the bias) and ``hw = h @ w_h`` (``[batch, 4H]``); returns ``((c', h'), h')``."""
-        c = carry[0]
+        carry, y, _ = self.update_kept(params, carry, xp, hw)
+        return carry, y
+
+    @property
+    def hand_written_derivative(self) -> bool:
+        """Whether the fused loop differentiates :meth:`update` through
+        :meth:`update_backward` (every variant but ``layer_norm``) rather than JAX's
+        derivative of it."""
+        return not self.layer_norm
+
+    def update_kept(self, params: Params, carry, xp: Array, hw: Array):
+        """``(carry, y, kept)``: :meth:`update`'s results and what :meth:`update_backward`
+        reads, the previous cell state and the gate activations ``(c, (i, f, g, o))``
+        (``[batch, H]`` each; ``o`` after the output gate's peephole)."""
+        c_prev = carry[0]
+        c = c_prev
         dt = self._dt()
         if self.layer_norm:
             hw = layer_norm(hw, params["g_h"])
-        zi, zf, zg, zo = jnp.split(xp + hw, 4, axis=-1)
+        zi, zf, zg, zo = (
+            x + r for x, r in zip(gate_blocks(xp, 4), gate_blocks(hw, 4), strict=True)
+        )
         if self.forget_bias:
             zf = zf + self.forget_bias
         if self.peepholes:
             zi = zi + params["w_ci"].astype(c.dtype) * c
             zf = zf + params["w_cf"].astype(c.dtype) * c
-        c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-        if self.cell_clip is not None:
-            c = jnp.clip(c, -self.cell_clip, self.cell_clip)
+        i, f, g = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg)
+        c, _ = self._cell_state(c_prev, i, f, g)
         if self.peepholes:
             zo = zo + params["w_co"].astype(c.dtype) * c
         shown = layer_norm(c, params["g_c"], params["b_c"]) if self.layer_norm else c
-        h = jax.nn.sigmoid(zo) * jnp.tanh(shown)
+        o = jax.nn.sigmoid(zo)
+        h = o * jnp.tanh(shown)
         if self.proj_size:
             h = matmul(h, params["w_hr"], dt)
             if self.proj_clip is not None:
                 h = jnp.clip(h, -self.proj_clip, self.proj_clip)
-        return (c, h), h
+        return (c, h), h, (c_prev, (i, f, g, o))
+
+    def _cell_state(self, c_prev, i, f, g):
+        """``(c, inside)``: the new cell state and where the clip left it unchanged (``None``
+        without a clip)."""
+        c = f * c_prev + i * g
+        if self.cell_clip is None:
+            return c, None
+        return jnp.clip(c, -self.cell_clip, self.cell_clip), jnp.abs(c) < self.cell_clip
+
+    def update_backward(self, params: Params, kept, y: Array, d_carry, d_y: Array):
+        """The derivative of :meth:`update` (not ``layer_norm``) written out, from what
+        :meth:`update_kept` kept and the output ``y``: ``(d_carry, d_xp, d_hw, d_params)``,
+        the cotangents of the carry (its ``h`` enters only ``hw``), of ``xp`` and ``hw``
+        (``[batch, 4H]``, the same array) and of the parameters
+        :meth:`~jaxrnn.cells._base.CellBase.update_params` names, summed over the batch. One
+        ``tanh`` recomputed, no sigmoid."""
+        c_prev, (i, f, g, o) = kept
+        d_c, d_h = d_carry
+        dt = self._dt()
+        c, inside = self._cell_state(c_prev, i, f, g)
+        tanh_c = jnp.tanh(c)
+        d_r = d_h + d_y  # h is both the output and the next step's state
+        d_params = {}
+        if self.proj_size:
+            if self.proj_clip is not None:
+                d_r = jnp.where(jnp.abs(y) < self.proj_clip, d_r, jnp.zeros_like(d_r))
+            w_hr = params["w_hr"].astype(dt)
+            d_m = matmul(d_r, w_hr.T, dt)
+            d_params["w_hr"] = matmul((o * tanh_c).T, d_r, dt)
+        else:
+            d_m = d_r
+        d_o = d_m * tanh_c * o * (1.0 - o)
+        d_c_all = d_c + d_m * o * (1.0 - tanh_c * tanh_c)
+        if self.peepholes:
+            w_ci, w_cf, w_co = (params[k].astype(c.dtype) for k in ("w_ci", "w_cf", "w_co"))
+            d_c_all = d_c_all + d_o * w_co
+        if inside is not None:
+            d_c_all = jnp.where(inside, d_c_all, jnp.zeros_like(d_c_all))
+        d_i = d_c_all * g * i * (1.0 - i)
+        d_f = d_c_all * c_prev * f * (1.0 - f)
+        d_g = d_c_all * i * (1.0 - g * g)
+        d_c_prev = d_c_all * f
+        if self.peepholes:
+            d_c_prev = d_c_prev + d_i * w_ci + d_f * w_cf
+            d_params["w_ci"] = (d_i * c_prev).sum(0)
+            d_params["w_cf"] = (d_f * c_prev).sum(0)
+            d_params["w_co"] = (d_o * c).sum(0)
+        d_z = jnp.concatenate([d_i, d_f, d_g, d_o], axis=-1)
+        return (d_c_prev, jnp.zeros_like(d_h)), d_z, d_z, d_params
 
 
 # ------------------------------------------------------------------------------------------

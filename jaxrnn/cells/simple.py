@@ -19,6 +19,7 @@ from jaxrnn.cells._base import (
     DType,
     Params,
     check_hidden_size,
+    gate_blocks,
     init_weights,
     input_bias,
     matmul,
@@ -45,6 +46,7 @@ class SimpleRNN(CellBase):
     activation: Literal["tanh", "relu"] = "tanh"
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
+    accepts_gate_blocks = True
 
     def __post_init__(self):
         check_hidden_size(self)
@@ -66,6 +68,7 @@ class SimpleRNN(CellBase):
     def update(self, params: Params, carry: Array, xp: Array, hw: Array) -> tuple[Array, Array]:
         """``h' = act(xp + hw)``, the output ``h'``."""
         act = jnp.tanh if self.activation == "tanh" else jax.nn.relu
+        (xp,) = gate_blocks(xp, 1)
         h = act(xp + hw)
         return h, h
 
