@@ -225,7 +225,7 @@ def run_variant(name, *, repeats, target_s):
     optimizer, batch = wl.make_optimizer(W1), wl.make_batch(W1)
     builds = {"jaxrnn": jaxrnn_model(kind, options)[:2], "flax": flax_model(kind, options)}
     init, apply, cell = jaxrnn_model(kind, options)
-    path = jaxrnn.drivers._resolve_implementation(None, cell, jnp.float32, 1, False, None)
+    path = jaxrnn.plan.plan(cell).path  # what rnn runs by default
     if path != "scan":
         builds["jaxrnn_scan"] = jaxrnn_model(kind, options, "scan")[:2]
     if options:

@@ -28,35 +28,16 @@ the final carry in its accumulation dtype (float32 for a bfloat16 or float16 com
 and parameter gradients in each parameter's dtype, every sum over time and batch accumulated
 in at least float32.
 
-How ``rnn`` computes is its ``implementation`` argument (the numbers agree to rounding):
-
-* ``"scan"``: a plain ``lax.scan`` of the cell's step, differentiated by JAX. Every JAX
-  transformation applies, forward-mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) included.
-* ``"fused"`` (``SimpleRNN``, ``LSTM`` with any options but ``layer_norm``,
-  ``GRU(reset_after=True)``): the input half of every
-  step (``cell.project_inputs``) is one matmul over all steps before the loop, and the backward
-  pass is written by hand (``jax.custom_vjp``): its loop holds only the recurrent matmul and the
-  cell's elementwise derivative, and the weight gradients are one matmul each after it.
-  Reverse mode only: ``jax.jvp`` of it raises.
-* ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (``csrc/``; the
-  plain ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``: the LSTM's variants have
-  none): the whole loop in one call, each step's hidden units split over the cores. float32
-  on a CPU, with ``unroll=1``; reverse mode only.
-* ``None`` (the default) chooses: ``"scan"`` where the fused path does not apply
-  (``layer_norm``, ``GRU(reset_after=False)``, ``remat``, recurrent dropout); ``"fused"``
-  for the LSTM's ``proj_size``, peepholes and clipping, whose fused XLA loop has no CPU
-  kernels, on every platform; else, with ``unroll=1`` and the kernels built, the kernels
-  wherever the computation is placed on a CPU (the same call runs the fused XLA loop on a GPU
-  or TPU); a bfloat16 or float16 computation takes the kernels only when the default backend
-  is a CPU, and runs them in float32 on inputs and weights rounded to its dtype (faster on a
-  CPU than its XLA loop); else ``"fused"`` (an ``unroll`` other than 1, or bfloat16 on GPU
-  and TPU). ``JAXRNN_NATIVE=0`` in the environment keeps ``None`` from choosing the kernels.
-
-``unroll`` is the ``lax.scan`` loops' unroll factor; it does not choose the implementation
-(an explicit ``implementation="kernel"`` with ``unroll != 1`` is an error). For forward-mode
-differentiation, pass ``implementation="scan"``. ``static_rnn`` projects all steps at once and
-is differentiated by JAX (every transformation applies). ``remat`` trades compute for memory
-in the backward pass (see :func:`rnn`).
+How ``rnn`` computes is its ``implementation`` argument: ``"scan"`` (``lax.scan``,
+differentiated by JAX; the one for forward-mode differentiation), ``"fused"`` (the cell's
+fused XLA loop with a hand-written backward pass), ``"kernel"`` (that loop as jaxrnn's CPU
+kernels) or ``None`` (chosen). The numbers agree to rounding whichever runs. The rules, and
+the one rule for bfloat16 and float16 with the kernels, are :func:`jaxrnn.plan.plan`'s; a
+call's options travel as one :class:`jaxrnn.options.RunOptions`, and :func:`drive` runs a
+cell under them. ``unroll`` is the ``lax.scan`` loops' unroll factor (the kernels have
+none); ``static_rnn`` is its own implementation, differentiated by JAX (every
+transformation applies); ``remat`` trades compute for memory in the backward pass (see
+:func:`rnn`).
 """
 
 from __future__ import annotations
@@ -69,13 +50,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks
-from jaxrnn._implementation import IMPLEMENTATIONS, has_fused_path, narrow, round_to
-from jaxrnn._implementation import resolve as _resolve_implementation
 from jaxrnn.cells import Carry, Cell, Params, _loops, accumulation_dtype
 from jaxrnn.masking import reverse_sequence
+from jaxrnn.options import IMPLEMENTATIONS, RunOptions
+from jaxrnn.plan import Plan, has_fused_path, plan
 
 Array = jax.Array
-__all__ = ["IMPLEMENTATIONS", "has_fused_path", "reset_carry", "rnn", "static_rnn"]
+__all__ = ["IMPLEMENTATIONS", "drive", "has_fused_path", "reset_carry", "rnn", "static_rnn"]
 
 
 def reset_carry(carry: Carry, where: Array) -> Carry:
@@ -90,11 +71,10 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
     by length; ``y_t`` in the cell's computation dtype.
 
     ``reset_after_t`` (bool ``[batch]`` or ``None``): rows whose carry is zeroed after the
-    step, for the next step visited (zeroing the loop's output rather than the next step's
-    input leaves the recurrent matmul reading the loop state as it does without resets, so
-    all-False resets compute exactly what no resets do). ``hidden_mask`` (``[batch, H]``),
-    when given, multiplies ``h`` before it enters the recurrent matmul at every step
-    (variational recurrent dropout); the carry kept is unmasked.
+    step, for the next step visited (``docs/design/resets.md`` says why after, not before).
+    ``hidden_mask`` (``[batch, H]``), when given, multiplies ``h`` before it enters the
+    recurrent matmul at every step (variational recurrent dropout); the carry kept is
+    unmasked.
     """
 
     def step(carry, xp_t, valid_t, reset_after_t=None):
@@ -114,23 +94,18 @@ def _step_fn(cell: Cell, params: Params, hidden_mask: Array | None) -> Callable:
     return step
 
 
-def _check_remat(remat) -> None:
-    if remat is True or remat is False:
-        return
-    if not isinstance(remat, int) or isinstance(remat, bool) or remat < 1:
-        raise ValueError(f"remat must be False, True or a positive int, got {remat!r}")
+def _scan(cell, params, xs, carry0, how: Plan, *, valid, resets, hidden_mask):
+    """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout);
+    ``xs`` ``[time, batch, input_size]``, returns ``(ys, carry)`` with ``ys`` time-major.
 
-
-def _autodiff_scan(cell, params, xs, valid, resets, carry0, backwards, unroll, remat, hidden_mask):
-    """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout).
-
-    The input projection stays inside the step: differentiated by autodiff, hoisting it was
-    slower on XLA:CPU (``docs/design/fused-loops.md``). ``remat=True`` checkpoints each step (only
-    the carry and the input of each step are kept for the backward pass); ``remat=k`` scans
-    blocks of ``k`` steps and checkpoints each block (only the carry at each block boundary is
-    kept, and each block's steps are recomputed in the backward pass).
+    The input projection stays inside the step (``docs/design/fused-loops.md`` says why).
+    ``remat=True`` checkpoints each step (only the carry and the input of each step are kept
+    for the backward pass); ``remat=k`` scans blocks of ``k`` steps and checkpoints each
+    block (only the carry at each block boundary is kept, and each block's steps are
+    recomputed in the backward pass).
     """
     step = _step_fn(cell, params, hidden_mask)
+    backwards, unroll, remat = how.backwards, how.unroll, how.remat
 
     def body(carry, inputs):
         x_t, valid_t, reset_t = inputs
@@ -167,7 +142,53 @@ def _autodiff_scan(cell, params, xs, valid, resets, carry0, backwards, unroll, r
     return ys[:steps], carry
 
 
-def _loop_resets(resets, valid, lengths, reverse, time_major) -> Array:
+def _static(cell, params, xs, carry0, how: Plan, *, valid, resets, hidden_mask):
+    """A Python loop over the steps of ``xs`` ``[time, batch, input_size]`` (all projected
+    with one matmul first); returns ``(ys, carry)`` with ``ys`` time-major."""
+    steps = xs.shape[0]
+    xp = cell.project_inputs(params, xs)  # one matmul for all steps
+    step = _step_fn(cell, params, hidden_mask)
+    carry, outputs = carry0, [jnp.zeros(())] * steps
+    order = range(steps - 1, -1, -1) if how.backwards else range(steps)
+    for t in order:
+        valid_t = None if valid is None else valid[t]
+        reset_t = None if resets is None else resets[t]
+        carry, outputs[t] = step(carry, xp[t], valid_t, reset_t)
+    return jnp.stack(outputs), carry
+
+
+def _fused(cell, params, xs, carry0, how: Plan, *, valid, resets):
+    """The cell's fused loop (``cell.fused_loop()``, under ``how.loop``) on ``xs`` in either
+    layout; returns ``(ys, carry)``, ``ys`` time-major in the computation dtype. Where
+    ``how.round_to`` is set, the loop runs in float32 on inputs and weights rounded to it."""
+    loop_cell, loop_params, loop_xs = cell, params, xs
+    if how.round_to is not None:
+        loop_cell = dataclasses.replace(cell, dtype=how.loop_dtype)
+        loop_params = {  # the weights rounded (they enter matmuls), not the biases
+            k: _round_to(v.astype(how.loop_dtype), how.round_to) if k.startswith("w_") else v
+            for k, v in params.items()
+        }
+        loop_xs = xs.astype(how.round_to).astype(how.loop_dtype)
+    ys, carry = loop_cell.fused_loop()(
+        loop_cell, how.loop, loop_params, loop_xs, valid, resets, carry0
+    )
+    return ys.astype(how.dtype), carry
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _round_to(x: Array, dtype) -> Array:
+    """``x`` rounded to ``dtype`` and back; its derivative is the identity (so that the
+    gradients of a computation run in float32 on rounded values are not rounded again)."""
+    return x.astype(dtype).astype(x.dtype)
+
+
+@_round_to.defjvp
+def _round_to_jvp(dtype, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _round_to(x, dtype), t
+
+
+def _loop_resets(resets, valid, lengths, how: Plan) -> Array:
     """The loops' resets (bool ``[time, batch]``, in the order the loop visits the steps of
     the data it is given): where True, the carry is zeroed just before that step.
 
@@ -177,36 +198,49 @@ def _loop_resets(resets, valid, lengths, reverse, time_major) -> Array:
     carry); with ``lengths`` the data's valid prefix is reversed, and so are the flags.
     """
     resets = jnp.asarray(resets)
-    resets = resets if time_major else resets.T
+    resets = resets if how.time_major else resets.T
     if valid is not None:
         resets = resets & valid
-    if not reverse:
+    if not (how.backwards or how.reverse_data):
         return resets
     resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
-    if lengths is not None:
+    if how.reverse_data:
         resets = reverse_sequence(resets, lengths, time_major=True)
     return resets
 
 
-def _drive(
+def drive(
     cell: Cell,
     params: Params,
     xs: Array,
-    lengths: Array | None,
-    initial_carry: Carry | None,
-    reverse: bool,
-    unroll: int | bool,
-    time_major: bool,
+    options: RunOptions,
     *,
-    static: bool,
-    hidden_mask: Array | None = None,
-    remat: bool | int = False,
-    implementation: str | None = None,
+    lengths: Array | None = None,
     resets: Array | None = None,
+    initial_carry: Carry | None = None,
+    hidden_mask: Array | None = None,
 ) -> tuple[Array, Carry]:
+    """Run ``cell`` over ``xs`` as ``options`` asks: what :func:`rnn`, :func:`static_rnn`, the
+    layers, ``tbptt`` and the NNX modules call.
+
+    Args:
+      cell, params, xs, lengths, resets, initial_carry: as in :func:`rnn`.
+      options: a :class:`~jaxrnn.options.RunOptions`; its ``static`` runs the Python loop of
+        :func:`static_rnn`.
+      hidden_mask: optional ``[batch, hidden_size]``: multiplies ``h`` where it enters the
+        recurrent matmul at every step (variational recurrent dropout; the carry kept is
+        unmasked). It makes ``implementation=None`` run ``"scan"``.
+
+    Returns:
+      ``(ys, final_carry)`` as :func:`rnn` returns them.
+
+    Raises:
+      TypeError, ValueError: an argument of the wrong shape, dtype or value (named), or an
+        explicit implementation that cannot run (:func:`jaxrnn.plan.plan`); raised before
+        anything is traced.
+    """
+    time_major = options.time_major
     _checks.check_xs(xs, time_major=time_major)
-    _checks.check_unroll(unroll)
-    _check_remat(remat)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     _checks.check_params(cell, params, xs.shape[-1])
     if lengths is not None:
@@ -221,72 +255,48 @@ def _drive(
         _checks.check_carry(cell, initial_carry, batch)
         acc = accumulation_dtype(dtype)
         initial_carry = jax.tree.map(lambda leaf: jnp.asarray(leaf).astype(acc), initial_carry)
-    if static:
-        if implementation is not None:
-            raise ValueError(
-                f"static_rnn is its own implementation; got implementation={implementation!r}"
-            )
-        how = "static"
-    else:
-        how = _resolve_implementation(implementation, cell, dtype, unroll, remat, hidden_mask)
+    how = plan(
+        cell,
+        options,
+        lengths=lengths is not None,
+        resets=resets is not None,
+        recurrent_dropout=hidden_mask is not None,
+    )
 
     valid = None
     if lengths is not None:
         lengths = jnp.asarray(lengths)
         valid = jnp.arange(steps)[:, None] < lengths[None, :]  # [time, batch]
-        if reverse:
+        if how.reverse_data:
             xs = reverse_sequence(xs, lengths, time_major=time_major)
-    # With lengths, reversal is done on the data (valid prefix only), so time runs forward.
-    backwards = reverse and lengths is None
     if resets is not None:
-        resets = _loop_resets(resets, valid, lengths, reverse, time_major)
-    if how in ("fused", "kernel"):
-        native = how == "kernel"
-        loop_cell, loop_params, loop_xs = cell, params, xs
-        if native and narrow(dtype):
-            # The float32 kernels on values rounded to the computation dtype.
-            loop_cell = dataclasses.replace(cell, dtype=jnp.dtype(jnp.float32))
-            loop_params = {  # the weights rounded (they enter matmuls), not the biases
-                k: round_to(v.astype(jnp.float32), dtype) if k.startswith("w_") else v
-                for k, v in params.items()
-            }
-            loop_xs = xs.astype(dtype).astype(jnp.float32)
+        resets = _loop_resets(resets, valid, lengths, how)
+    if how.loop is not None:
         # Takes either layout: the transpose to time-major is folded into the projection.
-        # The cell's own loop (``jaxrnn.cells._loops.with_backward``): ``ys`` time-major.
-        loop = _loops.Loop(backwards, unroll, time_major, native)
-        fused_loop = loop_cell.fused_loop()
-        assert fused_loop is not None  # "fused" and "kernel" are chosen only where it exists
-        ys, carry = fused_loop(loop_cell, loop, loop_params, loop_xs, valid, resets, initial_carry)
-        ys = ys.astype(dtype)
-        if lengths is not None and reverse:
-            ys = reverse_sequence(ys, lengths, time_major=True)
-        return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
-
-    if resets is not None:
-        # As the fused loops do (``_loops.resets_after``): zero what a step hands on.
-        leaves, tree = jax.tree.flatten(initial_carry)
-        resets, leaves = _loops.resets_after(backwards, resets, leaves)
-        initial_carry = jax.tree.unflatten(tree, leaves)
-    # Parameters narrower than float32 are widened once, outside the loop, so that their
-    # gradients are summed over steps in float32 (each step casts them to ``dtype``).
-    params = {k: v.astype(accumulation_dtype(v.dtype)) for k, v in params.items()}
-    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)  # [time, batch, input]
-    if how == "static":
-        xp = cell.project_inputs(params, xs_tm)  # one matmul for all steps
-        step = _step_fn(cell, params, hidden_mask)
-        carry, outputs = initial_carry, [jnp.zeros(())] * steps
-        order = range(steps - 1, -1, -1) if backwards else range(steps)
-        for t in order:
-            valid_t = None if valid is None else valid[t]
-            reset_t = None if resets is None else resets[t]
-            carry, outputs[t] = step(carry, xp[t], valid_t, reset_t)
-        ys = jnp.stack(outputs)
+        ys, carry = _fused(cell, params, xs, initial_carry, how, valid=valid, resets=resets)
     else:
-        ys, carry = _autodiff_scan(
-            cell, params, xs_tm, valid, resets, initial_carry, backwards, unroll, remat, hidden_mask
+        if how.resets == "step":
+            # As the fused loops do (``_loops.resets_after``): zero what a step hands on.
+            leaves, tree = jax.tree.flatten(initial_carry)
+            resets, leaves = _loops.resets_after(how.backwards, resets, leaves)
+            initial_carry = jax.tree.unflatten(tree, leaves)
+        # Parameters narrower than float32 are widened once, outside the loop, so that their
+        # gradients are summed over steps in float32 (each step casts them to ``dtype``).
+        params = {k: v.astype(accumulation_dtype(v.dtype)) for k, v in params.items()}
+        xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)  # [time, batch, input]
+        run = _static if how.path == "static" else _scan
+        ys, carry = run(
+            cell,
+            params,
+            xs_tm,
+            initial_carry,
+            how,
+            valid=valid,
+            resets=resets,
+            hidden_mask=hidden_mask,
         )
 
-    if lengths is not None and reverse:
+    if lengths is not None and how.reverse_data:
         ys = reverse_sequence(ys, lengths, time_major=True)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
@@ -327,28 +337,24 @@ def rnn(
         carry every ``k`` steps and recomputes each block of ``k`` steps in the backward pass
         (memory ``O(time / k + k)`` carries instead of ``O(time)`` step values: ``k`` near
         ``sqrt(time)`` is smallest). The values and gradients are the same in every mode.
-      implementation: ``None`` (choose), ``"scan"``, ``"fused"`` or ``"kernel"`` (see the
-        module docstring). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-        ``jax.hessian``) needs ``"scan"``.
+      implementation: ``None`` (choose), ``"scan"``, ``"fused"`` or ``"kernel"`` (the rules,
+        bfloat16 and float16 included: :func:`jaxrnn.plan.plan`). Forward-mode
+        differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) needs ``"scan"``.
 
     Returns:
       ``(ys, final_carry)``: ``ys`` ``[batch, time, hidden_size]`` (or time-major) in the
       computation dtype, zero past each length; ``final_carry`` the carry after each
       sequence's last valid step, in the accumulation dtype (float32 under bfloat16).
     """
-    return _drive(
-        cell,
-        params,
-        xs,
-        lengths,
-        initial_carry,
-        reverse,
-        unroll,
-        time_major,
-        static=False,
+    options = RunOptions(
+        reverse=reverse,
+        unroll=unroll,
+        time_major=time_major,
         remat=remat,
         implementation=implementation,
-        resets=resets,
+    )
+    return drive(
+        cell, params, xs, options, lengths=lengths, resets=resets, initial_carry=initial_carry
     )
 
 
@@ -372,16 +378,13 @@ def static_rnn(
     for signature parity and ignored; ``implementation`` must be ``None`` (the loop is its
     own), and every JAX transformation applies.
     """
-    return _drive(
-        cell,
-        params,
-        xs,
-        lengths,
-        initial_carry,
-        reverse,
-        unroll,
-        time_major,
-        static=True,
+    options = RunOptions(
+        reverse=reverse,
+        unroll=unroll,
+        time_major=time_major,
         implementation=implementation,
-        resets=resets,
+        static=True,
+    )
+    return drive(
+        cell, params, xs, options, lengths=lengths, resets=resets, initial_carry=initial_carry
     )

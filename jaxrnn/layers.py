@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from jaxrnn import _checks
 from jaxrnn.cells import Carry, Cell, Params
-from jaxrnn.drivers import _drive
+from jaxrnn.drivers import drive
+from jaxrnn.options import RunOptions
 
 Array = jax.Array
 
@@ -27,54 +28,48 @@ def _merge(ys_fw: Array, ys_bw: Array, merge):
     return ys_fw, ys_bw
 
 
-def _bidirectional(
-    cell_fw,
-    cell_bw,
-    params,
-    xs,
-    lengths,
-    merge,
-    initial_carry,
-    unroll,
-    time_major,
-    static,
-    hidden_masks=(None, None),
-    implementation=None,
-    resets=None,
+def drive_bidirectional(
+    cell_fw: Cell,
+    cell_bw: Cell,
+    params: tuple[Params, Params],
+    xs: Array,
+    options: RunOptions,
+    *,
+    lengths: Array | None = None,
+    merge: str | None = "concat",
+    resets: Array | None = None,
+    initial_carry: tuple[Carry, Carry] | None = None,
+    hidden_masks: tuple[Array | None, Array | None] = (None, None),
 ):
+    """:func:`bidirectional` under ``options`` (a :class:`~jaxrnn.options.RunOptions`; its
+    ``reverse`` is ignored: the forward cell runs forwards, the backward one in reverse), with
+    optional recurrent dropout masks ``[batch, H]`` per direction (see
+    :func:`jaxrnn.drivers.drive`). What the layers and the NNX modules call."""
     _checks.check_merge(merge)
     if not isinstance(params, tuple | list) or len(params) != 2:
         raise TypeError(
             f"params must be a pair (params_fw, params_bw), got {type(params).__name__}"
         )
     carry_fw, carry_bw = (None, None) if initial_carry is None else initial_carry
-    ys_fw, carry_fw = _drive(
+    ys_fw, carry_fw = drive(
         cell_fw,
         params[0],
         xs,
-        lengths,
-        carry_fw,
-        False,
-        unroll,
-        time_major,
-        static=static,
-        hidden_mask=hidden_masks[0],
-        implementation=implementation,
+        options.replace(reverse=False),
+        lengths=lengths,
         resets=resets,
+        initial_carry=carry_fw,
+        hidden_mask=hidden_masks[0],
     )
-    ys_bw, carry_bw = _drive(
+    ys_bw, carry_bw = drive(
         cell_bw,
         params[1],
         xs,
-        lengths,
-        carry_bw,
-        True,
-        unroll,
-        time_major,
-        static=static,
-        hidden_mask=hidden_masks[1],
-        implementation=implementation,
+        options.replace(reverse=True),
+        lengths=lengths,
         resets=resets,
+        initial_carry=carry_bw,
+        hidden_mask=hidden_masks[1],
     )
     return _merge(ys_fw, ys_bw, merge), (carry_fw, carry_bw)
 
@@ -118,19 +113,19 @@ def bidirectional(
       carry is the state after the last valid step of its own direction (for the backward
       one: after reading step 0).
     """
-    return _bidirectional(
+    options = RunOptions(
+        unroll=unroll, time_major=time_major, implementation=implementation, static=static
+    )
+    return drive_bidirectional(
         cell_fw,
         cell_bw,
         params,
         xs,
-        lengths,
-        merge,
-        initial_carry,
-        unroll,
-        time_major,
-        static,
-        implementation=implementation,
+        options,
+        lengths=lengths,
+        merge=merge,
         resets=resets,
+        initial_carry=initial_carry,
     )
 
 
@@ -246,6 +241,36 @@ def stacked(
       ``(ys, carries)``: the last layer's outputs ``[batch, time, stack.output_size]``, zero
       past each length, and the list of each layer's final carry (a pair when bidirectional).
     """
+    options = RunOptions(
+        unroll=unroll, time_major=time_major, implementation=implementation, static=static
+    )
+    return drive_stack(
+        stack,
+        params,
+        xs,
+        options,
+        lengths=lengths,
+        key=key,
+        resets=resets,
+        initial_carry=initial_carry,
+    )
+
+
+def drive_stack(
+    stack: Stack,
+    params: Sequence,
+    xs: Array,
+    options: RunOptions,
+    *,
+    lengths: Array | None = None,
+    key: Array | None = None,
+    resets: Array | None = None,
+    initial_carry: Sequence | None = None,
+) -> tuple[Array, list]:
+    """:func:`stacked` under ``options`` (a :class:`~jaxrnn.options.RunOptions`, the same for
+    every layer; its ``reverse`` must be False). What the NNX modules and models call."""
+    if options.reverse:
+        raise ValueError("a Stack runs forwards: options.reverse must be False")
     if len(params) != len(stack.layers):
         raise ValueError(f"params has {len(params)} entries, stack has {len(stack.layers)}")
     if initial_carry is None:
@@ -256,6 +281,7 @@ def stacked(
             f"initial_carry must be a list with one carry per layer ({len(stack.layers)}), "
             f"got {got}"
         )
+    time_major = options.time_major
     _checks.check_xs(xs, time_major=time_major)
     batch = xs.shape[1] if time_major else xs.shape[0]
     training = key is not None
@@ -281,35 +307,28 @@ def stacked(
                     for k, c in zip((k_fw, k_bw), cells, strict=False)
                 ) + (None,)
         if isinstance(layer, Bidirectional):
-            xs, carry = _bidirectional(
+            xs, carry = drive_bidirectional(
                 layer.forward,
                 layer.backward,
                 layer_params,
                 xs,
-                lengths,
-                layer.merge,
-                layer_carry,
-                unroll,
-                time_major,
-                static,
-                masks[:2],
-                implementation,
-                resets,
+                options,
+                lengths=lengths,
+                merge=layer.merge,
+                resets=resets,
+                initial_carry=layer_carry,
+                hidden_masks=masks[:2],
             )
         else:
-            xs, carry = _drive(
+            xs, carry = drive(
                 layer,
                 layer_params,
                 xs,
-                lengths,
-                layer_carry,
-                False,
-                unroll,
-                time_major,
-                static=static,
-                hidden_mask=masks[0],
-                implementation=implementation,
+                options,
+                lengths=lengths,
                 resets=resets,
+                initial_carry=layer_carry,
+                hidden_mask=masks[0],
             )
         carries.append(carry)
         last = index == len(stack.layers) - 1

@@ -11,7 +11,9 @@ pair for bidirectional, a list for stacks), so ``module.params()`` can be passed
 
 Precision is the cells' (``dtype``, ``param_dtype``: :mod:`jaxrnn.cells`); a module's ``dtype``
 and ``param_dtype`` arguments, where given, replace those of every cell it holds, as in
-``flax.nnx.Linear``. ``implementation`` is passed to :func:`jaxrnn.rnn`.
+``flax.nnx.Linear``. A module's ``reverse``, ``unroll``, ``time_major`` and
+``implementation`` are held as one :class:`jaxrnn.options.RunOptions` (``module.options``),
+handed to the functional core as :func:`jaxrnn.rnn` takes them.
 
 Needs the ``nn`` extra: ``pip install "jaxrnn[nn]"``.
 """
@@ -28,9 +30,10 @@ with _extras.requires("nn", __name__):
     from flax import nnx
 
 from jaxrnn.cells import Cell
-from jaxrnn.drivers import rnn
+from jaxrnn.drivers import drive
 from jaxrnn.layers import Bidirectional as _BidirectionalLayer
-from jaxrnn.layers import Stack, bidirectional, stacked
+from jaxrnn.layers import Stack, drive_bidirectional, drive_stack
+from jaxrnn.options import RunOptions
 
 
 def _with_dtypes(cell: Cell, dtype, param_dtype) -> Cell:
@@ -97,26 +100,24 @@ class RNN(nnx.Module):
         implementation: str | None = None,
     ):
         cell = _with_dtypes(cell, dtype, param_dtype)
-        self.cell, self.reverse, self.unroll = cell, reverse, unroll
-        self.time_major, self.return_carry = time_major, return_carry
-        self.implementation = implementation
+        self.cell, self.return_carry = cell, return_carry
+        self.options = RunOptions(
+            reverse=reverse, unroll=unroll, time_major=time_major, implementation=implementation
+        )
         self.weights = _hold(cell.init(rngs.params(), in_features))
 
     def params(self) -> dict:
         return _read(self.weights)
 
     def __call__(self, x, lengths=None, initial_carry=None, *, resets=None):
-        ys, carry = rnn(
+        ys, carry = drive(
             self.cell,
             self.params(),
             x,
-            lengths,
+            self.options,
+            lengths=lengths,
             resets=resets,
             initial_carry=initial_carry,
-            reverse=self.reverse,
-            unroll=self.unroll,
-            time_major=self.time_major,
-            implementation=self.implementation,
         )
         return (ys, carry) if self.return_carry else ys
 
@@ -142,8 +143,10 @@ class Bidirectional(nnx.Module):
         cell_fw = _with_dtypes(cell_fw, dtype, param_dtype)
         cell_bw = _with_dtypes(cell_bw, dtype, param_dtype)
         self.cell_fw, self.cell_bw, self.merge = cell_fw, cell_bw, merge
-        self.unroll, self.time_major, self.return_carry = unroll, time_major, return_carry
-        self.implementation = implementation
+        self.return_carry = return_carry
+        self.options = RunOptions(
+            unroll=unroll, time_major=time_major, implementation=implementation
+        )
         k_fw, k_bw = jax.random.split(rngs.params())
         self.weights = _hold((cell_fw.init(k_fw, in_features), cell_bw.init(k_bw, in_features)))
 
@@ -153,18 +156,16 @@ class Bidirectional(nnx.Module):
     def __call__(self, x, lengths=None, initial_carry=None, *, resets=None):
         """``ys`` (or ``(ys, (carry_fw, carry_bw))`` with ``return_carry``); ``initial_carry``
         and ``resets`` as in :func:`jaxrnn.bidirectional`."""
-        ys, carries = bidirectional(
+        ys, carries = drive_bidirectional(
             self.cell_fw,
             self.cell_bw,
             self.params(),
             x,
-            lengths,
+            self.options,
+            lengths=lengths,
             merge=self.merge,
             resets=resets,
             initial_carry=initial_carry,
-            unroll=self.unroll,
-            time_major=self.time_major,
-            implementation=self.implementation,
         )
         return (ys, carries) if self.return_carry else ys
 
@@ -189,9 +190,10 @@ class Stacked(nnx.Module):
         implementation: str | None = None,
     ):
         stack = _stack_with_dtypes(stack, dtype, param_dtype)
-        self.stack, self.unroll, self.time_major = stack, unroll, time_major
-        self.return_carry = return_carry
-        self.implementation = implementation
+        self.stack, self.return_carry = stack, return_carry
+        self.options = RunOptions(
+            unroll=unroll, time_major=time_major, implementation=implementation
+        )
         self.weights = _hold(stack.init(rngs.params(), in_features))
 
     def params(self) -> list:
@@ -209,16 +211,14 @@ class Stacked(nnx.Module):
         """``ys``, or ``(ys, carries)`` with ``return_carry`` (one final carry per layer);
         ``initial_carry`` (one per layer) and ``resets`` as in :func:`jaxrnn.stacked`."""
         key = None if rngs is None else rngs.dropout()
-        ys, carries = stacked(
+        ys, carries = drive_stack(
             self.stack,
             self.params(),
             x,
-            lengths,
+            self.options,
+            lengths=lengths,
             key=key,
             resets=resets,
             initial_carry=initial_carry,
-            unroll=self.unroll,
-            time_major=self.time_major,
-            implementation=self.implementation,
         )
         return (ys, carries) if self.return_carry else ys

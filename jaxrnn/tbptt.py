@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from jaxrnn import _checks
 from jaxrnn.cells import Carry, Cell, Params
-from jaxrnn.drivers import rnn
+from jaxrnn.drivers import drive
+from jaxrnn.options import RunOptions
 
 Array = jax.Array
 
@@ -51,6 +52,7 @@ def tbptt(
     """
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive int (steps per window), got {window!r}")
+    options = RunOptions(unroll=unroll, time_major=True, implementation=implementation)
     _checks.check_xs(xs, time_major=time_major)
     steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
     if lengths is not None:
@@ -64,16 +66,14 @@ def tbptt(
         window_lengths = None
         if lengths is not None:
             window_lengths = jnp.clip(jnp.asarray(lengths) - start, 0, x.shape[0])
-        return rnn(
+        return drive(
             cell,
             params,
             x,
-            window_lengths,
+            options,
+            lengths=window_lengths,
             resets=window_resets,
             initial_carry=carry,
-            unroll=unroll,
-            time_major=True,
-            implementation=implementation,
         )
 
     def part(start, stop):

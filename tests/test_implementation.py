@@ -68,7 +68,7 @@ def test_every_choice_gives_the_same_numbers(cell):
         (jaxrnn.GRU(4, reset_after=False), {}, "fused", "has no fused loop"),
         (jaxrnn.LSTM(4), {"remat": True}, "fused", "remat is set"),
         (jaxrnn.LSTM(4), {"unroll": 2}, "kernel", "the kernels have no unroll"),
-        (jaxrnn.LSTM(4, dtype=jnp.bfloat16), {}, "kernel", "is bfloat16, not float32"),
+        (jaxrnn.LSTM(4, dtype=jnp.float64), {}, "kernel", "the kernels compute in float32"),
         (jaxrnn.LSTM(4), {}, "xla", "implementation must be one of"),
     ],
 )
@@ -76,6 +76,50 @@ def test_choices_that_cannot_run_are_errors(cell, kwargs, implementation, messag
     params = random_params(cell, F)
     with pytest.raises(ValueError, match=message):
         jaxrnn.rnn(cell, params, _xs(), implementation=implementation, **kwargs)
+
+
+@pytest.mark.skipif(not KERNELS, reason="the CPU kernels are not built")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_narrow_kernels_asked_or_chosen_give_the_same_values(dtype):
+    """One rule (``jaxrnn.plan.plan``): ``None`` and ``"kernel"`` both run the float32 kernels
+    on values rounded to the narrow dtype, bit for bit the same, and not the XLA loop's
+    numbers in that dtype."""
+    cell = jaxrnn.GRU(4, dtype=dtype)
+    params = random_params(cell, F)
+    plans = [jaxrnn.plan.plan(cell, jaxrnn.RunOptions(implementation=i)) for i in (None, "kernel")]
+    assert plans[0] == plans[1]
+    assert plans[0].round_to == jnp.dtype(dtype) and plans[0].loop_dtype == jnp.float32
+
+    def run(implementation):
+        def loss(p, x):
+            ys, carry = jaxrnn.rnn(cell, p, x, LENGTHS, implementation=implementation)
+            return jnp.sum(ys.astype(jnp.float32) ** 2) + jnp.sum(carry), ys
+
+        return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, _xs())
+
+    (grads, d_xs), ys = run(None)
+    (k_grads, k_d_xs), k_ys = run("kernel")
+    assert ys.dtype == k_ys.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(ys, np.float32), np.asarray(k_ys, np.float32))
+    np.testing.assert_array_equal(d_xs, k_d_xs)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], k_grads[name])
+    fused_ys = run("fused")[1]
+    assert np.any(np.asarray(fused_ys, np.float32) != np.asarray(ys, np.float32))
+    np.testing.assert_allclose(
+        np.asarray(fused_ys, np.float32), np.asarray(ys, np.float32), rtol=0.05, atol=0.02
+    )
+
+
+def test_run_options_are_checked_when_made():
+    for kwargs, message in [
+        ({"unroll": 0}, "unroll must be a positive int"),
+        ({"remat": 0}, "remat must be False, True or a positive int"),
+        ({"implementation": "xla"}, "implementation must be one of"),
+        ({"static": True, "implementation": "scan"}, "static_rnn is its own implementation"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            jaxrnn.RunOptions(**kwargs)
 
 
 def test_kernel_request_names_why_kernels_are_off(monkeypatch):

@@ -24,7 +24,8 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxrnn
-from jaxrnn.drivers import _drive
+from jaxrnn.drivers import drive
+from jaxrnn.options import RunOptions
 
 B, T, F = 4, 6, 3
 LENGTHS = np.array([6, 0, 2, 4], np.int32)
@@ -272,8 +273,8 @@ def test_bidirectional_and_stacked(cell):
 def test_recurrent_dropout_masks_h_where_it_enters_w_h(cell, reverse):
     params, xs = random_params(cell, F), _xs()
     mask = np.random.default_rng(7).choice([0.0, 2.0], (B, cell.output_size)).astype(np.float32)
-    ys, carry = _drive(
-        cell, params, xs, LENGTHS, None, reverse, 1, False, static=False, hidden_mask=mask
+    ys, carry = drive(
+        cell, params, xs, RunOptions(reverse=reverse), lengths=LENGTHS, hidden_mask=mask
     )
     want_ys, want_carry = np_run(cell, params, xs, LENGTHS, reverse=reverse, rec_mask=mask)
     _close(ys, want_ys)
