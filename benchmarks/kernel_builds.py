@@ -20,8 +20,9 @@ Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), 
 LSTM 32, T 20, B 64, in 1, lengths 5-20), W6 (LSTM 512, T 256, B 64, in 512), W3 (tanh
 SimpleRNN 150, T 28, B 150, in 28) and a GRU (128, T 28, B 100, in 28), batch-first inputs:
 the forward kernel and the backward kernel of each, the two builds alternating (protocol in
-``_common``); the JSON gives each build's median (min, max) per call and the median and range
-of the per-repeat ratios new / base.
+``_common``, in the order base, new, new, base, ...), in wall time and in the process's CPU
+time; the JSON gives each build's median (min, max) per call, and the ratios new / base of
+the medians, of the minima, and per repeat (median and range).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import itertools
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import jax
@@ -281,8 +283,34 @@ def check() -> int:
     return failures
 
 
-def time_case(case: Case, repeats: int) -> dict:
-    """Forward and backward kernels of both builds at ``case``, timed alternating."""
+def timed(runner: _common.Runner, inner: int) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds per call over ``inner`` calls; ``cpu``: the process's CPU time
+    (every thread's), which a busy machine inflates less than the wall time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(inner):
+        runner.call()
+    runner.block()
+    return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
+
+
+def compare(times: dict[str, list[float]]) -> dict:
+    """Each build's per-call ms (:func:`_common.summarize`) and the ratios new / base: of the
+    medians, of the minima, and the median and range of the per-repeat ratios."""
+    ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
+    return {
+        **{p: _common.summarize(times[p]) for p in BUILDS},
+        "ratio_of_medians": statistics.median(times["new"]) / statistics.median(times["base"]),
+        "ratio_of_minima": min(times["new"]) / min(times["base"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def time_case(case: Case, seconds: float) -> dict:
+    """Forward and backward kernels of both builds at ``case``, timed alternating (base, new,
+    new, base, ...), in wall time and in the process's CPU time: repeats of about 20 ms (or
+    one call), as many as fit in about ``seconds`` per kernel (11 to 401)."""
     a = {k: jnp.asarray(v) for k, v in inputs(case).items()}
     fwd_out = jax.jit(forward_fn("base_", case))(a)
     result: dict = {"case": dataclasses.asdict(case)}
@@ -295,16 +323,24 @@ def time_case(case: Case, repeats: int) -> dict:
             else:
                 compiled, _ = _common.compile_fn(backward_fn(f"{p}_", case), a, fwd_out)
                 runners[p] = _common.Runner(compiled, (a, fwd_out))
-        inner = _common.inner_for(_common.rough_time(runners["base"]), target_s=0.1)
-        times = _common.time_alternating(runners, repeats=repeats, inner=inner)
-        ratios = [n / b for n, b in zip(times["new"], times["base"], strict=True)]
+        per_call = _common.rough_time(runners["base"])
+        inner = _common.inner_for(per_call, target_s=0.02)
+        repeats = int(min(401, max(11, seconds / (2 * inner * per_call))))
+        for runner in runners.values():  # warm-up
+            runner.call()
+            runner.block()
+        wall: dict[str, list[float]] = {p: [] for p in BUILDS}
+        cpu: dict[str, list[float]] = {p: [] for p in BUILDS}
+        for r in range(repeats):
+            for p in BUILDS if r % 2 == 0 else BUILDS[::-1]:
+                w, c = timed(runners[p], inner)
+                wall[p].append(w)
+                cpu[p].append(c)
         result[kernel] = {
-            **{p: _common.summarize(times[p]) for p in BUILDS},
             "inner": inner,
-            "ratio_of_medians": statistics.median(times["new"]) / statistics.median(times["base"]),
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
+            "repeats": repeats,
+            "wall": compare(wall),
+            "cpu": compare(cpu),
         }
     return result
 
@@ -323,7 +359,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base-label", default=None, help="what --base-lib is, for the JSON")
     parser.add_argument("--check", action="store_true", help="compare outputs bit for bit")
     parser.add_argument("--threads", type=int, default=None, help="threads per kernel call")
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--seconds", type=float, default=30.0, help="time per kernel and case")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "kernel_builds.json"))
     args = parser.parse_args(argv)
@@ -341,23 +377,28 @@ def main(argv=None) -> int:
         print(f"{failures} case(s) differ" if failures else "every output is the same, bit for bit")
         return 1 if failures else 0
 
+    environment = _common.environment()  # the load average as the run starts
     results = {}
     for name in args.workloads:
-        results[name] = time_case(WORKLOADS[name], args.repeats)
+        results[name] = time_case(WORKLOADS[name], args.seconds)
         for kernel in ("forward", "backward"):
-            r = results[name][kernel]
-            print(
-                f"{name:13s} {kernel:8s} base {r['base']['median_ms']:9.3f} ms  "
-                f"new {r['new']['median_ms']:9.3f} ms  new/base {r['ratio_median']:.3f} "
-                f"(repeats {r['ratio_min']:.3f}-{r['ratio_max']:.3f})",
-                flush=True,
-            )
+            for clock in ("wall", "cpu"):
+                r = results[name][kernel][clock]
+                print(
+                    f"{name:13s} {kernel:8s} {clock:4s} base {r['base']['median_ms']:9.3f} ms  "
+                    f"new {r['new']['median_ms']:9.3f} ms  new/base: medians "
+                    f"{r['ratio_of_medians']:.3f}, minima {r['ratio_of_minima']:.3f}, "
+                    f"repeats {r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})",
+                    flush=True,
+                )
     payload = {
-        "environment": _common.environment(),
+        "environment": environment,
+        "command": "python benchmarks/kernel_builds.py --base-lib BASE.so"
+        f" --seconds {args.seconds:g}",
         "base": args.base_label or os.path.basename(args.base_lib),
         "new": "this checkout's build" if args.lib is None else os.path.basename(args.lib),
         "threads": threads,
-        "repeats": args.repeats,
+        "seconds": args.seconds,
         "results": results,
     }
     _common.write_json(args.out, payload)
