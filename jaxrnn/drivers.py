@@ -98,7 +98,8 @@ def _scan(cell, params, xs, carry0, how: Plan, *, valid, resets, hidden_mask):
     """``lax.scan`` differentiated by JAX (the path of ``remat`` and recurrent dropout);
     ``xs`` ``[time, batch, input_size]``, returns ``(ys, carry)`` with ``ys`` time-major.
 
-    The input projection stays inside the step (``docs/design/fused-loops.md`` says why).
+    The input projection stays inside the step (under JAX's autodiff, hoisting it out of the
+    loop was slower on XLA:CPU).
     ``remat=True`` checkpoints each step (only the carry and the input of each step are kept
     for the backward pass); ``remat=k`` scans blocks of ``k`` steps and checkpoints each
     block (only the carry at each block boundary is kept, and each block's steps are
