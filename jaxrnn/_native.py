@@ -143,6 +143,11 @@ def enabled() -> bool:
     return _load()
 
 
+def max_threads() -> int:
+    """The threads the kernels split a batch over (set when they load; 1 before)."""
+    return _max_threads
+
+
 def unavailable_reason() -> str | None:
     """Why the kernels cannot run in this process (:func:`kernel_status`), or ``None``."""
     loaded, why = kernel_status()

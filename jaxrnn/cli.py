@@ -120,7 +120,7 @@ def info() -> str:
     lines.append(f"default backend: {jax.default_backend()}")
     loaded, reason = _native.kernel_status()
     if loaded:
-        lines.append(f"cpu kernel threads: {_native._max_threads}")
+        lines.append(f"cpu kernel threads: {_native.max_threads()}")
     lines.append("cpu kernels: loaded" if loaded else f"cpu kernels: not available ({reason})")
     return "\n".join(lines)
 
