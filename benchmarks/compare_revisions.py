@@ -77,7 +77,8 @@ def export_base(rev: str, into: str):
     # keep computed from the same thread count.
     loaded = jaxrnn._native.enabled()
     native.kernel_status = lambda: jaxrnn._native.kernel_status()
-    native._max_threads = jaxrnn._native._max_threads
+    threads = getattr(jaxrnn._native, "max_threads", None)
+    native._max_threads = threads() if threads else jaxrnn._native._max_threads
     return base, loaded
 
 
