@@ -13,6 +13,7 @@ from conftest import random_params
 import jaxrnn
 from jaxrnn import _native
 from jaxrnn.cells import gru, lstm, simple
+from jaxrnn.cells._loops import BackwardInputs
 
 # B * H * H * gates >= 2**17 and H >= 32: the kernels split the units over two threads.
 CASES = [
@@ -93,11 +94,6 @@ def _packed_gru(forward):
     return ys, h, _native.pack_kept(kept, 3)
 
 
-def _unpack_lstm(kept, batch, hidden):
-    c_prevs, *gates = _native.unpack_kept(kept, 5, 4, T, batch, hidden)
-    return c_prevs, tuple(gates)
-
-
 def _loops(cell, batch, time_major, reverse, valid):
     """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
     rng = np.random.default_rng(2)
@@ -118,17 +114,23 @@ def _loops(cell, batch, time_major, reverse, valid):
                 lstm.forward_xla(w_h, xp, b, valid, *state, backwards=reverse, unroll=1, **fb)
             ),
             lambda fw: lstm.backward_kernel(
-                w_h, fw[3], valid, d_ys, *state, fw[0], state[1], xs, reverse=reverse, **tm
+                w_h,
+                BackwardInputs(fw[3], valid, d_ys, tuple(state), fw[0], state[1], xs, None),
+                reverse=reverse,
+                **tm,
             ),
             lambda fw: lstm.backward_xla(
                 w_h,
-                *_unpack_lstm(fw[3], batch, hidden),
-                valid,
-                d_ys,
-                *state,
-                fw[0],
-                state[1],
-                xs,
+                BackwardInputs(
+                    _native.unpack_kept(fw[3], 5, 4, T, batch, hidden),
+                    valid,
+                    d_ys,
+                    tuple(state),
+                    fw[0],
+                    state[1],
+                    xs,
+                    None,
+                ),
                 backwards=reverse,
                 unroll=1,
                 **tm,
@@ -145,17 +147,23 @@ def _loops(cell, batch, time_major, reverse, valid):
                 )
             ),
             lambda fw: gru.backward_kernel(
-                w_h, fw[2], valid, d_ys, state[1], fw[0], state[0], xs, reverse=reverse, **opts
+                w_h,
+                BackwardInputs(fw[2], valid, d_ys, (state[1],), fw[0], state[0], xs, None),
+                reverse=reverse,
+                **opts,
             ),
             lambda fw: gru.backward_xla(
                 w_h,
-                _native.unpack_kept(fw[2], 4, 3, T, batch, hidden),
-                valid,
-                d_ys,
-                state[1],
-                fw[0],
-                state[0],
-                xs,
+                BackwardInputs(
+                    _native.unpack_kept(fw[2], 4, 3, T, batch, hidden),
+                    valid,
+                    d_ys,
+                    (state[1],),
+                    fw[0],
+                    state[0],
+                    xs,
+                    None,
+                ),
                 backwards=reverse,
                 unroll=1,
                 **opts,
@@ -169,16 +177,15 @@ def _loops(cell, batch, time_major, reverse, valid):
             w_h, xp, b, valid, state[0], backwards=reverse, unroll=1, **opts
         ),
         lambda fw: simple.backward_kernel(
-            w_h, fw[0], valid, d_ys, state[1], state[0], xs, relu=relu, reverse=reverse, **tm
+            w_h,
+            BackwardInputs((), valid, d_ys, (state[1],), fw[0], state[0], xs, None),
+            relu=relu,
+            reverse=reverse,
+            **tm,
         ),
         lambda fw: simple.backward_xla(
             w_h,
-            fw[0],
-            valid,
-            d_ys,
-            state[1],
-            state[0],
-            xs,
+            BackwardInputs((), valid, d_ys, (state[1],), fw[0], state[0], xs, None),
             relu=relu,
             backwards=reverse,
             unroll=1,

@@ -4,7 +4,6 @@ pass, and the binding of its CPU kernels (``csrc/gru.cc``)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -179,9 +178,8 @@ def forward_xla(w_h, xp, b, b_h, valid, h0, resets=None, *, backwards, time_majo
     return ys, h, kept
 
 
-def backward_xla(
-    w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets=None, *, backwards, unroll, time_major
-):
+def backward_xla(w_h, saved: _loops.BackwardInputs, *, backwards, unroll, time_major):
+    kept, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
@@ -212,54 +210,6 @@ def backward_xla(
     return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
 
 
-def _forward(cell, loop, params, xs, valid, resets, h0, keep=True):
-    backwards, unroll, time_major, native = dataclasses.astuple(loop)
-    dtype = cell.dtype
-    (xp, b), w_h = _loops.projection(params, xs, params["b"], dtype), params["w_h"].astype(dtype)
-    b_h = params["b_h"].astype(accumulation_dtype(dtype))
-    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
-    options = {"time_major": time_major}
-    xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
-    if not _loops.native_loops(native, w_h, xp, h0):
-        ys, h, kept = xla(w_h, xp, b, b_h, valid, h0, resets)
-        return ys, h, (h0, ys, kept)
-
-    def xla_packed(*args):
-        ys, h, kept = xla(*args)
-        return ys, h, (_native.pack_kept(kept, 3) if keep else jnp.zeros((0,)))
-
-    kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
-    valid_ = _native.mask(valid, steps, batch)
-    ys, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, b_h, valid_, h0, resets)
-    return ys, h, (h0, ys, kept)
-
-
-def _backward(cell, loop, saved, cotangents):
-    backwards, unroll, time_major = loop.backwards, loop.unroll, loop.time_major
-    params, xs, valid, resets, (h0, ys, kept) = saved
-    d_ys, d_h = cotangents
-    dtype, options = cell.dtype, {"time_major": time_major}
-    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
-    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, **options)
-    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
-        grads = xla(w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets)
-    else:
-
-        def xla_packed(w_h, kept, *args):
-            return xla(w_h, _native.unpack_kept(kept, 4, 3, *ys.shape), *args)
-
-        kernel = functools.partial(backward_kernel, reverse=backwards, **options)
-        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-        args = (w_h, kept, valid_, d_ys, d_h, ys, h0, xs32, resets)
-        grads = _native.on_cpu(kernel, xla_packed, *args)
-    d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = grads
-    d_params = _loops.cast_like({"w_i": d_w_i, "w_h": d_w_h, "b": d_b, "b_h": d_b_h}, params)
-    return d_params, _loops.input_cotangent(params, time_major, d_xp, xs, dtype), None, None, d_h0
-
-
-scan = _loops.with_backward(_forward, _backward)
-
-
 # ------------------------------------------------------------------------------------------
 # The CPU kernels (``jaxrnn._native`` loads them).
 
@@ -285,12 +235,11 @@ def forward_kernel(
     return ys, h, kept
 
 
-def backward_kernel(
-    w_h, kept, valid, d_ys, d_h, ys, h0, xs, resets=None, *, reverse: bool, time_major
-):
+def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_major: bool):
     """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
     pre-activations (``[T, B, 3H]``), initial state and weights (as
     :func:`jaxrnn.cells.lstm.backward_kernel`)."""
+    kept, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
     steps, batch, hidden = ys.shape
     call = jax.ffi.ffi_call(
         "jaxrnn_gru_backward",
@@ -306,3 +255,14 @@ def backward_kernel(
     )
     args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_h, ys, h0, xs)
     return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
+
+
+scan = _loops.CellLoops(
+    forward_xla,
+    backward_xla,
+    forward_kernel,
+    backward_kernel,
+    gates=3,
+    kept=4,
+    recurrent_bias=True,
+).scan()

@@ -5,7 +5,6 @@ kernels (``csrc/lstm.cc``)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -313,23 +312,9 @@ def forward_xla(
     return ys, c, h, c_prevs, gates
 
 
-def backward_xla(
-    w_h,
-    c_prevs,
-    gates,
-    valid,
-    d_ys,
-    d_c,
-    d_h,
-    ys,
-    h0,
-    xs,
-    resets=None,
-    *,
-    backwards,
-    unroll,
-    time_major,
-):
+def backward_xla(w_h, saved: _loops.BackwardInputs, *, backwards, unroll, time_major):
+    (c_prevs, *gate_list), valid, d_ys, (d_c, d_h), ys, h0, xs, resets = saved
+    gates = tuple(gate_list)
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_carry, inputs):
@@ -369,60 +354,6 @@ def backward_xla(
     )
     d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
     return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
-
-
-def _forward(cell, loop, params, xs, valid, resets, carry0, keep=True):
-    backwards, unroll, time_major, native = dataclasses.astuple(loop)
-    dtype = cell.dtype
-    xp, b = _loops.projection(params, xs, input_bias(params), dtype)
-    w_h = params["w_h"].astype(dtype)
-    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
-    options = {"forget_bias": cell.forget_bias, "time_major": time_major}
-    xla = functools.partial(forward_xla, backwards=backwards, unroll=unroll, **options)
-    if not _loops.native_loops(native, w_h, xp, *carry0):
-        ys, c, h, c_prevs, gates = xla(w_h, xp, b, valid, *carry0, resets)
-        return ys, (c, h), (carry0, ys, (c_prevs, gates))
-
-    def xla_packed(*args):
-        ys, c, h, c_prevs, gates = xla(*args)
-        kept = _native.pack_kept((c_prevs, *gates), 4) if keep else jnp.zeros((0,))
-        return ys, c, h, kept
-
-    kernel = functools.partial(forward_kernel, reverse=backwards, keep=keep, **options)
-    valid_ = _native.mask(valid, steps, batch)
-    ys, c, h, kept = _native.on_cpu(kernel, xla_packed, w_h, xp, b, valid_, *carry0, resets)
-    return ys, (c, h), (carry0, ys, kept)
-
-
-def _backward(cell, loop, saved, cotangents):
-    backwards, unroll, time_major = loop.backwards, loop.unroll, loop.time_major
-    params, xs, valid, resets, (carry0, ys, kept) = saved
-    d_ys, (d_c, d_h) = cotangents
-    w_h, h0, d_ys, dtype = (
-        params["w_h"].astype(cell.dtype),
-        carry0[1],
-        d_ys.astype(ys.dtype),
-        cell.dtype,
-    )
-    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, time_major=time_major)
-    if isinstance(kept, tuple):  # the forward pass ran the XLA loop
-        grads = xla(w_h, *kept, valid, d_ys, d_c, d_h, ys, h0, xs, resets)
-    else:
-
-        def xla_packed(w_h, kept, *args):
-            c_prevs, *gates = _native.unpack_kept(kept, 5, 4, *ys.shape)
-            return xla(w_h, c_prevs, tuple(gates), *args)
-
-        kernel = functools.partial(backward_kernel, reverse=backwards, time_major=time_major)
-        valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-        args = (w_h, kept, valid_, d_ys, d_c, d_h, ys, h0, xs32, resets)
-        grads = _native.on_cpu(kernel, xla_packed, *args)
-    d_z, d_c0, d_h0, *weights = grads
-    d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
-    return d_params, d_xs, None, None, (d_c0, d_h0)
-
-
-scan = _loops.with_backward(_forward, _backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,14 +404,14 @@ def forward_kernel(
     return ys, c, h, kept
 
 
-def backward_kernel(
-    w_h, kept, valid, d_ys, d_c, d_h, ys, h0, xs, resets=None, *, reverse: bool, time_major
-):
+def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_major: bool):
     """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
     (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
     final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
     ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``); no
-    cotangent passes through the steps where ``resets`` (``[T, B]`` bool, or None) is True."""
+    cotangent passes through the steps where ``resets`` (``[T, B]`` bool, or None) is True
+    (``saved``: :class:`jaxrnn.cells._loops.BackwardInputs`)."""
+    kept, valid, d_ys, (d_c, d_h), ys, h0, xs, resets = saved
     steps, batch, hidden = ys.shape
     state = (batch, hidden)
     call = jax.ffi.ffi_call(
@@ -497,3 +428,14 @@ def backward_kernel(
     )
     args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_c, d_h, ys, h0, xs)
     return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
+
+
+scan = _loops.CellLoops(
+    forward_xla,
+    backward_xla,
+    forward_kernel,
+    backward_kernel,
+    gates=4,
+    kept=5,
+    options=lambda cell: {"forget_bias": cell.forget_bias},
+).scan()

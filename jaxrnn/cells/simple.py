@@ -4,7 +4,6 @@ and the binding of its CPU kernels (``csrc/simple.cc``)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Literal
 
 import jax
@@ -21,7 +20,6 @@ from jaxrnn.cells._base import (
     check_hidden_size,
     gate_blocks,
     init_weights,
-    input_bias,
     matmul,
 )
 
@@ -97,9 +95,8 @@ def forward_xla(w_h, xp, b, valid, h0, resets=None, *, relu, backwards, time_maj
     return ys, h
 
 
-def backward_xla(
-    w_h, ys, valid, d_ys, d_h, h0, xs, resets=None, *, relu, backwards, unroll, time_major
-):
+def backward_xla(w_h, saved: _loops.BackwardInputs, *, relu, backwards, unroll, time_major):
+    _, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
     w_h_t, dtype = w_h.T, w_h.dtype
 
     def body(d_h, inputs):
@@ -120,50 +117,6 @@ def backward_xla(
     d_h0, d_z = jax.lax.scan(body, d_h, inputs, reverse=not backwards, unroll=unroll)
     d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
     return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
-
-
-def _forward(cell, loop, params, xs, valid, resets, h0, keep=True):
-    backwards, unroll, time_major, native = dataclasses.astuple(loop)
-    del keep  # what it keeps is dropped by XLA where unused
-    relu, dtype = cell.activation == "relu", cell.dtype
-    xp, b = _loops.projection(params, xs, input_bias(params), dtype)
-    w_h = params["w_h"].astype(dtype)
-    steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
-    xla = functools.partial(
-        forward_xla, relu=relu, backwards=backwards, time_major=time_major, unroll=unroll
-    )
-    if _loops.native_loops(native, w_h, xp, h0):
-        kernel = functools.partial(
-            forward_kernel, relu=relu, reverse=backwards, time_major=time_major
-        )
-        valid_ = _native.mask(valid, steps, batch)
-        ys, h = _native.on_cpu(kernel, xla, w_h, xp, b, valid_, h0, resets)
-    else:
-        ys, h = xla(w_h, xp, b, valid, h0, resets)
-    return ys, h, (h0, ys)
-
-
-def _backward(cell, loop, saved, cotangents):
-    backwards, unroll, time_major, native = dataclasses.astuple(loop)
-    params, xs, valid, resets, (h0, ys) = saved
-    d_ys, d_h = cotangents
-    relu, dtype = cell.activation == "relu", cell.dtype
-    w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
-    options = {"relu": relu, "time_major": time_major}
-    xla = functools.partial(backward_xla, backwards=backwards, unroll=unroll, **options)
-    if _loops.native_loops(native, w_h, ys, d_ys, d_h):
-        kernel = functools.partial(backward_kernel, reverse=backwards, **options)
-        valid_ = _native.mask(valid, *ys.shape[:2])
-        xs32 = xs.astype(jnp.float32)
-        grads = _native.on_cpu(kernel, xla, w_h, ys, valid_, d_ys, d_h, h0, xs32, resets)
-    else:
-        grads = xla(w_h, ys, valid, d_ys, d_h, h0, xs, resets)
-    d_z, d_h0, *weights = grads
-    d_params, d_xs = _loops.loop_gradients(params, time_major, d_z, *weights, xs, dtype)
-    return d_params, d_xs, None, None, d_h0
-
-
-scan = _loops.with_backward(_forward, _backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,10 +151,11 @@ def forward_kernel(
 
 
 def backward_kernel(
-    w_h, ys, valid, d_ys, d_h, h0, xs, resets=None, *, relu: bool, reverse: bool, time_major
+    w_h, saved: _loops.BackwardInputs, *, relu: bool, reverse: bool, time_major: bool
 ):
     """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
     initial state and weights (as :func:`jaxrnn.cells.lstm.backward_kernel`)."""
+    _, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
     hidden = w_h.shape[0]
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_backward",
@@ -211,3 +165,18 @@ def backward_kernel(
     args = (w_h, ys, valid, _native.reset_mask(resets), d_ys, d_h, h0, xs)
     options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
     return tuple(call(*args, **options, time_major=np.int32(time_major)))
+
+
+def _activation(cell):
+    return {"relu": cell.activation == "relu"}
+
+
+scan = _loops.CellLoops(
+    forward_xla,
+    backward_xla,
+    forward_kernel,
+    backward_kernel,
+    gates=1,
+    options=_activation,
+    backward_options=_activation,
+).scan()
