@@ -52,15 +52,12 @@ def _cell_state(c_prev, i, f, g, cell_clip):
 
 
 def forward_xla(
-    w_h,
-    w_hr,
-    peep,
+    weights,
     xp,
     b,
     valid,
     resets,
-    c0,
-    h0,
+    carry0,
     *,
     forget_bias,
     cell_clip,
@@ -71,8 +68,10 @@ def forward_xla(
 ):
     """``(ys, c, h, kept)`` from the four gates' projected inputs ``xp`` (``[T, B, H]``
     each) and bias ``b`` (``[4H]``); ``w_hr`` and ``peep`` (``(w_ci, w_cf, w_co)``) are
-    ``None`` where the cell has none; ``kept``: ``(c_prevs, (i, f, g, o))`` per step, or
+    ``None`` where the cell has none (``weights``: ``(w_h, w_hr, peep)``, as :func:`_weights`
+    returns them; ``carry0``: ``(c0, h0)``); ``kept``: ``(c_prevs, (i, f, g, o))`` per step, or
     ``()`` where ``keep`` is false."""
+    w_h, w_hr, peep = weights
     b = _loops.split_gates(b, 4)
     dtype = w_h.dtype
 
@@ -105,7 +104,7 @@ def forward_xla(
         carry = _loops.zero_where(reset_after_t, c, h)
         return carry, (y, (c_prev, (i, f, g, o)) if keep else ())
 
-    after, carry0 = _loops.resets_after(backwards, resets, (c0, h0))
+    after, carry0 = _loops.resets_after(backwards, resets, carry0)
     (c, h), (ys, kept) = jax.lax.scan(
         body, carry0, (xp, valid, after), reverse=backwards, unroll=unroll
     )
@@ -113,15 +112,12 @@ def forward_xla(
 
 
 def backward_xla(
-    w_h,
-    w_hr,
-    peep,
+    weights,
     kept,
     valid,
     resets,
     d_ys,
-    d_c,
-    d_h,
+    d_carry,
     ys,
     *,
     cell_clip,
@@ -133,6 +129,7 @@ def backward_xla(
     gates' pre-activations (``[T, B, 4H]``), with a projection those of its output before
     ``proj_clip`` (``[T, B, P]``, else ``None``), and with peepholes their gradients
     (``[3, H]``: ``w_ci, w_cf, w_co``; else ``None``)."""
+    (w_h, w_hr, peep), (d_c, d_h) = weights, d_carry
     dtype = w_h.dtype
     w_h_t = w_h.T
     w_hr_t = None if w_hr is None else w_hr.T
@@ -218,16 +215,13 @@ def _forward(cell, loop, params, xs, valid, resets, carry0, keep=True):
     dtype = cell.dtype
     xs_tm = _time_major(xs, time_major)
     xp = tuple(matmul(xs_tm, w, dtype) for w in _loops.split_gates(params["w_i"], 4))
-    w_h, w_hr, peep = _weights(cell, params)
     ys, c, h, kept = forward_xla(
-        w_h,
-        w_hr,
-        peep,
+        _weights(cell, params),
         xp,
         input_bias(params).astype(accumulation_dtype(dtype)),
         valid,
         resets,
-        *carry0,
+        carry0,
         forget_bias=cell.forget_bias,
         cell_clip=cell.cell_clip,
         proj_clip=cell.proj_clip,
@@ -259,17 +253,14 @@ def _backward(cell, loop, saved, cotangents):
     params, xs, valid, resets, (carry0, ys, kept) = saved
     d_ys, (d_c, d_h) = cotangents
     dtype = cell.dtype
-    w_h, w_hr, peep = _weights(cell, params)
+    w_h, w_hr, peep = weights = _weights(cell, params)
     d_c0, d_h0, d_z, d_r, d_peep = backward_xla(
-        w_h,
-        w_hr,
-        peep,
+        weights,
         kept,
         valid,
         resets,
         d_ys.astype(ys.dtype),
-        d_c,
-        d_h,
+        (d_c, d_h),
         ys,
         cell_clip=cell.cell_clip,
         proj_clip=cell.proj_clip,
