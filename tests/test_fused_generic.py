@@ -1,7 +1,8 @@
 """The fused loop generated from a cell's ``update`` (``jaxrnn.cells.fused.scan``), for a cell
 defined here (a gated cell with no recurrent matmul, ``recurrent`` returning None) and for
 jaxrnn's cells run through it (the GRU's ``b_h`` summed in the loop, the layer-normalized
-LSTM's gains in the projection and in the step): outputs and final carry against a float64
+LSTM's gains in the projection and in the step; the LSTM with projection, peepholes and both
+clips through its hand-written ``update_backward``): outputs and final carry against a float64
 NumPy loop (the gated cell) or JAX's derivative of ``lax.scan`` of ``cell.step`` (values and
 gradients), both layouts, forward and backwards, with lengths and resets; ``check_grads``."""
 
@@ -95,6 +96,10 @@ CELLS = {
     "gru": jaxrnn.GRU(H).resolve(None, jnp.float32),
     "lstm_layer_norm": jaxrnn.LSTM(H, layer_norm=True, forget_bias=0.5).resolve(None, jnp.float32),
     "rnn_relu": jaxrnn.SimpleRNN(H, "relu").resolve(None, jnp.float32),
+    # Every other LSTM option at once, through the hand-written update_backward.
+    "lstm_tf1_options": jaxrnn.LSTM(
+        H, forget_bias=0.5, proj_size=4, peepholes=True, cell_clip=0.8, proj_clip=0.3
+    ).resolve(None, jnp.float32),
 }
 
 
