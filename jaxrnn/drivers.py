@@ -222,10 +222,10 @@ def drive(
     hidden_mask: Array | None = None,
 ) -> tuple[Array, Carry]:
     """Run ``cell`` over ``xs`` as ``options`` asks: what :func:`rnn`, :func:`static_rnn`, the
-    layers, ``tbptt`` and the NNX modules call.
+    layers, ``tbptt`` and the NNX modules call. ``cell``, ``params``, ``xs``, ``lengths``,
+    ``resets`` and ``initial_carry`` are as in :func:`rnn`.
 
     Args:
-      cell, params, xs, lengths, resets, initial_carry: as in :func:`rnn`.
       options: a :class:`~jaxrnn.options.RunOptions`; its ``static`` runs the Python loop of
         :func:`static_rnn`.
       hidden_mask: optional ``[batch, hidden_size]``: multiplies ``h`` where it enters the
