@@ -1,38 +1,28 @@
 """What the fused loops of the cells share: the hoisted input projection, the ``custom_vjp``
-that pairs a forward loop with its hand-written backward pass, and the weight gradients.
+that pairs a forward loop with its hand-written backward pass, the weights' gradients, and
+:class:`CellLoops`, the scaffolding around each cell's loops.
 
-For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (see ``jaxrnn.drivers`` for when it
-is used). The input half of every step is one matmul over all steps before the loop (the
-loop adds the bias: XLA:CPU does not fuse it into the matmul, and a separate pass over the
-whole projection cost up to a fifth of a forward pass), split per gate (``[time, batch,
-hidden]`` each: XLA:CPU runs an elementwise fusion that slices several gates out of one
-loop-indexed ``[time, batch, k*hidden]`` buffer several times slower); the backward loop
-holds only the recurrent matmul and the cell's elementwise derivative, and the gradients of
-``w_i``, ``w_h``, the biases and ``xs`` are one matmul each after it.
-
-Every per-step value the forward loop writes is a separate buffer write (one more operation
-per step, which dominates small models on CPU), so each cell keeps only what its backward
-pass needs, and the previous ``h`` is the previous output (zeros after a reset): the
-``SimpleRNN`` keeps nothing but its outputs (its derivative is a function of the output); the
-LSTM keeps the previous cell state and its four gate activations (its backward loop then has
-no exp or divide; ``docs/design/fused-loops.md`` has the measurements); the GRU keeps ``r, z,
-n`` and the recurrent ``hh_n``, and its backward step is written out the same way.
-Undifferentiated (the ``custom_vjp``'s primal), the forward pass keeps nothing. All functions
-take and return time-major per-step arrays.
+For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (:func:`jaxrnn.plan.plan` says when
+they run). The input half of every step is one matmul over all steps before the loop, split per
+gate (``[time, batch, hidden]`` each), with the bias added in the loop; the backward loop holds
+the recurrent matmul and the cell's elementwise derivative, and the gradients of ``w_i``,
+``w_h``, the biases and ``xs`` are one matmul each after it. The forward loop keeps what the
+backward step reads (the ``SimpleRNN`` nothing but its outputs; the LSTM the previous cell state
+and its four gate activations; the GRU ``r, z, n`` and the recurrent ``hh_n``); the previous
+``h`` is the previous output. Undifferentiated, it keeps nothing. All functions take and return
+time-major per-step arrays. ``docs/design/fused-loops.md`` gives the reasons for these layouts
+and their measurements.
 
 ``resets`` (bool ``[time, batch]`` or None, in the loop's order: zero the carry before
 visiting step ``t``; only where ``valid``): the forward loop zeroes the carry that the step
 before a reset hands on (:func:`resets_after`), so that what the LSTM keeps as its previous
 cell state is zero there; the backward loop zeroes the carry's cotangent where it leaves a
 reset step, and the recurrent weights' gradient takes the state before a reset as zero
-(:func:`states_before`). Without resets the loops are the graphs they are without the
-argument.
+(:func:`states_before`).
 
 On a CPU the three cells' two loops (and the weights' gradients) run as jaxrnn's kernels
 instead (``jaxrnn._native``, under the conditions of :func:`native_loops`); the XLA loops
-are then their derivatives, and what they run on other platforms. :class:`CellLoops` holds
-what runs around each cell's loops: the projection, the choice between kernel and XLA loop,
-the packing of what the forward pass keeps, and the weights' gradients.
+are then their derivatives, and what runs on other platforms.
 """
 
 from __future__ import annotations

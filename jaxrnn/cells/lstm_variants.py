@@ -1,29 +1,20 @@
 """The LSTM variants' fused XLA loop: ``proj_size``, ``peepholes``, ``cell_clip`` and
 ``proj_clip`` in any combination (not ``layer_norm``), with its hand-written backward pass.
 
-The plain LSTM's design (:mod:`jaxrnn.cells._loops`), with three changes that measured faster
-on XLA:CPU (``docs/design/fused-loops.md``):
+The inputs are projected time-major, one matmul per gate; ``w_h``, ``w_i`` and the bias get
+their gradients from one matmul after the backward loop, ``[h_prev | x | 1]^T d_z`` over all
+``T * B`` rows (a computation narrower than float32 sums the bias's from ``d_z`` in float32);
+the peepholes' gradients are summed inside the backward loop. The forward loop keeps the cell
+state before each step and the four gate activations (``i, f, g, o``, after the peepholes).
+With a projection the backward loop emits ``d_r`` (``[T, B, P]``, the cotangent of the
+projection's output) and ``w_hr``'s gradient is ``sum_t m_t^T d_r_t`` with ``m = o * tanh(c)``
+recomputed from what was kept; ``proj_clip``'s mask is ``|h| < proj_clip`` read from the
+outputs. ``docs/design/fused-loops.md`` gives the reasons and the measurements.
 
-* the inputs go time-major first (``xs`` is the smallest array of the loop) and each gate's
-  projection is its own matmul, so the loop reads the ``[T, B, H]`` gate buffers as they come
-  out of the matmuls, with no split or transpose pass;
-* ``w_h``, ``w_i`` and the bias get their gradients from one matmul after the backward loop,
-  ``[h_prev | x | 1]^T d_z`` over all ``T * B`` rows (the bias through the column of ones,
-  where the computation is at least float32; a narrower one sums ``d_z`` in float32);
-* the peepholes' gradients are summed over the batch inside the backward loop, in its carry.
-
-The forward loop keeps the cell state before each step and the four gate activations
-(``i, f, g, o``, after the peepholes), so that the backward step recomputes one ``tanh`` (and
-the clip's mask) and no sigmoid. With a projection, the backward loop holds a second matmul
-per step (``d_r @ w_hr^T``, ``d_r`` the cotangent of the projection's output) and emits
-``d_r`` (``[T, B, P]``); ``w_hr``'s gradient is ``sum_t m_t^T d_r_t`` with ``m = o *
-tanh(c)`` recomputed from what was kept. ``proj_clip``'s mask is read from the outputs
-(``|h| < proj_clip``: a clipped value is exactly at the bound).
-
-The loop runs in XLA on every platform (there are no CPU kernels for the variants): the loop's
-``native`` argument is ignored. ``resets`` (``[T, B]`` bool, time-major, or ``None``) zero a
-row's carry just before a step; no cotangent flows through a reset, and the zeros the step
-used enter the weights' gradients.
+The loop runs in XLA on every platform (the variants have no CPU kernels: ``Loop.native`` is
+ignored). ``resets`` (``[T, B]`` bool, time-major, or ``None``) zero a row's carry just before a
+step; no cotangent flows through a reset, and the zeros the step used enter the weights'
+gradients.
 """
 
 from __future__ import annotations
