@@ -45,8 +45,9 @@ import jaxrnn  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "benchmarks", "results", "compare_revisions.json")
 IMPLEMENTATIONS = {"fused": "fused", "kernel": None}
-# Variants timed on request (--variants): an LSTM variant at W1's shapes.
+# Variants timed on request (--variants): an LSTM variant, or another cell, at W1's shapes.
 VARIANTS = {
+    "W1-gru": {"cell": "gru"},
     "W1-peepholes": {"peepholes": True},
     "W1-proj64": {"proj_size": 64},
     "W1-tf1": {"proj_size": 64, "peepholes": True, "cell_clip": 3.0, "proj_clip": 2.0},
@@ -83,12 +84,13 @@ def export_base(rev: str, into: str):
 
 
 def cell_for(package, name: str, w: workloads.Workload):
-    options = VARIANTS.get(name, {})
-    if w.cell == "lstm":
+    options = dict(VARIANTS.get(name, {}))
+    kind = options.pop("cell", w.cell)
+    if kind == "lstm":
         return package.LSTM(w.hidden, **options)
-    if w.cell == "gru":
+    if kind == "gru":
         return package.GRU(w.hidden)
-    return package.SimpleRNN(w.hidden, activation=w.cell)
+    return package.SimpleRNN(w.hidden, activation=kind)
 
 
 def gradient_fn(package, name: str, w: workloads.Workload, implementation):
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
             compare(base, name, implementation, args.repeats)
             for name in names
             for implementation in args.implementations
-            if not (name in VARIANTS and implementation == "kernel")
+            if not (name in VARIANTS and implementation == "kernel" and name != "W1-gru")
         ]
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

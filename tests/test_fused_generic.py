@@ -1,8 +1,9 @@
 """The fused loop generated from a cell's ``update`` (``jaxrnn.cells.fused.scan``), for a cell
-defined here (a gated cell with no recurrent matmul, ``recurrent`` returning None) and for
-jaxrnn's cells run through it (the GRU's ``b_h`` summed in the loop, the layer-normalized
-LSTM's gains in the projection and in the step; the LSTM with projection, peepholes and both
-clips through its hand-written ``update_backward``): outputs and final carry against a float64
+defined here (a gated cell with no recurrent matmul, ``recurrent`` returning None, its
+derivative JAX's) and for jaxrnn's cells run through it (the layer-normalized LSTM's gains in
+the projection and in the step, derived by JAX; the GRU, its ``b_h`` summed in the loop, the
+SimpleRNN and the LSTM with projection, peepholes and both clips through their written-out
+``update_backward``): outputs and final carry against a float64
 NumPy loop (the gated cell) or JAX's derivative of ``lax.scan`` of ``cell.step`` (values and
 gradients), both layouts, forward and backwards, with lengths and resets; ``check_grads``."""
 

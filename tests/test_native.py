@@ -12,8 +12,8 @@ from conftest import random_params
 
 import jaxrnn
 from jaxrnn import _native
-from jaxrnn.cells import gru, lstm, simple
-from jaxrnn.cells._loops import BackwardInputs
+from jaxrnn.cells import fused
+from jaxrnn.cells._loops import BackwardInputs, Loop, LoopInputs
 
 # B * H * H * gates >= 2**17 and H >= 32: the kernels split the units over two threads.
 CASES = [
@@ -84,113 +84,37 @@ def test_matches_numpy(case, reverse, masked, time_major):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-def _packed(forward):
-    ys, c, h, c_prevs, gates = forward
-    return ys, c, h, _native.pack_kept((c_prevs, *gates), 4)
-
-
-def _packed_gru(forward):
-    ys, h, kept = forward
-    return ys, h, _native.pack_kept(kept, 3)
-
-
 def _loops(cell, batch, time_major, reverse, valid):
-    """The kernel and the XLA loop of ``cell``'s forward and backward passes, same arguments."""
+    """The kernel and the XLA loop (its twin, generated from the cell) of ``cell``'s forward
+    and backward passes, same arguments."""
     rng = np.random.default_rng(2)
     hidden, gates = cell.hidden_size, cell.gates
     w_h = jnp.asarray(rng.normal(0, hidden**-0.5, (hidden, gates * hidden)), jnp.float32)
     lead = (T, batch) if time_major else (batch, T)
-    xp = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
+    xw = jnp.asarray(rng.normal(size=(*lead, gates * hidden)), jnp.float32)
     b = jnp.asarray(rng.normal(size=(gates * hidden,)), jnp.float32)
     xs = jnp.asarray(rng.normal(size=(*lead, I)), jnp.float32)
     state = [jnp.asarray(rng.normal(size=(batch, hidden)), jnp.float32) for _ in range(2)]
     d_ys = jnp.asarray(rng.normal(size=(T, batch, hidden)), jnp.float32)
-    tm = {"time_major": time_major}
-    if isinstance(cell, jaxrnn.LSTM):
-        fb = {"forget_bias": cell.forget_bias, "time_major": time_major}
-        return (
-            lambda: lstm.forward_kernel(w_h, xp, b, valid, *state, reverse=reverse, **fb),
-            lambda: _packed(
-                lstm.forward_xla(w_h, xp, b, valid, *state, backwards=reverse, unroll=1, **fb)
-            ),
-            lambda fw: lstm.backward_kernel(
-                w_h,
-                BackwardInputs(fw[3], valid, d_ys, tuple(state), fw[0], state[1], xs, None),
-                reverse=reverse,
-                **tm,
-            ),
-            lambda fw: lstm.backward_xla(
-                w_h,
-                BackwardInputs(
-                    _native.unpack_kept(fw[3], 5, 4, T, batch, hidden),
-                    valid,
-                    d_ys,
-                    tuple(state),
-                    fw[0],
-                    state[1],
-                    xs,
-                    None,
-                ),
-                backwards=reverse,
-                unroll=1,
-                **tm,
-            ),
-        )
+    inner = {}
     if isinstance(cell, jaxrnn.GRU):
-        b_h = jnp.asarray(rng.normal(size=(3 * hidden,)), jnp.float32)
-        opts = {"time_major": time_major}
-        return (
-            lambda: gru.forward_kernel(w_h, xp, b, b_h, valid, state[0], reverse=reverse, **opts),
-            lambda: _packed_gru(
-                gru.forward_xla(
-                    w_h, xp, b, b_h, valid, state[0], backwards=reverse, unroll=1, **opts
-                )
-            ),
-            lambda fw: gru.backward_kernel(
-                w_h,
-                BackwardInputs(fw[2], valid, d_ys, (state[1],), fw[0], state[0], xs, None),
-                reverse=reverse,
-                **opts,
-            ),
-            lambda fw: gru.backward_xla(
-                w_h,
-                BackwardInputs(
-                    _native.unpack_kept(fw[2], 4, 3, T, batch, hidden),
-                    valid,
-                    d_ys,
-                    (state[1],),
-                    fw[0],
-                    state[0],
-                    xs,
-                    None,
-                ),
-                backwards=reverse,
-                unroll=1,
-                **opts,
-            ),
-        )
-    relu = cell.activation == "relu"
-    opts = {"relu": relu, "time_major": time_major}
+        inner = {"b_h": jnp.asarray(rng.normal(size=(3 * hidden,)), jnp.float32)}
+    if isinstance(cell, jaxrnn.LSTM):
+        carry0, d_carry, h0 = tuple(state), tuple(state), state[1]
+    else:
+        carry0, d_carry, h0 = state[0], state[1], state[0]
+    inputs = LoopInputs(w_h, xw, b, inner, valid, None, carry0)
+    forward_xla, backward_xla = fused.kernel_twins(cell, Loop(reverse, 1, time_major))
+    kernels, options = cell.kernels(), {"reverse": reverse, "time_major": time_major}
+
+    def backward_inputs(fw):
+        return BackwardInputs(fw[2], valid, d_ys, d_carry, fw[0], h0, xs, None)
+
     return (
-        lambda: simple.forward_kernel(w_h, xp, b, valid, state[0], reverse=reverse, **opts),
-        lambda: simple.forward_xla(
-            w_h, xp, b, valid, state[0], backwards=reverse, unroll=1, **opts
-        ),
-        lambda fw: simple.backward_kernel(
-            w_h,
-            BackwardInputs((), valid, d_ys, (state[1],), fw[0], state[0], xs, None),
-            relu=relu,
-            reverse=reverse,
-            **tm,
-        ),
-        lambda fw: simple.backward_xla(
-            w_h,
-            BackwardInputs((), valid, d_ys, (state[1],), fw[0], state[0], xs, None),
-            relu=relu,
-            backwards=reverse,
-            unroll=1,
-            **tm,
-        ),
+        lambda: kernels.forward(cell, inputs, keep=True, **options),
+        lambda: forward_xla(inputs),
+        lambda fw: kernels.backward(cell, w_h, inner, backward_inputs(fw), **options),
+        lambda fw: backward_xla(w_h, inner, backward_inputs(fw)),
     )
 
 

@@ -1,4 +1,5 @@
-"""The LSTM variants' fused XLA loop (``jaxrnn.cells.lstm_variants``): every combination of
+"""The LSTM variants through the fused loop (``jaxrnn.cells.fused``, with the derivative that
+``LSTM.update_backward`` writes out): every combination of
 ``proj_size``, peepholes, ``cell_clip`` and ``proj_clip``, forward and reversed, with and
 without lengths (0 and T among them), both layouts, with and without resets: outputs and
 final carry against a float64 NumPy loop (``test_variants.lstm_step``, per sequence, resets
@@ -154,7 +155,7 @@ def _all_configs(cell, implementation, resets, configs):
 
 
 def test_fused_against_numpy_and_scan(cell):
-    assert cell.fused_loop() is jaxrnn.cells.lstm_variants.scan and not cell.has_kernels()
+    assert cell.fused_loop() is jaxrnn.cells.fused.scan and not cell.has_kernels()
     params, xs, carry0, resets = _inputs(cell)
     name = next(k for k, v in COMBINATIONS.items() if v == cell)
     configs = CONFIGS if name in FULL_GRID else COVERING

@@ -133,11 +133,16 @@ class CellBase:
     ``hidden_size``, ``dtype`` and ``param_dtype``, and defines ``init(key, input_size,
     dtype=None) -> params`` and ``update(params, carry, xp, hw) -> (carry, y)`` (see
     :meth:`step`). What it inherits assumes ``gates`` blocks of ``hidden_size`` in the input
-    projection ``x @ w_i + b`` (override :meth:`project_inputs` otherwise), a carry ``h``
-    ``[batch, hidden_size]`` (override :meth:`initial_carry`, :meth:`hidden` and
+    projection ``x @ w_i + b`` (override :meth:`projection` and :meth:`bias` otherwise), a
+    carry ``h`` ``[batch, hidden_size]`` (override :meth:`initial_carry`, :meth:`hidden` and
     :meth:`with_hidden` otherwise) and a recurrent matrix ``w_h`` (for a cell without one,
     override :meth:`param_shapes` and :meth:`recurrent`, which then returns ``None``).
     :func:`jaxrnn.cells.register` gives it a name for ``Model(cell=...)``.
+
+    The same definition runs the fused loop (:mod:`jaxrnn.cells.fused`) where
+    :meth:`fused_loop` returns it; ``update`` then reads only :meth:`update_params`. A cell
+    may write out the derivative of its step there (:attr:`hand_written_derivative`,
+    ``update_kept`` and ``update_backward``; see the fused loop's docstring).
     """
 
     hidden_size: int
@@ -164,14 +169,26 @@ class CellBase:
         return {"w_i": (input_size, width), "w_h": (self.output_size, width)}
 
     def fused_loop(self) -> Callable | None:
-        """The fused path's loop for this cell (``jaxrnn.cells._loops.with_backward``), or
-        ``None`` where it has none (then ``rnn`` runs ``lax.scan``)."""
+        """The fused path's loop for this cell (:func:`jaxrnn.cells.fused.scan`), or ``None``
+        where it has none (then ``rnn`` runs ``lax.scan``)."""
+        return None
+
+    @property
+    def hand_written_derivative(self) -> bool:
+        """Whether the cell writes out the derivative of its step (``update_kept`` and
+        ``update_backward``, :mod:`jaxrnn.cells.fused`) rather than the fused loop deriving
+        it from ``update``."""
+        return False
+
+    def kernels(self) -> Any:
+        """The CPU kernels that run :meth:`fused_loop` (a
+        :class:`jaxrnn.cells._loops.Kernels`), or ``None``."""
         return None
 
     def has_kernels(self) -> bool:
         """Whether :meth:`fused_loop` can run as jaxrnn's CPU kernels
         (``implementation="kernel"``)."""
-        return self.fused_loop() is not None
+        return self.kernels() is not None
 
     def _check_dtypes(self) -> None:
         if self.dtype is not None:
@@ -236,10 +253,27 @@ class CellBase:
         return jnp.float32 if self.dtype is None else self.dtype
 
     def project_inputs(self, params: Params, x: Array) -> Array:
-        """``[..., input_size] -> [..., gates * hidden_size]``: ``x @ w_i + b``, in the
-        accumulation dtype."""
-        acc = accumulation_dtype(self._dt())
-        return matmul(x, params["w_i"], self._dt()) + input_bias(params).astype(acc)
+        """``[..., input_size] -> [..., gates * hidden_size]``: :meth:`projection` plus
+        :meth:`bias`, in the accumulation dtype."""
+        xw, bias = self.projection(params, x), self.bias(params)
+        return xw if bias is None else xw + bias.astype(xw.dtype)
+
+    def projection(self, params: Params, x: Array) -> Array:
+        """The input projection but its bias: ``x @ w_i`` (``[..., gates * hidden_size]``, in
+        the accumulation dtype). The fused loop applies it to all steps at once and adds
+        :meth:`bias` inside the loop."""
+        return matmul(x, params["w_i"], self._dt())
+
+    @property
+    def plain_projection(self) -> bool:
+        """Whether :meth:`projection` is the plain ``x @ w_i`` (the fused loop then writes out
+        its derivative); a cell that defines its own projection says so where it is."""
+        return type(self).projection is CellBase.projection
+
+    def bias(self, params: Params) -> Array | None:
+        """The bias of the input projection (``[gates * hidden_size]``): ``b``, plus ``b_h``
+        where the parameters have one (:func:`input_bias`); ``None`` without ``b``."""
+        return input_bias(params) if "b" in params else None
 
     def resolve(self, params: Params, x_dtype: DType = None):
         """This cell with ``dtype`` set: itself when it has one, else the promotion of

@@ -1,34 +1,20 @@
-"""What the fused loops of the cells share: the hoisted input projection, the ``custom_vjp``
-that pairs a forward loop with its hand-written backward pass, the weights' gradients, and
-:class:`CellLoops`, the scaffolding around each cell's loops.
-
-For ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)`` (:func:`jaxrnn.plan.plan` says when
-they run). The input half of every step is one matmul over all steps before the loop, split per
-gate (``[time, batch, hidden]`` each), with the bias added in the loop; the backward loop holds
-the recurrent matmul and the cell's elementwise derivative, and the gradients of ``w_i``,
-``w_h``, the biases and ``xs`` are one matmul each after it. The forward loop keeps what the
-backward step reads (the ``SimpleRNN`` nothing but its outputs; the LSTM the previous cell state
-and its four gate activations; the GRU ``r, z, n`` and the recurrent ``hh_n``); the previous
-``h`` is the previous output. Undifferentiated, it keeps nothing. All functions take and return
-time-major per-step arrays. ``docs/design/fused-loops.md`` gives the reasons for these layouts
-and their measurements.
+"""What the fused loop (:mod:`jaxrnn.cells.fused`) is built from besides the cell: the
+``custom_vjp`` that pairs its forward loop with its backward pass, the resets' bookkeeping,
+the weights' gradients after the backward loop, and the values that the loop and the CPU
+kernels take (:class:`Loop`, :class:`LoopInputs`, :class:`BackwardInputs`,
+:class:`Kernels`). All functions take and return time-major per-step arrays.
 
 ``resets`` (bool ``[time, batch]`` or None, in the loop's order: zero the carry before
 visiting step ``t``; only where ``valid``): the forward loop zeroes the carry that the step
-before a reset hands on (:func:`resets_after`), so that what the LSTM keeps as its previous
-cell state is zero there; the backward loop zeroes the carry's cotangent where it leaves a
-reset step, and the recurrent weights' gradient takes the state before a reset as zero
+before a reset hands on (:func:`resets_after`), so that what a cell keeps of its previous
+state is zero there; the backward loop zeroes the carry's cotangent where it leaves a reset
+step, and the recurrent weights' gradient takes the state before a reset as zero
 (:func:`states_before`).
-
-On a CPU the three cells' two loops (and the weights' gradients) run as jaxrnn's kernels
-instead (``jaxrnn._native``, under the conditions of :func:`native_loops`); the XLA loops
-are then their derivatives, and what runs on other platforms.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,22 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _native
-from jaxrnn.cells._base import Params, accumulation_dtype, input_bias, matmul
+from jaxrnn.cells._base import Params, accumulation_dtype, matmul
 
 Array = jax.Array
 
 
 def split_gates(a: Array, n: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, n, axis=-1))
-
-
-def projection(params, xs, bias, dtype):
-    """``(xs @ w_i, bias)`` in ``dtype``'s accumulation dtype, ``xs``'s layout kept: the loops
-    add the bias themselves, which saves a pass over the projection (XLA:CPU does not fuse it
-    into the matmul)."""
-    lead = xs.shape[:2]
-    flat = matmul(xs.reshape(lead[0] * lead[1], xs.shape[2]), params["w_i"], dtype)
-    return flat.reshape(*lead, -1), bias.astype(accumulation_dtype(dtype))
 
 
 def per_gate(xp, gates, time_major):
@@ -167,144 +144,58 @@ def input_cotangent(params, time_major, d_xp, xs, dtype):
     return d_xs if time_major else jnp.swapaxes(d_xs, 0, 1)
 
 
-def weight_gradients(params, d_w_h, d_w_i, d_b, d_b_h=None):
-    """The parameters' gradients, each in its parameter's dtype: ``b_h`` gets ``d_b_h`` (the
-    GRU's recurrent bias) or, where the parameters have one, ``b``'s (the SimpleRNN's and the
-    LSTM's, added to ``b``)."""
-    d_params = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b}
-    if d_b_h is not None:
-        d_params["b_h"] = d_b_h
-    elif "b_h" in params:
-        d_params["b_h"] = d_b
-    return cast_like(d_params, params)
+class LoopInputs(NamedTuple):
+    """What a forward loop (XLA or kernel) reads.
+
+    ``w_h``: ``[R, G*H]`` in the computation dtype (None: the cell has no recurrent matmul);
+    ``xw``: the input projection without its bias, ``[T, B, G*H]`` or ``[B, T, G*H]`` as
+    the inputs lie, or the tuple of its ``G`` gate blocks (``[T, B, H]`` each); ``bias``:
+    ``[G*H]`` (or None), added per step; ``inner``: the parameters the cell's ``update``
+    reads (``update_params``); ``valid``: ``[T, B]`` bool (or None); ``resets``: ``[T, B]``
+    bool (or None); ``carry0``: the initial carry."""
+
+    w_h: Array | None
+    xw: Array | tuple[Array, ...]
+    bias: Array | None
+    inner: Params
+    valid: Array | None
+    resets: Array | None
+    carry0: Any
 
 
 class BackwardInputs(NamedTuple):
-    """What a backward loop (XLA or kernel) reads besides ``w_h``.
+    """What a backward loop (XLA or kernel) reads besides the weights.
 
-    ``kept``: what the forward loop kept, ``K`` arrays ``[T, B, H]`` (a tuple; empty for the
-    SimpleRNN) or, for the kernels, :func:`jaxrnn._native.pack_kept`'s flat array; ``valid``:
-    ``[T, B]`` bool (or None: every step valid; the kernels' mask); ``d_ys``: the outputs'
-    cotangent ``[T, B, H]``; ``d_carry``: the final carry's cotangent, a tuple of ``[B, H]``
-    (``(d_c, d_h)`` for the LSTM, ``(d_h,)`` otherwise); ``ys``: the outputs; ``h0``: the
-    initial ``h``; ``xs``: the inputs (``[T, B, F]`` or ``[B, T, F]``); ``resets``: ``[T, B]``
-    bool or None."""
+    ``kept``: what the forward loop kept per step (a tuple of ``[T, B, H]`` arrays) or, for
+    the kernels, :func:`jaxrnn._native.pack_kept`'s flat array; ``valid``: ``[T, B]`` bool (or
+    None: every step valid; the kernels' mask); ``d_ys``: the outputs' cotangent ``[T, B,
+    H]``; ``d_carry``: the final carry's cotangent (the carry's structure); ``ys``: the
+    outputs; ``h0``: the initial ``h``; ``xs``: the inputs (``[T, B, F]`` or ``[B, T, F]``);
+    ``resets``: ``[T, B]`` bool or None."""
 
     kept: Any
     valid: Array | None
     d_ys: Array
-    d_carry: tuple[Array, ...]
+    d_carry: Any
     ys: Array
     h0: Array
     xs: Array
     resets: Array | None
 
 
-def _as_tuple(carry) -> tuple:
-    return carry if isinstance(carry, tuple) else (carry,)
-
-
-def _like(carry, parts: tuple):
-    return parts if isinstance(carry, tuple) else parts[0]
-
-
 @dataclasses.dataclass(frozen=True)
-class CellLoops:
-    """A cell's fused loops: its XLA loops and CPU kernels, and what runs around them.
+class Kernels:
+    """A cell's CPU kernels (``jaxrnn._native``): its fused loop's two passes.
 
-    ``forward_xla(w_h, xp, b, [b_h,] valid, *carry0, resets, *, backwards, time_major, unroll,
-    **options) -> (ys, *carry, *kept)``; ``forward_kernel`` the same with ``reverse`` for
-    ``backwards``, no ``unroll``, ``keep`` (where ``kept > 0``) and ``kept`` packed;
-    ``backward_xla(w_h, inputs, *, backwards, unroll, time_major, **backward_options)`` and
-    ``backward_kernel(w_h, inputs, *, reverse, time_major, **backward_options)`` with
-    ``inputs`` a :class:`BackwardInputs`, both returning ``(d_xp, *d_carry0, d_w_h, [d_b_h,]
-    d_w_i, d_b)``. ``kept``: how many ``[T, B, H]`` arrays the forward loop keeps (flattened
-    in order); ``gates``: the cell's gate blocks; ``recurrent_bias``: the loops take ``b_h``
-    apart (the GRU) rather than added to ``b``; ``options(cell)`` and
-    ``backward_options(cell)``: the cell's static options of the loops."""
+    ``forward(cell, inputs, *, reverse, time_major, keep) -> (ys, carry, kept)`` with
+    ``inputs`` a :class:`LoopInputs` (``valid`` a full mask) and ``kept`` packed
+    (:func:`jaxrnn._native.pack_kept`; empty with ``keep=False``);
+    ``backward(cell, w_h, inner, inputs, *, reverse, time_major) -> (d_xw, d_carry0, d_w_h,
+    d_inner, d_w_i, d_b)`` with ``inputs`` a :class:`BackwardInputs`. ``kept``: how many
+    ``[T, B, H]`` arrays the cell's ``update_kept`` keeps per step, in its order. Each pass
+    computes what the XLA loop generated from the cell's ``update`` computes (the kernels'
+    twin, :func:`jaxrnn.cells.fused.kernel_twins`)."""
 
-    forward_xla: Callable
-    backward_xla: Callable
-    forward_kernel: Callable
-    backward_kernel: Callable
-    gates: int
+    forward: Callable
+    backward: Callable
     kept: int = 0
-    recurrent_bias: bool = False
-    options: Callable[[Any], dict] = lambda cell: {}
-    backward_options: Callable[[Any], dict] = lambda cell: {}
-
-    def scan(self) -> Callable:
-        """The cell's fused loop, ``scan(cell, loop, params, xs, valid, resets, carry0) ->
-        (ys, carry)`` (:func:`with_backward`)."""
-        return with_backward(self.forward, self.backward)
-
-    def forward(self, cell, loop, params, xs, valid, resets, carry0, *, keep=True):
-        backwards, unroll, time_major, native = dataclasses.astuple(loop)
-        dtype, carry = cell.dtype, _as_tuple(carry0)
-        if self.recurrent_bias:
-            xp, b = projection(params, xs, params["b"], dtype)
-            w_h = params["w_h"].astype(dtype)
-            biases: tuple = (b, params["b_h"].astype(accumulation_dtype(dtype)))
-        else:
-            xp, b = projection(params, xs, input_bias(params), dtype)
-            w_h, biases = params["w_h"].astype(dtype), (b,)
-        steps, batch = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
-        options = self.options(cell) | {"time_major": time_major}
-        xla = functools.partial(self.forward_xla, backwards=backwards, unroll=unroll, **options)
-        n = len(carry)
-        if not native_loops(native, w_h, xp, *carry):
-            ys, *rest = xla(w_h, xp, *biases, valid, *carry, resets)
-            kept = tuple(jax.tree.leaves(rest[n:]))
-            return ys, _like(carry0, tuple(rest[:n])), (carry, ys, kept)
-        kernel = functools.partial(self.forward_kernel, reverse=backwards, **options)
-        if self.kept:
-            kernel = functools.partial(kernel, keep=keep)
-
-            def xla_packed(*args):
-                ys, *rest = xla(*args)
-                kept = jax.tree.leaves(rest[n:])
-                packed = _native.pack_kept(tuple(kept), self.gates) if keep else jnp.zeros((0,))
-                return ys, *rest[:n], packed
-        else:
-            xla_packed = xla
-        args = (w_h, xp, *biases, _native.mask(valid, steps, batch), *carry, resets)
-        ys, *rest = _native.on_cpu(kernel, xla_packed, *args)
-        kept = rest[n] if self.kept else ()
-        return ys, _like(carry0, tuple(rest[:n])), (carry, ys, kept)
-
-    def backward(self, cell, loop, saved, cotangents):
-        backwards, unroll, time_major, native = dataclasses.astuple(loop)
-        params, xs, valid, resets, (carry0, ys, kept) = saved
-        d_ys, d_carry = cotangents
-        dtype, d_carry_ = cell.dtype, _as_tuple(d_carry)
-        w_h, d_ys = params["w_h"].astype(dtype), d_ys.astype(ys.dtype)
-        options = self.backward_options(cell) | {"time_major": time_major}
-        xla = functools.partial(self.backward_xla, backwards=backwards, unroll=unroll, **options)
-        if self.kept:  # where the forward pass ran the kernel, it kept a packed array
-            kernels = not isinstance(kept, tuple)
-        else:
-            kernels = native_loops(native, w_h, ys, d_ys, *d_carry_)
-        h0 = carry0[-1]
-        if not kernels:
-            grads = xla(w_h, BackwardInputs(kept, valid, d_ys, d_carry_, ys, h0, xs, resets))
-        else:
-            xla_packed = xla
-            if self.kept:
-
-                def xla_packed(w_h, inputs):
-                    unpacked = _native.unpack_kept(inputs.kept, self.kept, self.gates, *ys.shape)
-                    return xla(w_h, inputs._replace(kept=unpacked))
-
-            kernel = functools.partial(self.backward_kernel, reverse=backwards, **options)
-            valid_, xs32 = _native.mask(valid, *ys.shape[:2]), xs.astype(jnp.float32)
-            inputs = BackwardInputs(kept, valid_, d_ys, d_carry_, ys, h0, xs32, resets)
-            grads = _native.on_cpu(kernel, xla_packed, w_h, inputs)
-        n = len(d_carry_)
-        d_xp, d_carry0, weights = grads[0], tuple(grads[1 : 1 + n]), grads[1 + n :]
-        if self.recurrent_bias:
-            d_w_h, d_b_h, d_w_i, d_b = weights
-            d_params = weight_gradients(params, d_w_h, d_w_i, d_b, d_b_h)
-        else:
-            d_params = weight_gradients(params, *weights)
-        d_xs = input_cotangent(params, time_major, d_xp, xs, dtype)
-        return d_params, d_xs, None, None, _like(d_carry, d_carry0)

@@ -1,5 +1,5 @@
-"""GRU: the cell, its fused XLA loop (``reset_after=True``) with its hand-written backward
-pass, and the binding of its CPU kernels (``csrc/gru.cc``)."""
+"""GRU: the cell, the derivative of its step written out (``reset_after=True``), and the
+binding of its CPU kernels (``csrc/gru.cc``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops, registry
+from jaxrnn.cells import _loops, fused, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
     DType,
     Params,
-    accumulation_dtype,
     check_hidden_size,
     gate_blocks,
     init_weights,
@@ -75,7 +74,16 @@ class GRU(CellBase):
         self._check_dtypes()
 
     def fused_loop(self):
-        return scan if self.reset_after and not self.layer_norm else None
+        return fused.scan if self.hand_written_derivative else None
+
+    def kernels(self):
+        return KERNELS if self.hand_written_derivative else None
+
+    @property
+    def hand_written_derivative(self) -> bool:
+        """Whether :meth:`update_backward` is its derivative (``reset_after=True``, no
+        ``layer_norm``: the cell that has a fused loop and CPU kernels)."""
+        return self.reset_after and not self.layer_norm
 
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         shapes = super().param_shapes(input_size)
@@ -94,12 +102,17 @@ class GRU(CellBase):
             params.update(g_i=jnp.ones_like(params["b"]), g_h=jnp.ones_like(params["b"]))
         return params
 
-    def project_inputs(self, params: Params, x: Array) -> Array:
-        acc = accumulation_dtype(self._dt())
+    @property
+    def plain_projection(self) -> bool:
+        return not self.layer_norm
+
+    def projection(self, params: Params, x: Array) -> Array:
         xw = matmul(x, params["w_i"], self._dt())
-        if self.layer_norm:
-            xw = layer_norm(xw, params["g_i"])
-        return xw + params["b"].astype(acc)
+        return layer_norm(xw, params["g_i"]) if self.layer_norm else xw
+
+    def bias(self, params: Params) -> Array:
+        """``b`` (``b_h`` enters the recurrent pre-activations, :meth:`update`)."""
+        return params["b"]
 
     def recurrent(self, params: Params, h: Array) -> Array:
         """``h @ w_h`` (``[batch, 3H]``); with ``reset_after=False`` only the ``r, z`` blocks
@@ -123,107 +136,67 @@ class GRU(CellBase):
         """``(h', h')`` from ``xp`` (``[batch, 3H]``, the projected input with ``b``) and ``hw``
         (:meth:`recurrent`); ``recurrent``: the ``h`` that enters ``n``'s matmul with
         ``reset_after=False`` (default ``carry``)."""
-        h = carry if recurrent is None else recurrent
-        w_h, dt = params["w_h"], self._dt()
-        size = self.hidden_size
-
-        def norm(a, cols):
-            return layer_norm(a, params["g_h"][cols]) if self.layer_norm else a
-
-        xr, xz, xn = gate_blocks(xp, 3)
         if self.reset_after:
-            b_h = params["b_h"].astype(accumulation_dtype(dt))
-            hh = norm(hw, slice(None)) + b_h
-            hr, hz, hn = jnp.split(hh, 3, axis=-1)
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
-        else:
-            rz = norm(hw, slice(0, 2 * size))
-            hr, hz = jnp.split(rz, 2, axis=-1)
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            hn = norm(matmul(r * h, w_h[:, 2 * size :], dt), slice(2 * size, None))
-            n = jnp.tanh(xn + hn)
+            new, y, _ = self.update_kept(params, carry, xp, hw)
+            return new, y
+        h = carry if recurrent is None else recurrent
+        dt, size = self._dt(), self.hidden_size
+        xr, xz, xn = gate_blocks(xp, 3)
+        rz = self._norm(params, hw, slice(0, 2 * size))
+        hr, hz = jnp.split(rz, 2, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        hn = matmul(r * h, params["w_h"][:, 2 * size :], dt)
+        n = jnp.tanh(xn + self._norm(params, hn, slice(2 * size, None)))
         h = (1.0 - z) * n + z * carry
         return h, h
 
+    def _norm(self, params: Params, a: Array, cols: slice) -> Array:
+        return layer_norm(a, params["g_h"][cols]) if self.layer_norm else a
 
-# ------------------------------------------------------------------------------------------
-# GRU (reset_after=True): r, z, n and the recurrent pre-activation hh_n are kept.
+    def update_kept(self, params: Params, carry: Array, xp, hw: Array):
+        """``(h', h', (r, z, n, hh_n))`` (``reset_after=True``): the gates and the recurrent
+        pre-activation of ``n`` with ``b_h`` (``[batch, H]`` each)."""
+        xr, xz, xn = gate_blocks(xp, 3)
+        hh = self._norm(params, hw, slice(None)) + params["b_h"].astype(hw.dtype)
+        hr, hz, hn = jnp.split(hh, 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        h = (1.0 - z) * n + z * carry
+        return h, h, (r, z, n, hn)
 
-
-def forward_xla(w_h, xp, b, b_h, valid, h0, resets=None, *, backwards, time_major, unroll):
-    xp = _loops.per_gate(xp, 3, time_major)
-    b, b_h = _loops.split_gates(b, 3), _loops.split_gates(b_h, 3)
-
-    def body(h, inputs):
-        xp_t, valid_t, reset_after_t = inputs
-        hh = _loops.split_gates(matmul(h, w_h, w_h.dtype), 3)
-        hr, hz, hn = (a + c for a, c in zip(hh, b_h, strict=True))
-        r = jax.nn.sigmoid(xp_t[0] + b[0] + hr)
-        z = jax.nn.sigmoid(xp_t[1] + b[1] + hz)
-        n = jnp.tanh(xp_t[2] + b[2] + r * hn)
-        new = (1.0 - z) * n + z * h
-        y = new
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            new, y = jnp.where(keep, new, h), jnp.where(keep, y, jnp.zeros_like(y))
-        # The next step starts from zeros where it resets.
-        return _loops.zero_where(reset_after_t, new)[0], (y, (r, z, n, hn))
-
-    after, (h0,) = _loops.resets_after(backwards, resets, (h0,))
-    inputs = (xp, valid, after)
-    h, (ys, kept) = jax.lax.scan(body, h0, inputs, reverse=backwards, unroll=unroll)
-    return ys, h, kept
-
-
-def backward_xla(w_h, saved: _loops.BackwardInputs, *, backwards, unroll, time_major):
-    kept, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
-    w_h_t, dtype = w_h.T, w_h.dtype
-
-    def body(d_h, inputs):
-        h_prev, (r, z, n, hn), valid_t, reset_t, d_y = inputs
-        g = d_h + d_y
+    def update_backward(self, params: Params, kept, h_prev, y, d_carry, d_y):
+        """The derivative of :meth:`update` (``reset_after=True``, no ``layer_norm``) written
+        out from what :meth:`update_kept` kept and the previous state ``h_prev``: ``(d_h,
+        d_xp, d_hw, {"b_h": d_b_h})``, ``d_h`` the cotangent of the state where it enters
+        the interpolation (its matmul's is added by the loop)."""
+        del y
+        r, z, n, hn = kept
+        g = d_carry + d_y  # h is both the output and the next step's state
         d_an = g * (1.0 - z) * (1.0 - n * n)
         d_az = g * (h_prev - n) * z * (1.0 - z)
         d_ar = d_an * hn * r * (1.0 - r)
         d_xp = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
-        d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-        if valid_t is not None:
-            # A padded step copied the carry: its cotangent passes through unchanged.
-            keep = valid_t[:, None]
-            d_xp = jnp.where(keep, d_xp, jnp.zeros_like(d_xp))
-            d_hh = jnp.where(keep, d_hh, jnp.zeros_like(d_hh))
-            d_h_prev = jnp.where(keep, g * z + matmul(d_hh, w_h_t, dtype), d_h)
-        else:
-            d_h_prev = g * z + matmul(d_hh, w_h_t, dtype)
-        # No cotangent passes through a reset to the earlier carry.
-        return _loops.zero_where(reset_t, d_h_prev)[0], (d_xp, d_hh)
-
-    h_prev = _loops.states_before(backwards, h0, ys, resets)
-    d_h0, (d_xp, d_hh) = jax.lax.scan(
-        body, d_h, (h_prev, kept, valid, resets, d_ys), reverse=not backwards, unroll=unroll
-    )
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_hh, dtype, h_prev=h_prev)
-    d_w_i, d_b = _loops.input_weight_gradient(xs, d_xp, time_major, dtype)
-    return d_xp, d_h0, d_w_h, d_hh.sum(axis=(0, 1)), d_w_i, d_b
+        d_hw = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
+        return g * z, d_xp, d_hw, {"b_h": d_hw.sum(axis=0)}
 
 
 # ------------------------------------------------------------------------------------------
 # The CPU kernels (``jaxrnn._native`` loads them).
 
 
-def forward_kernel(
-    w_h, xp, b, b_h, valid, h0, resets=None, *, reverse: bool, time_major: bool, keep=True
-):
-    """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xp + b`` (``[T, B, 3H]`` or
-    ``[B, T, 3H]``, gates ``r, z, n``) from ``h0``, ``b_h`` the recurrent bias, the state
-    zeroed before the steps where ``resets`` (``[T, B]`` bool, or None) is True; ``kept``: ``r, z,
-    n`` and ``hh_n`` of every step (:func:`jaxrnn._native.pack_kept`), or empty with
-    ``keep=False``."""
+def forward_kernel(cell, inputs: _loops.LoopInputs, *, reverse: bool, time_major: bool, keep):
+    """``(ys, h, kept)``: the GRU (``reset_after=True``) over ``xw + bias`` (``[T, B, 3H]`` or
+    ``[B, T, 3H]``, gates ``r, z, n``) from ``carry0``, ``inner["b_h"]`` the recurrent bias,
+    the state zeroed before the steps where ``resets`` (``[T, B]`` bool, or None) is True;
+    ``kept``: ``r, z, n`` and ``hh_n`` of every step (:func:`jaxrnn._native.pack_kept`), or
+    empty with ``keep=False``."""
+    del cell
+    w_h, xw, bias, inner, valid, resets, h0 = inputs
+    assert valid is not None  # the kernels read a full mask
     steps, batch = valid.shape
-    hidden = w_h.shape[0]
+    hidden = h0.shape[1]
     kept_size = steps * batch * 4 * hidden if keep else 0
     call = jax.ffi.ffi_call(
         "jaxrnn_gru_forward",
@@ -231,15 +204,16 @@ def forward_kernel(
         vmap_method="sequential",
     )
     options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
-    ys, h, kept = call(xp, b, w_h, b_h, h0, valid, _native.reset_mask(resets), **options)
-    return ys, h, kept
+    args = (xw, bias, w_h, inner["b_h"], h0, valid, _native.reset_mask(resets))
+    return tuple(call(*args, **options))
 
 
-def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_major: bool):
-    """``(d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b)``: the cotangents of the GRU's input
+def backward_kernel(cell, w_h, inner, inputs: _loops.BackwardInputs, *, reverse, time_major):
+    """``(d_xp, d_h0, d_w_h, {"b_h": d_b_h}, d_w_i, d_b)``: the cotangents of the GRU's input
     pre-activations (``[T, B, 3H]``), initial state and weights (as
     :func:`jaxrnn.cells.lstm.backward_kernel`)."""
-    kept, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
+    del cell, inner
+    kept, valid, d_ys, d_h, ys, h0, xs, resets = inputs
     steps, batch, hidden = ys.shape
     call = jax.ffi.ffi_call(
         "jaxrnn_gru_backward",
@@ -254,15 +228,9 @@ def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_ma
         vmap_method="sequential",
     )
     args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_h, ys, h0, xs)
-    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
+    options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
+    d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = call(*args, **options)
+    return d_xp, d_h0, d_w_h, {"b_h": d_b_h}, d_w_i, d_b
 
 
-scan = _loops.CellLoops(
-    forward_xla,
-    backward_xla,
-    forward_kernel,
-    backward_kernel,
-    gates=3,
-    kept=4,
-    recurrent_bias=True,
-).scan()
+KERNELS = _loops.Kernels(forward_kernel, backward_kernel, kept=4)

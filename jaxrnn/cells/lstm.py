@@ -1,6 +1,5 @@
 """LSTM and its variants (projection, peepholes, clipping, layer normalization): the cell, the
-plain cell's fused XLA loops with their hand-written backward pass, and the binding of its CPU
-kernels (``csrc/lstm.cc``)."""
+derivative of its step written out, and the binding of its CPU kernels (``csrc/lstm.cc``)."""
 
 from __future__ import annotations
 
@@ -11,17 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops, lstm_variants, registry
+from jaxrnn.cells import _loops, fused, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
     DType,
     Params,
-    accumulation_dtype,
     check_hidden_size,
     gate_blocks,
     init_weights,
-    input_bias,
     layer_norm,
     matmul,
 )
@@ -75,10 +72,11 @@ class LSTM(CellBase):
     ``b [4H]`` (and optionally ``b_h [4H]``, added to ``b``); ``w_hr [H, P]`` with
     ``proj_size``; ``w_ci, w_cf, w_co [H]`` with peepholes (initially zero); ``g_i, g_h [4H]``,
     ``g_c, b_c [H]`` with ``layer_norm`` (gains initially one, shift zero). Every combination
-    of ``proj_size``, peepholes and the clips has a fused XLA loop with a hand-written
-    backward pass (:mod:`jaxrnn.cells.lstm_variants`; no CPU kernels: ``implementation=None``
-    runs it as ``"fused"`` on every platform, ``"kernel"`` is an error); ``layer_norm`` runs
-    as ``lax.scan`` (``implementation="scan"``). Only the plain cell has CPU kernels.
+    of ``proj_size``, peepholes and the clips runs the fused loop
+    (:mod:`jaxrnn.cells.fused`) with the derivative of the step written out
+    (:meth:`update_backward`); no CPU kernels: ``implementation=None`` runs it as ``"fused"``
+    on every platform, ``"kernel"`` is an error; ``layer_norm`` runs as ``lax.scan``
+    (``implementation="scan"``). Only the plain cell has CPU kernels.
 
     Carry: ``(c, h)``, ``c`` ``[batch, hidden_size]`` and ``h`` ``[batch, output_size]``
     (``proj_size`` or ``hidden_size``); the output is ``h'``. ``dtype``/``param_dtype``: see
@@ -121,7 +119,7 @@ class LSTM(CellBase):
 
     @property
     def plain(self) -> bool:
-        """Whether no variant is on (the cell that has fused loops and CPU kernels)."""
+        """Whether no variant is on (the cell that has CPU kernels)."""
         return not (
             self.proj_size
             or self.peepholes
@@ -131,12 +129,10 @@ class LSTM(CellBase):
         )
 
     def fused_loop(self):
-        if self.plain:
-            return scan
-        return None if self.layer_norm else lstm_variants.scan
+        return None if self.layer_norm else fused.scan
 
-    def has_kernels(self) -> bool:
-        return self.plain
+    def kernels(self):
+        return KERNELS if self.plain else None
 
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         shapes = super().param_shapes(input_size)
@@ -177,12 +173,13 @@ class LSTM(CellBase):
     def with_hidden(self, carry, h):
         return carry[0], h
 
-    def project_inputs(self, params: Params, x: Array) -> Array:
-        acc, dt = accumulation_dtype(self._dt()), self._dt()
-        xw = matmul(x, params["w_i"], dt)
-        if self.layer_norm:
-            xw = layer_norm(xw, params["g_i"])
-        return xw + input_bias(params).astype(acc)
+    @property
+    def plain_projection(self) -> bool:
+        return not self.layer_norm
+
+    def projection(self, params: Params, x: Array) -> Array:
+        xw = matmul(x, params["w_i"], self._dt())
+        return layer_norm(xw, params["g_i"]) if self.layer_norm else xw
 
     def update(self, params: Params, carry, xp: Array, hw: Array):
         """The gates and the new state from ``xp`` (``[batch, 4H]``, the projected input with
@@ -225,7 +222,7 @@ class LSTM(CellBase):
             h = matmul(h, params["w_hr"], dt)
             if self.proj_clip is not None:
                 h = jnp.clip(h, -self.proj_clip, self.proj_clip)
-        return (c, h), h, (c_prev, (i, f, g, o))
+        return (c, h), h, (c_prev, i, f, g, o)
 
     def _cell_state(self, c_prev, i, f, g):
         """``(c, inside)``: the new cell state and where the clip left it unchanged (``None``
@@ -235,14 +232,15 @@ class LSTM(CellBase):
             return c, None
         return jnp.clip(c, -self.cell_clip, self.cell_clip), jnp.abs(c) < self.cell_clip
 
-    def update_backward(self, params: Params, kept, y: Array, d_carry, d_y: Array):
+    def update_backward(self, params: Params, kept, h_prev, y: Array, d_carry, d_y: Array):
         """The derivative of :meth:`update` (not ``layer_norm``) written out, from what
-        :meth:`update_kept` kept and the output ``y``: ``(d_carry, d_xp, d_hw, d_params)``,
-        the cotangents of the carry (its ``h`` enters only ``hw``), of ``xp`` and ``hw``
-        (``[batch, 4H]``, the same array) and of the parameters
+        :meth:`update_kept` kept and the output ``y`` (``h_prev`` is not read): ``(d_carry,
+        d_xp, d_hw, d_params)``, the cotangents of the carry (its ``h`` enters only ``hw``),
+        of ``xp`` and ``hw`` (``[batch, 4H]``, the same array) and of the parameters
         :meth:`~jaxrnn.cells._base.CellBase.update_params` names, summed over the batch. One
         ``tanh`` recomputed, no sigmoid."""
-        c_prev, (i, f, g, o) = kept
+        del h_prev
+        c_prev, i, f, g, o = kept
         d_c, d_h = d_carry
         dt = self._dt()
         c, inside = self._cell_state(c_prev, i, f, g)
@@ -278,110 +276,20 @@ class LSTM(CellBase):
 
 
 # ------------------------------------------------------------------------------------------
-# LSTM: the gate activations are kept, so that the backward loop has no exp or divide.
-
-
-def forward_xla(
-    w_h, xp, b, valid, c0, h0, resets=None, *, forget_bias, backwards, time_major, unroll
-):
-    xp, b = _loops.per_gate(xp, 4, time_major), _loops.split_gates(b, 4)
-
-    def body(carry, inputs):
-        xp_t, valid_t, reset_after_t = inputs
-        c_prev, h_prev = carry
-        hh = _loops.split_gates(matmul(h_prev, w_h, w_h.dtype), 4)
-        zi, zf, zg, zo = (x + b_ + h for x, b_, h in zip(xp_t, b, hh, strict=True))
-        if forget_bias:
-            zf = zf + forget_bias
-        i, f, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jax.nn.sigmoid(zo)
-        g = jnp.tanh(zg)
-        c = f * c_prev + i * g
-        h = o * jnp.tanh(c)
-        y = h
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
-            y = jnp.where(keep, y, jnp.zeros_like(y))
-        # The next step starts from zeros where it resets (and keeps them as its c_prev).
-        return _loops.zero_where(reset_after_t, c, h), (y, c_prev, (i, f, g, o))
-
-    after, carry0 = _loops.resets_after(backwards, resets, (c0, h0))
-    (c, h), (ys, c_prevs, gates) = jax.lax.scan(
-        body, carry0, (xp, valid, after), reverse=backwards, unroll=unroll
-    )
-    return ys, c, h, c_prevs, gates
-
-
-def backward_xla(w_h, saved: _loops.BackwardInputs, *, backwards, unroll, time_major):
-    (c_prevs, *gate_list), valid, d_ys, (d_c, d_h), ys, h0, xs, resets = saved
-    gates = tuple(gate_list)
-    w_h_t, dtype = w_h.T, w_h.dtype
-
-    def body(d_carry, inputs):
-        d_c, d_h = d_carry
-        c_prev, (i, f, g, o), valid_t, reset_t, d_y = inputs
-        tanh_c = jnp.tanh(f * c_prev + i * g)
-        d_h_all = d_h + d_y  # h is both the output and the next step's state
-        d_o = d_h_all * tanh_c * o * (1.0 - o)
-        d_c_all = d_c + d_h_all * o * (1.0 - tanh_c * tanh_c)
-        d_z = jnp.concatenate(
-            [
-                d_c_all * g * i * (1.0 - i),
-                d_c_all * c_prev * f * (1.0 - f),
-                d_c_all * i * (1.0 - g * g),
-                d_o,
-            ],
-            axis=-1,
-        )
-        d_c_prev = d_c_all * f
-        if valid_t is not None:
-            # A padded step copied the carry: its cotangent passes through unchanged.
-            keep = valid_t[:, None]
-            d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
-            d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
-            d_c_prev = jnp.where(keep, d_c_prev, d_c)
-        else:
-            d_h_prev = matmul(d_z, w_h_t, dtype)
-        # No cotangent passes through a reset to the earlier carry.
-        return _loops.zero_where(reset_t, d_c_prev, d_h_prev), d_z
-
-    (d_c0, d_h0), d_z = jax.lax.scan(
-        body,
-        (d_c, d_h),
-        (c_prevs, gates, valid, resets, d_ys),
-        reverse=not backwards,
-        unroll=unroll,
-    )
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
-    return d_z, d_c0, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
-
-
-# ------------------------------------------------------------------------------------------
 # The CPU kernels (``jaxrnn._native`` loads them).
 
 
-def forward_kernel(
-    w_h,
-    xp,
-    b,
-    valid,
-    c0,
-    h0,
-    resets=None,
-    *,
-    forget_bias: float,
-    reverse: bool,
-    time_major: bool,
-    keep=True,
-):
-    """``(ys, c, h, kept)``: the LSTM over ``xp + b`` (``xp``: the input projection,
-    ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``b``: the bias, ``[4H]``) from
-    ``(c0, h0)``, the state zeroed before the steps where ``resets`` (``[T, B]`` bool, or None)
-    is True; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the
-    gate activations (:func:`jaxrnn._native.pack_kept`), or, with ``keep=False`` (nothing
-    will differentiate the call), an empty array, unwritten."""
+def forward_kernel(cell, inputs: _loops.LoopInputs, *, reverse: bool, time_major: bool, keep):
+    """``(ys, (c, h), kept)``: the LSTM over ``xw + bias`` (``xw``: the input projection,
+    ``[T, B, 4H]`` or ``[B, T, 4H]``, gates ``i, f, g, o``; ``bias``: ``[4H]``) from
+    ``carry0``, the state zeroed before the steps where ``resets`` (``[T, B]`` bool, or None)
+    is True; ``ys`` ``[T, B, H]``; ``kept``: the cell states before each step and the gate
+    activations (:func:`jaxrnn._native.pack_kept`), or, with ``keep=False`` (nothing will
+    differentiate the call), an empty array, unwritten."""
+    w_h, xw, bias, _, valid, resets, (c0, h0) = inputs
+    assert valid is not None  # the kernels read a full mask
     steps, batch = valid.shape
-    hidden = w_h.shape[0]
+    hidden = c0.shape[1]
     state = (batch, hidden)
     kept_size = steps * batch * 5 * hidden if keep else 0
     call = jax.ffi.ffi_call(
@@ -390,28 +298,29 @@ def forward_kernel(
         vmap_method="sequential",
     )
     ys, c, h, kept = call(
-        xp,
-        b,
+        xw,
+        bias,
         w_h,
         c0,
         h0,
         valid,
         _native.reset_mask(resets),
-        forget_bias=np.float32(forget_bias),
+        forget_bias=np.float32(cell.forget_bias),
         reverse=np.int32(reverse),
         time_major=np.int32(time_major),
     )
-    return ys, c, h, kept
+    return ys, (c, h), kept
 
 
-def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_major: bool):
-    """``(d_z, d_c0, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the LSTM's pre-activations
-    (``[T, B, 4H]``), of its initial state and of its weights, given those of its outputs and
-    final state, what the forward pass kept, its outputs ``ys``, initial ``h0`` and inputs
-    ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b = sum d_z``); no
-    cotangent passes through the steps where ``resets`` (``[T, B]`` bool, or None) is True
-    (``saved``: :class:`jaxrnn.cells._loops.BackwardInputs`)."""
-    kept, valid, d_ys, (d_c, d_h), ys, h0, xs, resets = saved
+def backward_kernel(cell, w_h, inner, inputs: _loops.BackwardInputs, *, reverse, time_major):
+    """``(d_z, (d_c0, d_h0), d_w_h, {}, d_w_i, d_b)``: the cotangents of the LSTM's
+    pre-activations (``[T, B, 4H]``), of its initial state and of its weights, given those of
+    its outputs and final state, what the forward pass kept, its outputs ``ys``, initial
+    ``h0`` and inputs ``xs`` (``[T, B, F]`` or ``[B, T, F]``: ``d_w_i = sum xs^T d_z``, ``d_b
+    = sum d_z``); no cotangent passes through the steps where ``resets`` (``[T, B]`` bool, or
+    None) is True."""
+    del cell, inner
+    kept, valid, d_ys, (d_c, d_h), ys, h0, xs, resets = inputs
     steps, batch, hidden = ys.shape
     state = (batch, hidden)
     call = jax.ffi.ffi_call(
@@ -427,15 +336,9 @@ def backward_kernel(w_h, saved: _loops.BackwardInputs, *, reverse: bool, time_ma
         vmap_method="sequential",
     )
     args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_c, d_h, ys, h0, xs)
-    return tuple(call(*args, reverse=np.int32(reverse), time_major=np.int32(time_major)))
+    options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
+    d_z, d_c0, d_h0, d_w_h, d_w_i, d_b = call(*args, **options)
+    return d_z, (d_c0, d_h0), d_w_h, {}, d_w_i, d_b
 
 
-scan = _loops.CellLoops(
-    forward_xla,
-    backward_xla,
-    forward_kernel,
-    backward_kernel,
-    gates=4,
-    kept=5,
-    options=lambda cell: {"forget_bias": cell.forget_bias},
-).scan()
+KERNELS = _loops.Kernels(forward_kernel, backward_kernel, kept=5)

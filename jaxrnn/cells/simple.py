@@ -1,5 +1,5 @@
-"""SimpleRNN: the Elman cell, its fused XLA loops with their hand-written backward pass,
-and the binding of its CPU kernels (``csrc/simple.cc``)."""
+"""SimpleRNN: the Elman cell, the derivative of its step written out, and the binding of its
+CPU kernels (``csrc/simple.cc``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _native
-from jaxrnn.cells import _loops, registry
+from jaxrnn.cells import _loops, fused, registry
 from jaxrnn.cells._base import (
     Array,
     CellBase,
@@ -20,7 +20,6 @@ from jaxrnn.cells._base import (
     check_hidden_size,
     gate_blocks,
     init_weights,
-    matmul,
 )
 
 
@@ -54,8 +53,15 @@ class SimpleRNN(CellBase):
                 f"SimpleRNN: activation must be 'tanh' or 'relu', got {self.activation!r}"
             )
 
+    @property
+    def hand_written_derivative(self) -> bool:
+        return True
+
     def fused_loop(self):
-        return scan
+        return fused.scan
+
+    def kernels(self):
+        return KERNELS
 
     def init(self, key, input_size: int, dtype: DType = None) -> Params:
         """Parameters in ``dtype`` (default ``param_dtype``)."""
@@ -70,92 +76,59 @@ class SimpleRNN(CellBase):
         h = act(xp + hw)
         return h, h
 
+    def update_kept(self, params: Params, carry: Array, xp: Array, hw: Array):
+        """``(h', h', ())``: the derivative reads only the output."""
+        h, y = self.update(params, carry, xp, hw)
+        return h, y, ()
 
-# ------------------------------------------------------------------------------------------
-# SimpleRNN: only the outputs are kept. The loops take the projected inputs ``xp`` as laid out
-# (``[time, batch, hidden]`` or ``[batch, time, hidden]``) and run on jaxrnn's CPU kernel where
-# one is available (``jaxrnn._native``), else in XLA.
-
-
-def forward_xla(w_h, xp, b, valid, h0, resets=None, *, relu, backwards, time_major, unroll):
-    act = jax.nn.relu if relu else jnp.tanh
-    (xp,) = _loops.per_gate(xp, 1, time_major)
-
-    def body(h, inputs):
-        xp_t, valid_t, reset_after_t = inputs
-        new = act(xp_t + b + matmul(h, w_h, w_h.dtype))
-        y = new
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            new, y = jnp.where(keep, new, h), jnp.where(keep, new, jnp.zeros_like(new))
-        return _loops.zero_where(reset_after_t, new)[0], y  # the next step starts from zeros
-
-    after, (h0,) = _loops.resets_after(backwards, resets, (h0,))
-    h, ys = jax.lax.scan(body, h0, (xp, valid, after), reverse=backwards, unroll=unroll)
-    return ys, h
-
-
-def backward_xla(w_h, saved: _loops.BackwardInputs, *, relu, backwards, unroll, time_major):
-    _, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
-    w_h_t, dtype = w_h.T, w_h.dtype
-
-    def body(d_h, inputs):
-        y_t, d_y, valid_t, reset_t = inputs
-        # Past a sequence's length y is zero and its state is copied: the state's cotangent
-        # passes through and the step gets none. Through a reset none passes.
-        g = d_h + d_y
-        d_z = jnp.where(y_t > 0, g, 0.0) if relu else g * (1.0 - y_t * y_t)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            d_z = jnp.where(keep, d_z, jnp.zeros_like(d_z))
-            d_h_prev = jnp.where(keep, matmul(d_z, w_h_t, dtype), d_h)
+    def update_backward(self, params: Params, kept, h_prev, y, d_carry, d_y):
+        """The derivative of :meth:`update` from its output ``y``: ``(0, d_z, d_z, {})``,
+        ``d_z`` the cotangent of ``xp + hw`` (``[batch, H]``); the state enters only ``hw``."""
+        g = d_carry + d_y  # h is both the output and the next step's state
+        if self.activation == "relu":
+            d_z = jnp.where(y > 0, g, 0.0)
         else:
-            d_h_prev = matmul(d_z, w_h_t, dtype)
-        return _loops.zero_where(reset_t, d_h_prev)[0], d_z
-
-    inputs = (ys, d_ys, valid, resets)
-    d_h0, d_z = jax.lax.scan(body, d_h, inputs, reverse=not backwards, unroll=unroll)
-    d_w_h = _loops.recurrent_weight_gradient(backwards, h0, ys, d_z, dtype, resets)
-    return d_z, d_h0, d_w_h, *_loops.input_weight_gradient(xs, d_z, time_major, dtype)
+            d_z = g * (1.0 - y * y)
+        return jnp.zeros_like(g), d_z, d_z, {}
 
 
 # ------------------------------------------------------------------------------------------
 # The CPU kernels (``jaxrnn._native`` loads them).
 
 
-def forward_kernel(
-    w_h, xp, b, valid, h0, resets=None, *, relu: bool, reverse: bool, time_major: bool
-):
-    """``(ys, h)``: the SimpleRNN over ``xp + b`` (``xp``: the input projection, ``[T, B, H]``
-    or ``[B, T, H]``; ``b``: the bias, ``[H]``) from ``h0``, the state zeroed before the steps
-    where ``resets`` (``[T, B]`` bool, or None) is True."""
+def forward_kernel(cell, inputs: _loops.LoopInputs, *, reverse: bool, time_major: bool, keep):
+    """``(ys, h, kept)``: the SimpleRNN over ``xw + bias`` (``[T, B, H]`` or ``[B, T, H]``)
+    from ``carry0``, the state zeroed before the steps where ``resets`` is True; ``kept`` is
+    empty (the backward pass reads the outputs)."""
+    del keep
+    w_h, xw, bias, _, valid, resets, h0 = inputs
+    assert valid is not None  # the kernels read a full mask
     steps, batch = valid.shape
-    hidden = w_h.shape[0]
+    hidden = h0.shape[1]
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_forward",
         _native.outputs((steps, batch, hidden), (batch, hidden)),
         vmap_method="sequential",
     )
     ys, h = call(
-        xp,
-        b,
+        xw,
+        bias,
         w_h,
         h0,
         valid,
         _native.reset_mask(resets),
-        relu=np.int32(relu),
+        relu=np.int32(cell.activation == "relu"),
         reverse=np.int32(reverse),
         time_major=np.int32(time_major),
     )
-    return ys, h
+    return ys, h, jnp.zeros((0,), jnp.float32)
 
 
-def backward_kernel(
-    w_h, saved: _loops.BackwardInputs, *, relu: bool, reverse: bool, time_major: bool
-):
-    """``(d_z, d_h0, d_w_h, d_w_i, d_b)``: the cotangents of the SimpleRNN's pre-activations,
-    initial state and weights (as :func:`jaxrnn.cells.lstm.backward_kernel`)."""
-    _, valid, d_ys, (d_h,), ys, h0, xs, resets = saved
+def backward_kernel(cell, w_h, inner, inputs: _loops.BackwardInputs, *, reverse, time_major):
+    """``(d_z, d_h0, d_w_h, {}, d_w_i, d_b)``: the cotangents of the SimpleRNN's
+    pre-activations, initial state and weights (as :func:`jaxrnn.cells.lstm.backward_kernel`)."""
+    del inner
+    _, valid, d_ys, d_h, ys, h0, xs, resets = inputs
     hidden = w_h.shape[0]
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_backward",
@@ -163,20 +136,9 @@ def backward_kernel(
         vmap_method="sequential",
     )
     args = (w_h, ys, valid, _native.reset_mask(resets), d_ys, d_h, h0, xs)
-    options = {"relu": np.int32(relu), "reverse": np.int32(reverse)}
-    return tuple(call(*args, **options, time_major=np.int32(time_major)))
+    options = {"relu": np.int32(cell.activation == "relu"), "reverse": np.int32(reverse)}
+    d_z, d_h0, d_w_h, d_w_i, d_b = call(*args, **options, time_major=np.int32(time_major))
+    return d_z, d_h0, d_w_h, {}, d_w_i, d_b
 
 
-def _activation(cell):
-    return {"relu": cell.activation == "relu"}
-
-
-scan = _loops.CellLoops(
-    forward_xla,
-    backward_xla,
-    forward_kernel,
-    backward_kernel,
-    gates=1,
-    options=_activation,
-    backward_options=_activation,
-).scan()
+KERNELS = _loops.Kernels(forward_kernel, backward_kernel)
