@@ -20,7 +20,8 @@ resets, carry0) -> (ys, carry)`` (``ys`` time-major, ``loop`` a
 The derivative of a step is the cell's own where it writes one out: ``update_kept(params,
 carry, xp, hw) -> (carry, y, kept)`` (``kept`` a tuple of ``[batch, H]`` arrays) and
 ``update_backward(params, kept, h_prev, y, d_carry, d_y) -> (d_carry, d_xp, d_hw,
-d_params)``, with ``hand_written_derivative`` true; else JAX's derivative of ``update``
+d_params)`` (``d_xp``, ``d_hw`` and a gradient may each be the tuple of its gate blocks),
+with ``hand_written_derivative`` true; else JAX's derivative of ``update``
 (``jax.vjp``: the step keeps its pullback's arrays but for the parameters themselves, and the
 backward step calls it).
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +185,11 @@ def _pullback(cell, inner, layout):
     return generated
 
 
+def _joined(blocks):
+    """A value given as the tuple of its gate blocks, joined along its last axis."""
+    return jnp.concatenate(blocks, axis=-1) if isinstance(blocks, tuple | list) else blocks
+
+
 def _loop_backward(cell, loop, layout, w_h, inner, inputs: BackwardInputs):
     """The XLA backward loop: ``(d_xp, d_hw, d_carry0, d_inner, h_prev)``, ``d_xp`` and
     ``d_hw`` ``[T, B, G*H]`` (``d_hw`` None without ``w_h``), ``h_prev`` the state before
@@ -208,8 +215,8 @@ def _loop_backward(cell, loop, layout, w_h, inner, inputs: BackwardInputs):
             kept_t, h_prev_t, y_t, jax.tree.unflatten(carry_tree, d_new), d_y_in
         )
         same = d_hw is d_xp  # one array: emitted once
-        if isinstance(d_xp, tuple | list):
-            d_xp = jnp.concatenate(d_xp, axis=-1)
+        d_xp, d_hw = _joined(d_xp), _joined(d_hw)
+        d_inner_t = {k: _joined(v) for k, v in d_inner_t.items()}
         if w_h_t is not None:
             d_h = cell.hidden(d_prev) + matmul(d_hw, w_h_t, w_h_t.dtype)
             d_prev = cell.with_hidden(d_prev, d_h)
@@ -276,10 +283,10 @@ def _float32(params):
     return {k: v.astype(jnp.float32) for k, v in params.items()}
 
 
-def _forward(cell, loop, params, xs, valid, resets, carry0, keep=True):
+def _forward(loops, cell, loop, params, xs, valid, resets, carry0, keep=True):
     inputs, kernels = _inputs(cell, loop, params, xs, valid, resets, carry0)
     if not kernels:
-        ys, carry, kept, layout = _loop_forward(cell, loop, keep, inputs)
+        ys, carry, kept, layout = loops.forward(cell, loop, keep, inputs)
         return ys, carry, (carry0, ys, kept, layout)
     twin, _ = kernel_twins(cell, loop, keep)
     kernel = functools.partial(
@@ -357,7 +364,7 @@ def _combined_gradients(cell, params, xs, h_prev, d_z, time_major):
     return jax.tree.map(jnp.add, d_params, d_from_bias), d_xs
 
 
-def _backward(cell, loop, saved, cotangents):
+def _backward(loops, cell, loop, saved, cotangents):
     params, xs, valid, resets, (carry0, ys, kept, layout) = saved
     d_ys, d_carry = cotangents
     inputs = BackwardInputs(
@@ -368,7 +375,7 @@ def _backward(cell, loop, saved, cotangents):
         d_xs = _loops.input_cotangent(params, loop.time_major, d_xp, xs, cell.dtype)
         return _loops.cast_like(grads, params), d_xs, None, None, d_carry0
     w_h = _recurrent_weight(cell, params, carry0)
-    d_xp, d_hw, d_carry0, d_inner, h_prev = _loop_backward(
+    d_xp, d_hw, d_carry0, d_inner, h_prev = loops.backward(
         cell, loop, layout, w_h, cell.update_params(params), inputs
     )
     if d_hw is d_xp and cell.plain_projection and cell.bias(params) is not None:
@@ -385,4 +392,24 @@ def _backward(cell, loop, saved, cotangents):
     return _loops.cast_like(grads, params), d_xs, None, None, d_carry0
 
 
-scan = _loops.with_backward(_forward, _backward)
+@dataclasses.dataclass(frozen=True)
+class Loops:
+    """The two time loops a fused loop runs between its projection and its gradients:
+    ``forward(cell, loop, keep, inputs) -> (ys, carry, kept, layout)`` (``inputs`` a
+    :class:`~jaxrnn.cells._loops.LoopInputs`, ``ys`` and ``kept`` time-major) and
+    ``backward(cell, loop, layout, w_h, inner, inputs) -> (d_xp, d_hw, d_carry0, d_inner,
+    h_prev)`` (``inputs`` a :class:`~jaxrnn.cells._loops.BackwardInputs`; ``d_xp`` and
+    ``d_hw`` ``[T, B, G*H]``, the same array where the step's are; ``h_prev`` the state before
+    every step). ``lax.scan`` here; the Pallas kernels in :mod:`jaxrnn.cells.pallas`."""
+
+    forward: Callable
+    backward: Callable
+
+    def scan(self) -> Callable:
+        """``scan(cell, loop, params, xs, valid, resets, carry0) -> (ys, carry)``."""
+        return _loops.with_backward(
+            functools.partial(_forward, self), functools.partial(_backward, self)
+        )
+
+
+scan = Loops(_loop_forward, _loop_backward).scan()

@@ -158,8 +158,12 @@ class GRU(CellBase):
         """``(h', h', (r, z, n, hh_n))`` (``reset_after=True``): the gates and the recurrent
         pre-activation of ``n`` with ``b_h`` (``[batch, H]`` each)."""
         xr, xz, xn = gate_blocks(xp, 3)
-        hh = self._norm(params, hw, slice(None)) + params["b_h"].astype(hw.dtype)
-        hr, hz, hn = jnp.split(hh, 3, axis=-1)
+        if self.layer_norm:
+            hw = self._norm(params, hw, slice(None))
+        hr, hz, hn = (
+            a + b.astype(a.dtype)
+            for a, b in zip(gate_blocks(hw, 3), gate_blocks(params["b_h"], 3), strict=True)
+        )
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
@@ -170,16 +174,17 @@ class GRU(CellBase):
         """The derivative of :meth:`update` (``reset_after=True``, no ``layer_norm``) written
         out from what :meth:`update_kept` kept and the previous state ``h_prev``: ``(d_h,
         d_xp, d_hw, {"b_h": d_b_h})``, ``d_h`` the cotangent of the state where it enters
-        the interpolation (its matmul's is added by the loop)."""
+        the interpolation (its matmul's is added by the loop), ``d_xp``, ``d_hw`` and
+        ``d_b_h`` as the tuples of their gate blocks (``update_kept`` takes ``xp``, ``hw``
+        and ``b_h`` as tuples too, which is how the Pallas kernels step unit tiles)."""
         del y
         r, z, n, hn = kept
         g = d_carry + d_y  # h is both the output and the next step's state
         d_an = g * (1.0 - z) * (1.0 - n * n)
         d_az = g * (h_prev - n) * z * (1.0 - z)
         d_ar = d_an * hn * r * (1.0 - r)
-        d_xp = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
-        d_hw = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-        return g * z, d_xp, d_hw, {"b_h": d_hw.sum(axis=0)}
+        d_hw = (d_ar, d_az, d_an * r)
+        return g * z, (d_ar, d_az, d_an), d_hw, {"b_h": tuple(d.sum(axis=0) for d in d_hw)}
 
 
 # ------------------------------------------------------------------------------------------

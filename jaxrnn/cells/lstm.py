@@ -271,7 +271,7 @@ class LSTM(CellBase):
             d_params["w_ci"] = (d_i * c_prev).sum(0)
             d_params["w_cf"] = (d_f * c_prev).sum(0)
             d_params["w_co"] = (d_o * c).sum(0)
-        d_z = jnp.concatenate([d_i, d_f, d_g, d_o], axis=-1)
+        d_z = (d_i, d_f, d_g, d_o)
         return (d_c_prev, jnp.zeros_like(d_h)), d_z, d_z, d_params
 
 

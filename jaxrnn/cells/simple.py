@@ -72,7 +72,7 @@ class SimpleRNN(CellBase):
     def update(self, params: Params, carry: Array, xp: Array, hw: Array) -> tuple[Array, Array]:
         """``h' = act(xp + hw)``, the output ``h'``."""
         act = jnp.tanh if self.activation == "tanh" else jax.nn.relu
-        (xp,) = gate_blocks(xp, 1)
+        (xp,), (hw,) = gate_blocks(xp, 1), gate_blocks(hw, 1)
         h = act(xp + hw)
         return h, h
 
