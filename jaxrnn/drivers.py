@@ -170,9 +170,12 @@ def _fused(cell, params, xs, carry0, how: Plan, *, valid, resets):
             for k, v in params.items()
         }
         loop_xs = xs.astype(how.round_to).astype(how.loop_dtype)
-    ys, carry = loop_cell.fused_loop()(
-        loop_cell, how.loop, loop_params, loop_xs, valid, resets, carry0
-    )
+    scan = loop_cell.fused_loop()
+    if how.path == "pallas":
+        from jaxrnn.cells import pallas  # imports Pallas only where asked for
+
+        scan = pallas.scan
+    ys, carry = scan(loop_cell, how.loop, loop_params, loop_xs, valid, resets, carry0)
     return ys.astype(how.dtype), carry
 
 
@@ -338,9 +341,10 @@ def rnn(
         carry every ``k`` steps and recomputes each block of ``k`` steps in the backward pass
         (memory ``O(time / k + k)`` carries instead of ``O(time)`` step values: ``k`` near
         ``sqrt(time)`` is smallest). The values and gradients are the same in every mode.
-      implementation: ``None`` (choose), ``"scan"``, ``"fused"`` or ``"kernel"`` (the rules,
-        bfloat16 and float16 included: :func:`jaxrnn.plan.plan`). Forward-mode
-        differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) needs ``"scan"``.
+      implementation: ``None`` (choose), ``"scan"``, ``"fused"``, ``"kernel"`` or
+        ``"pallas"`` (the rules, bfloat16 and float16 included: :func:`jaxrnn.plan.plan`).
+        Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) needs
+        ``"scan"``.
 
     Returns:
       ``(ys, final_carry)``: ``ys`` ``[batch, time, hidden_size]`` (or time-major) in the

@@ -17,7 +17,7 @@ from jaxrnn.options import IMPLEMENTATIONS, RunOptions
 
 __all__ = ["IMPLEMENTATIONS", "Plan", "has_fused_path", "plan"]
 
-Path = Literal["scan", "static", "fused", "kernel"]
+Path = Literal["scan", "static", "fused", "kernel", "pallas"]
 
 
 def has_fused_path(cell: Cell) -> bool:
@@ -40,7 +40,8 @@ class Plan:
     Attributes:
       path: ``"scan"`` (``lax.scan`` of the cell's step, differentiated by JAX), ``"static"``
         (a Python loop over the steps), ``"fused"`` (the cell's fused XLA loop with its
-        hand-written backward pass) or ``"kernel"`` (that loop as jaxrnn's CPU kernels).
+        hand-written backward pass), ``"kernel"`` (that loop as jaxrnn's CPU kernels) or
+        ``"pallas"`` (its two time loops as Pallas kernels).
       dtype: the computation dtype (the cell's; ``ys`` come out in it).
       loop_dtype: the dtype the loop computes in: ``dtype``, or float32 where the kernels
         run a bfloat16 or float16 computation.
@@ -115,12 +116,19 @@ def plan(
       the kernels built and loaded, ``unroll=1``, the default backend a CPU, and a
       computation dtype of float32, bfloat16 or float16 (see below). Where the computation
       is placed on a GPU or TPU the same call runs the fused XLA loop. Reverse mode only.
+    * ``"pallas"``: the fused path with its two time loops run as Pallas kernels, each pass
+      one launch (:mod:`jaxrnn.cells.pallas`; the plain ``SimpleRNN``, ``LSTM`` and
+      ``GRU(reset_after=True)``): through Triton on a GPU, Mosaic on a TPU, and Pallas's
+      interpreter on a CPU (slow: for tests). Any computation dtype; ``unroll`` does not
+      apply. Reverse mode only.
     * ``None`` (the default): ``"scan"`` where the fused path does not apply (``layer_norm``,
       ``GRU(reset_after=False)``, ``remat``, recurrent dropout); else ``"kernel"`` where it
       can run with ``unroll=1`` and the computation is float32, or bfloat16 or float16 with
       a CPU as the default backend; else ``"fused"`` (an ``unroll`` other than 1, float64,
       bfloat16 or float16 on GPU and TPU, the LSTM's variants, kernels not built).
-      ``JAXRNN_NATIVE=0`` in the environment keeps it from choosing the kernels.
+      ``JAXRNN_NATIVE=0`` in the environment keeps it from choosing the kernels. It does not
+      choose ``"pallas"``: no GPU or TPU measurement has shown it faster than ``"fused"`` yet
+      (``docs/design/pallas.md``).
 
     ``static`` (``static_rnn``) plans ``"static"``: its own implementation.
 
@@ -142,7 +150,7 @@ def plan(
     rounded = path == "kernel" and _narrow(dtype)
     backwards = options.reverse and not lengths
     loop = None
-    if path in ("fused", "kernel"):
+    if path in ("fused", "kernel", "pallas"):
         loop = _loops.Loop(backwards, options.unroll, options.time_major, path == "kernel")
     return Plan(
         path=path,
@@ -195,6 +203,12 @@ def _choose(cell: Cell, options: RunOptions, dtype, recurrent_dropout: bool) -> 
         reason = _native.unavailable_reason()
         if reason:
             blockers.append(reason)
+    if implementation == "pallas" and has_fused_path(cell):
+        from jaxrnn.cells import pallas  # imports Pallas only where asked for
+
+        blockers.extend(pallas.unsupported(cell))
     if blockers:
         raise ValueError(f"implementation={implementation!r} cannot run: " + "; ".join(blockers))
-    return "kernel" if implementation == "kernel" else "fused"
+    if implementation == "kernel":
+        return "kernel"
+    return "pallas" if implementation == "pallas" else "fused"

@@ -184,21 +184,23 @@ def _matmul_t_tile(d_at, w_ref, dtype, gate, rows, shape: _Shape):
     return jax.lax.fori_loop(0, shape.tiles, add, zeros)
 
 
+def _split(refs, *counts):
+    """``refs`` cut into consecutive groups of ``counts``."""
+    groups, start = [], 0
+    for count in counts:
+        groups.append(tuple(refs[start : start + count]))
+        start += count
+    return groups
+
+
 def _forward_kernel(cell, shape: _Shape, backwards, keep, dtype, trees, *refs, backend):
     inner_keys, carry_tree = trees
     g, n = shape.gates, shape.leaves
-    xp_refs, (bias_ref, w_ref, valid_ref, after_ref), rest = (
-        refs[:g],
-        refs[g : g + 4],
-        refs[g + 4 :],
-    )
-    inner_refs, rest = (
-        dict(zip(inner_keys, rest[: len(inner_keys)], strict=True)),
-        rest[len(inner_keys) :],
-    )
-    carry0_refs, (ys_ref, *rest) = rest[:n], rest[n:]
-    carry_refs, rest = rest[:n], rest[n:]
-    kept_refs, hbuf_ref = rest[:-1], rest[-1]
+    kept_count = len(refs) - (g + 4 + len(inner_keys) + 2 * n + 2)
+    groups = _split(refs, g, 4, len(inner_keys), n, 1, n, kept_count, 1)
+    xp_refs, (bias_ref, w_ref, valid_ref, after_ref), inner, carry0_refs = groups[:4]
+    (ys_ref,), carry_refs, kept_refs, (hbuf_ref,) = groups[4:]
+    inner_refs = dict(zip(inner_keys, inner, strict=True))
     hidden = shape.hidden_leaf
     for leaf in range(n):
         if leaf == hidden:
@@ -265,6 +267,7 @@ def _forward_kernel(cell, shape: _Shape, backwards, keep, dtype, trees, *refs, b
 def _prepare(cell, inputs: _loops.LoopInputs, loop):
     """The padded, time-major operands of the forward kernel and its static shape."""
     w_h, xw, bias, inner, valid, resets, carry0 = inputs
+    assert w_h is not None and isinstance(xw, tuple)  # as unsupported() requires
     g = cell.gates
     leaves = jax.tree.leaves(carry0)
     steps, batch = xw[0].shape[:2]
@@ -326,9 +329,7 @@ def forward(cell, loop, keep, inputs: _loops.LoopInputs):
     ]
     out_shape = [series, *[state] * shape.leaves, *[series] * kept_count, hbuf]
     trees = (inner_keys, jax.tree.structure(inputs.carry0))
-    kernel = functools.partial(
-        _forward_kernel, cell, shape, loop.backwards, keep, inputs.w_h.dtype, trees
-    )
+    kernel = functools.partial(_forward_kernel, cell, shape, loop.backwards, keep, w.dtype, trees)
 
     def build(backend):
         return _call(kernel, shape, in_specs, out_specs, out_shape, backend)
@@ -367,16 +368,13 @@ def _blocks(value) -> tuple:
 def _backward_kernel(cell, shape: _Shape, backwards, same, dtype, trees, *refs, backend):
     inner_keys, carry_tree, kept_count = trees
     g, n, hidden = shape.gates, shape.leaves, shape.hidden_leaf
-    kept_refs, rest = refs[:kept_count], refs[kept_count:]
-    (ys_ref, hprev_ref, dys_ref, valid_ref, after_ref, w_ref), rest = rest[:6], rest[6:]
-    inner_refs = dict(zip(inner_keys, rest[: len(inner_keys)], strict=True))
-    rest = rest[len(inner_keys) :]
-    dcarry_in, rest = rest[:n], rest[n:]
-    dxp_refs, rest = rest[:g], rest[g:]
-    dhw_refs, rest = (dxp_refs, rest) if same else (rest[:g], rest[g:])
-    dcarry_refs, rest = rest[:n], rest[n:]
-    dinner_refs = dict(zip(inner_keys, rest[: len(inner_keys)], strict=True))
-    dbuf_ref = rest[len(inner_keys)]
+    k = len(inner_keys)
+    groups = _split(refs, kept_count, 6, k, n, g, 0 if same else g, n, k, 1)
+    kept_refs, (ys_ref, hprev_ref, dys_ref, valid_ref, after_ref, w_ref), inner = groups[:3]
+    dcarry_in, dxp_refs, dhw_refs, dcarry_refs, dinner, (dbuf_ref,) = groups[3:]
+    dhw_refs = dxp_refs if same else dhw_refs
+    inner_refs = dict(zip(inner_keys, inner, strict=True))
+    dinner_refs = dict(zip(inner_keys, dinner, strict=True))
     for leaf in range(n):
         if leaf == hidden:
             dbuf_ref[0] = dcarry_in[leaf][...].astype(jnp.float32)

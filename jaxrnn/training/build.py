@@ -67,7 +67,7 @@ def check_dtypes(config: Config) -> None:
 
 
 def implementation_of(config: Config) -> str | None:
-    choices = ("auto", "scan", "fused", "kernel")
+    choices = ("auto", "scan", "fused", "kernel", "pallas")
     if config.implementation not in choices:
         raise ValueError(f"implementation must be one of {choices}, got {config.implementation!r}")
     return None if config.implementation == "auto" else config.implementation
