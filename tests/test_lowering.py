@@ -2,8 +2,9 @@
 (``jax.jit(f).trace(...).lower(lowering_platforms=...)``): every cell with a fused path x
 dtype (float32, bfloat16) x implementation (None, "fused", "scan", "pallas"), each step
 holding every feature at once (lengths, resets, reverse, bidirectional, a stack with every
-dropout; recurrent dropout where the implementation allows it, None and "scan"). A change that cannot lower for a
-device (a Triton or Mosaic lowering error, a CPU-only call reached off a CPU) fails here."""
+dropout; recurrent dropout where the implementation allows it, None and "scan"). A change
+that cannot lower for a device (a Triton or Mosaic lowering error, a CPU-only call reached
+off a CPU) fails here."""
 
 import jax
 import jax.numpy as jnp

@@ -124,7 +124,8 @@ def test_pallas_against_numpy_and_scan(name):
     got = _all_configs(cell, "pallas", resets)(params, xs, carry0)
     want = _all_configs(cell, "scan", resets)(params, xs, carry0)
     for config, (g, w) in zip(CONFIGS, zip(got, want, strict=True), strict=True):
-        where = f"reverse={config[0]} lengths={config[1] is not None} tm={config[2]} resets={config[3]}"
+        reverse, lengths, time_major, with_resets = config
+        where = f"{reverse=} lengths={lengths is not None} {time_major=} {with_resets=}"
         (_, (ys, carry)), grads = g
         (_, scan_out), scan_grads = w
         ref_ys, ref_carry = _np_run(kind, hyper, params, xs, config, resets, carry0)
