@@ -335,3 +335,29 @@ def drive_stack(
         if training and stack.dropout and not last:
             xs = xs * _keep_mask(k_out, stack.dropout, xs.shape, xs.dtype)
     return xs, carries
+
+
+def with_dtypes(cell: Cell, dtype, param_dtype) -> Cell:
+    """``cell`` with ``dtype``/``param_dtype`` replaced where given (not ``None``): what the
+    Flax modules' ``dtype`` and ``param_dtype`` arguments do to the cells they hold."""
+    changes = {}
+    if dtype is not None:
+        changes["dtype"] = dtype
+    if param_dtype is not None:
+        changes["param_dtype"] = param_dtype
+    return dataclasses.replace(cell, **changes) if changes else cell
+
+
+def stack_with_dtypes(stack: Stack, dtype, param_dtype) -> Stack:
+    """``stack`` with :func:`with_dtypes` applied to every cell of every layer."""
+
+    def layer(item):
+        if isinstance(item, Bidirectional):
+            return dataclasses.replace(
+                item,
+                forward=with_dtypes(item.forward, dtype, param_dtype),
+                backward=with_dtypes(item.backward, dtype, param_dtype),
+            )
+        return with_dtypes(item, dtype, param_dtype)
+
+    return dataclasses.replace(stack, layers=tuple(layer(item) for item in stack.layers))

@@ -20,8 +20,6 @@ Needs the ``nn`` extra: ``pip install "jaxrnn[nn]"``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
 from jaxrnn import _extras
@@ -31,32 +29,8 @@ with _extras.requires("nn", __name__):
 
 from jaxrnn.cells import Cell
 from jaxrnn.drivers import drive
-from jaxrnn.layers import Bidirectional as _BidirectionalLayer
-from jaxrnn.layers import Stack, drive_bidirectional, drive_stack
+from jaxrnn.layers import Stack, drive_bidirectional, drive_stack, stack_with_dtypes, with_dtypes
 from jaxrnn.options import RunOptions
-
-
-def _with_dtypes(cell: Cell, dtype, param_dtype) -> Cell:
-    """``cell`` with ``dtype``/``param_dtype`` replaced where given (not ``None``)."""
-    changes = {}
-    if dtype is not None:
-        changes["dtype"] = dtype
-    if param_dtype is not None:
-        changes["param_dtype"] = param_dtype
-    return dataclasses.replace(cell, **changes) if changes else cell
-
-
-def _stack_with_dtypes(stack: Stack, dtype, param_dtype) -> Stack:
-    def layer(item):
-        if isinstance(item, _BidirectionalLayer):
-            return dataclasses.replace(
-                item,
-                forward=_with_dtypes(item.forward, dtype, param_dtype),
-                backward=_with_dtypes(item.backward, dtype, param_dtype),
-            )
-        return _with_dtypes(item, dtype, param_dtype)
-
-    return dataclasses.replace(stack, layers=tuple(layer(item) for item in stack.layers))
 
 
 def _hold(tree):
@@ -99,7 +73,7 @@ class RNN(nnx.Module):
         param_dtype=None,
         implementation: str | None = None,
     ):
-        cell = _with_dtypes(cell, dtype, param_dtype)
+        cell = with_dtypes(cell, dtype, param_dtype)
         self.cell, self.return_carry = cell, return_carry
         self.options = RunOptions(
             reverse=reverse, unroll=unroll, time_major=time_major, implementation=implementation
@@ -140,8 +114,8 @@ class Bidirectional(nnx.Module):
         param_dtype=None,
         implementation: str | None = None,
     ):
-        cell_fw = _with_dtypes(cell_fw, dtype, param_dtype)
-        cell_bw = _with_dtypes(cell_bw, dtype, param_dtype)
+        cell_fw = with_dtypes(cell_fw, dtype, param_dtype)
+        cell_bw = with_dtypes(cell_bw, dtype, param_dtype)
         self.cell_fw, self.cell_bw, self.merge = cell_fw, cell_bw, merge
         self.return_carry = return_carry
         self.options = RunOptions(
@@ -189,7 +163,7 @@ class Stacked(nnx.Module):
         param_dtype=None,
         implementation: str | None = None,
     ):
-        stack = _stack_with_dtypes(stack, dtype, param_dtype)
+        stack = stack_with_dtypes(stack, dtype, param_dtype)
         self.stack, self.return_carry = stack, return_carry
         self.options = RunOptions(
             unroll=unroll, time_major=time_major, implementation=implementation

@@ -123,9 +123,9 @@ def plan(
       apply. Reverse mode only.
     * ``None`` (the default): ``"scan"`` where the fused path does not apply (``layer_norm``,
       ``GRU(reset_after=False)``, ``remat``, recurrent dropout); else ``"kernel"`` where it
-      can run with ``unroll=1`` and the computation is float32, or bfloat16 or float16 with
-      a CPU as the default backend; else ``"fused"`` (an ``unroll`` other than 1, float64,
-      bfloat16 or float16 on GPU and TPU, the LSTM's variants, kernels not built).
+      can run with ``unroll=1``, a CPU as the default backend and a computation in float32,
+      bfloat16 or float16; else ``"fused"`` (a GPU or TPU, an ``unroll`` other than 1,
+      float64, the LSTM's variants, kernels not built).
       ``JAXRNN_NATIVE=0`` in the environment keeps it from choosing the kernels. It does not
       choose ``"pallas"``: no GPU or TPU measurement has shown it faster than ``"fused"`` yet
       (``docs/design/pallas.md``).
@@ -183,7 +183,7 @@ def _choose(cell: Cell, options: RunOptions, dtype, recurrent_dropout: bool) -> 
     if implementation is None:
         if blockers:
             return "scan"
-        native_ok = dtype == jnp.float32 or (_narrow(dtype) and on_cpu)
+        native_ok = on_cpu and (dtype == jnp.float32 or _narrow(dtype))
         kernels = _is_one(options.unroll) and native_ok and cell.has_kernels() and _native.enabled()
         return "kernel" if kernels else "fused"
     if implementation == "kernel":

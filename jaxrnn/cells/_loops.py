@@ -168,7 +168,7 @@ class BackwardInputs(NamedTuple):
 
     ``kept``: what the forward loop kept per step (a tuple of ``[T, B, H]`` arrays) or, for
     the kernels, :func:`jaxrnn._native.pack_kept`'s flat array; ``valid``: ``[T, B]`` bool (or
-    None: every step valid; the kernels' mask); ``d_ys``: the outputs' cotangent ``[T, B,
+    None: every step valid); ``d_ys``: the outputs' cotangent ``[T, B,
     H]``; ``d_carry``: the final carry's cotangent (the carry's structure); ``ys``: the
     outputs; ``h0``: the initial ``h``; ``xs``: the inputs (``[T, B, F]`` or ``[B, T, F]``);
     ``resets``: ``[T, B]`` bool or None."""
@@ -188,7 +188,7 @@ class Kernels:
     """A cell's CPU kernels (``jaxrnn._native``): its fused loop's two passes.
 
     ``forward(cell, inputs, *, reverse, time_major, keep) -> (ys, carry, kept)`` with
-    ``inputs`` a :class:`LoopInputs` (``valid`` a full mask) and ``kept`` packed
+    ``inputs`` a :class:`LoopInputs` (the projection as the inputs lie) and ``kept`` packed
     (:func:`jaxrnn._native.pack_kept`; empty with ``keep=False``);
     ``backward(cell, w_h, inner, inputs, *, reverse, time_major) -> (d_xw, d_carry0, d_w_h,
     d_inner, d_w_i, d_b)`` with ``inputs`` a :class:`BackwardInputs`. ``kept``: how many

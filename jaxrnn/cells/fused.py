@@ -292,8 +292,7 @@ def _forward(loops, cell, loop, params, xs, valid, resets, carry0, keep=True):
     kernel = functools.partial(
         cell.kernels().forward, cell, reverse=loop.backwards, time_major=loop.time_major, keep=keep
     )
-    steps, batch = xs.shape[:2] if loop.time_major else xs.shape[1::-1]
-    inputs = inputs._replace(valid=_native.mask(valid, steps, batch), inner=_float32(inputs.inner))
+    inputs = inputs._replace(inner=_float32(inputs.inner))
     ys, carry, packed = _native.on_cpu(kernel, twin, inputs)
     return ys, carry, (carry0, ys, packed, None)
 
@@ -333,8 +332,7 @@ def _kernel_backward(cell, loop, params, inputs: BackwardInputs):
     kernel = functools.partial(
         cell.kernels().backward, cell, reverse=loop.backwards, time_major=loop.time_major
     )
-    valid = _native.mask(inputs.valid, *inputs.ys.shape[:2])
-    inputs = inputs._replace(valid=valid, xs=inputs.xs.astype(jnp.float32))
+    inputs = inputs._replace(xs=inputs.xs.astype(jnp.float32))
     d_xp, d_carry0, d_w_h, d_inner, d_w_i, d_b = _native.on_cpu(kernel, twin, w_h, inner, inputs)
     grads = {"w_i": d_w_i, "w_h": d_w_h, "b": d_b} | dict(d_inner)
     if "b_h" in params and "b_h" not in grads:  # added to b

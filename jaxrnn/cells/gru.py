@@ -199,8 +199,9 @@ def forward_kernel(cell, inputs: _loops.LoopInputs, *, reverse: bool, time_major
     empty with ``keep=False``."""
     del cell
     w_h, xw, bias, inner, valid, resets, h0 = inputs
-    assert valid is not None  # the kernels read a full mask
-    steps, batch = valid.shape
+    assert not isinstance(xw, tuple)  # the kernels read the projection as laid out
+    steps, batch = xw.shape[:2] if time_major else xw.shape[1::-1]
+    valid = _native.mask(valid, steps, batch)
     hidden = h0.shape[1]
     kept_size = steps * batch * 4 * hidden if keep else 0
     call = jax.ffi.ffi_call(
@@ -232,6 +233,7 @@ def backward_kernel(cell, w_h, inner, inputs: _loops.BackwardInputs, *, reverse,
         ),
         vmap_method="sequential",
     )
+    valid = _native.mask(valid, *ys.shape[:2])
     args = (w_h, kept, valid, _native.reset_mask(resets), d_ys, d_h, ys, h0, xs)
     options = {"reverse": np.int32(reverse), "time_major": np.int32(time_major)}
     d_xp, d_h0, d_w_h, d_b_h, d_w_i, d_b = call(*args, **options)

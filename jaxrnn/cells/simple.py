@@ -102,8 +102,9 @@ def forward_kernel(cell, inputs: _loops.LoopInputs, *, reverse: bool, time_major
     empty (the backward pass reads the outputs)."""
     del keep
     w_h, xw, bias, _, valid, resets, h0 = inputs
-    assert valid is not None  # the kernels read a full mask
-    steps, batch = valid.shape
+    assert not isinstance(xw, tuple)  # the kernels read the projection as laid out
+    steps, batch = xw.shape[:2] if time_major else xw.shape[1::-1]
+    valid = _native.mask(valid, steps, batch)
     hidden = h0.shape[1]
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_forward",
@@ -135,6 +136,7 @@ def backward_kernel(cell, w_h, inner, inputs: _loops.BackwardInputs, *, reverse,
         _native.outputs(ys.shape, d_h.shape, w_h.shape, (xs.shape[2], hidden), (hidden,)),
         vmap_method="sequential",
     )
+    valid = _native.mask(valid, *ys.shape[:2])
     args = (w_h, ys, valid, _native.reset_mask(resets), d_ys, d_h, h0, xs)
     options = {"relu": np.int32(cell.activation == "relu"), "reverse": np.int32(reverse)}
     d_z, d_h0, d_w_h, d_w_i, d_b = call(*args, **options, time_major=np.int32(time_major))
