@@ -1,8 +1,7 @@
 """The fused loop generated from a cell's ``update`` (``jaxrnn.cells.fused.scan``), for a cell
 defined here (a gated cell with no recurrent matmul, ``recurrent`` returning None, its
 derivative JAX's) and for jaxrnn's cells run through it (the layer-normalized LSTM's gains in
-the projection and in the step, derived by JAX; the GRU, its ``b_h`` summed in the loop, the
-SimpleRNN and the LSTM with projection, peepholes and both clips through their written-out
+the projection and in the step, derived by JAX; the SimpleRNN through its written-out
 ``update_backward``): outputs and final carry against a float64
 NumPy loop (the gated cell) or JAX's derivative of ``lax.scan`` of ``cell.step`` (values and
 gradients), both layouts, forward and backwards, with lengths and resets; ``check_grads``."""
@@ -94,13 +93,10 @@ def _scan_reference(cell, params, xs, valid, resets, carry0, backwards):
 
 CELLS = {
     "decay": DecayCell(H).resolve(None, jnp.float32),
-    "gru": jaxrnn.GRU(H).resolve(None, jnp.float32),
     "lstm_layer_norm": jaxrnn.LSTM(H, layer_norm=True, forget_bias=0.5).resolve(None, jnp.float32),
+    # A written-out derivative; the GRU's and the LSTM variants' are checked through rnn in
+    # test_variants_fused, test_resets_loops and test_native.
     "rnn_relu": jaxrnn.SimpleRNN(H, "relu").resolve(None, jnp.float32),
-    # Every other LSTM option at once, through the hand-written update_backward.
-    "lstm_tf1_options": jaxrnn.LSTM(
-        H, forget_bias=0.5, proj_size=4, peepholes=True, cell_clip=0.8, proj_clip=0.3
-    ).resolve(None, jnp.float32),
 }
 
 
