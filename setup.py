@@ -7,18 +7,28 @@ A machine that cannot compile them (a C++20 compiler, GCC or Clang) still instal
 which then runs its XLA loops: the build prints a warning saying so, and ``jaxrnn info`` and
 a logged warning at the first CPU computation say why. With ``JAXRNN_REQUIRE_KERNELS=1`` a
 failed build is an error instead (``./dev.sh wheel`` and CI set it).
+
+The library uses nothing of Python's C API, so one wheel serves every CPython: it is named
+``_recurrence.so`` (no interpreter in the name) and the wheel is tagged ``py3-none-<platform>``.
+``JAXRNN_CXX`` replaces the C++ compiler (a command line, GCC-style flags; Python's flags are
+kept): ``./dev.sh wheel`` sets it to ``zig c++`` for glibc 2.28, whose libc++ goes into the
+library, so that the wheel needs nothing newer than glibc 2.28 and no C++ runtime.
 """
 
 import glob
+import importlib.machinery
 import os
+import shlex
 import sys
 
 import jaxlib
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 REQUIRE = "JAXRNN_REQUIRE_KERNELS"
+CXX = "JAXRNN_CXX"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -33,7 +43,24 @@ def sources(pattern: str) -> list[str]:
 
 class BuildKernels(build_ext):
     """``build_ext`` that reports a failed kernel build in a few plain lines, or fails with
-    ``JAXRNN_REQUIRE_KERNELS=1``."""
+    ``JAXRNN_REQUIRE_KERNELS=1``; names the library ``_recurrence.so`` and compiles it with
+    ``JAXRNN_CXX`` where that is set."""
+
+    def get_ext_filename(self, fullname):
+        # A library for ctypes, not a Python module: no interpreter tag, and ".so" is a suffix
+        # that importlib.util.find_spec accepts on every CPython (jaxrnn/_native.py finds it so).
+        if ".so" not in importlib.machinery.EXTENSION_SUFFIXES:
+            return super().get_ext_filename(fullname)
+        return os.path.join(*fullname.split(".")) + ".so"
+
+    def build_extensions(self):
+        command = os.environ.get(CXX)
+        if command:
+            use_compiler(self.compiler, shlex.split(command))
+            for ext in self.extensions:
+                # A C++ runtime linked in (zig's libc++) brings megabytes of debug information.
+                ext.extra_link_args = [*ext.extra_link_args, "-Wl,--strip-debug"]
+        super().build_extensions()
 
     def build_extension(self, ext):
         try:
@@ -50,10 +77,47 @@ class BuildKernels(build_ext):
                 f"above. Set {REQUIRE}=1 to make this an error.\n{rule}\n",
                 file=sys.stderr,
             )
+        else:
+            # The library under its earlier name (_recurrence.cpython-311-x86_64-linux-gnu.so),
+            # left in a checkout by an older build, would be the one that find_spec picks.
+            built = self.get_ext_fullpath(ext.name)
+            stem = os.path.basename(built).partition(".")[0]
+            source = os.path.join(HERE, *ext.name.split(".")[:-1])
+            for folder in {os.path.dirname(built), source}:
+                for stale in glob.glob(os.path.join(folder, f"{stem}.*.so")):
+                    os.remove(stale)
+
+
+# The command lines that compile and link the library (compiler_so: C++ sources too, in older
+# setuptools); the C-only linker_so is left alone.
+COMPILER_LINES = (
+    "compiler_so",
+    "compiler_so_cxx",
+    "compiler_cxx",
+    "linker_so_cxx",
+    "linker_exe_cxx",
+)
+
+
+def use_compiler(compiler, command: list[str]) -> None:
+    """Puts ``command`` in place of the compiler (the first word) in each of ``compiler``'s
+    command lines that build the library; Python's flags after it stay."""
+    for name in COMPILER_LINES:
+        line = getattr(compiler, name, None)
+        if line:
+            compiler.set_executable(name, command + line[1:])
+
+
+class OneWheel(bdist_wheel):
+    """A wheel for every CPython on its platform (``py3-none-<platform>``): the library is
+    loaded with ctypes, not imported."""
+
+    def get_tag(self):
+        return ("py3", "none", super().get_tag()[2])
 
 
 setup(
-    cmdclass={"build_ext": BuildKernels},
+    cmdclass={"build_ext": BuildKernels, "bdist_wheel": OneWheel},
     ext_modules=[
         Extension(
             "jaxrnn._recurrence",

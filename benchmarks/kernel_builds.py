@@ -5,7 +5,8 @@
 
 ``--base-lib`` is another build of ``csrc/`` (say, of an earlier commit: ``git archive`` its
 ``csrc/`` and compile it with ``setup.py``'s flags); ``--lib`` is this checkout's build (by
-default the installed ``jaxrnn._recurrence``). Both are loaded with ``ctypes``, handed the
+default the installed ``jaxrnn._recurrence``), or any other (the wheel's, taken out of it).
+Both are loaded with ``ctypes``, handed the
 same OpenBLAS ``sgemm`` and thread count, and their handlers registered with XLA under
 prefixed target names (``base_jaxrnn_lstm_forward``, ``new_jaxrnn_lstm_forward``, ...). Each
 kernel is called through ``jax.ffi.ffi_call`` with the arguments its binding in
@@ -345,6 +346,15 @@ def time_case(case: Case, seconds: float) -> dict:
     return result
 
 
+def vector_level(lib: ctypes.CDLL) -> int | None:
+    """The x86-64 level of the row loops that ``lib`` runs on this machine (4, 3, 1; 0 off
+    x86-64), or None where the build does not say."""
+    try:
+        return lib.jaxrnn_vector_level()
+    except AttributeError:
+        return None
+
+
 def installed_library() -> str:
     spec = importlib.util.find_spec("jaxrnn._recurrence")
     if spec is None or spec.origin is None:
@@ -357,6 +367,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base-lib", required=True, help="the other build (a .so file)")
     parser.add_argument("--lib", default=None, help="this build (default: the installed one)")
     parser.add_argument("--base-label", default=None, help="what --base-lib is, for the JSON")
+    parser.add_argument("--label", default=None, help="what --lib is, for the JSON")
     parser.add_argument("--check", action="store_true", help="compare outputs bit for bit")
     parser.add_argument("--threads", type=int, default=None, help="threads per kernel call")
     parser.add_argument("--seconds", type=float, default=30.0, help="time per kernel and case")
@@ -391,12 +402,22 @@ def main(argv=None) -> int:
                     f"repeats {r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})",
                     flush=True,
                 )
+    command = "python benchmarks/kernel_builds.py --base-lib BASE.so"
+    if args.lib is not None:
+        command += " --lib NEW.so"
+    if args.workloads != list(WORKLOADS):
+        command += " --workloads " + " ".join(args.workloads)
     payload = {
         "environment": environment,
-        "command": "python benchmarks/kernel_builds.py --base-lib BASE.so"
-        f" --seconds {args.seconds:g}",
+        "command": f"{command} --seconds {args.seconds:g}",
         "base": args.base_label or os.path.basename(args.base_lib),
-        "new": "this checkout's build" if args.lib is None else os.path.basename(args.lib),
+        "new": args.label
+        or ("this checkout's build" if args.lib is None else os.path.basename(args.lib)),
+        # The version of the row loops each build runs here (csrc/recurrence.h; None: a build
+        # from before jaxrnn_vector_level).
+        "vector_level": {
+            p: vector_level(lib) for p, lib in zip(BUILDS, libraries[1:], strict=True)
+        },
         "threads": threads,
         "seconds": args.seconds,
         "results": results,

@@ -11,7 +11,7 @@ namespace {
 // One batch row of one GRU step over units [0, n): `xp`, `bias` and `bias_h` (the input
 // projection and the two biases) have gate g of unit j at g * stride + j, `acc` (the recurrent
 // product) at g * acc_stride + j. Keeps r, z, n and hh_n, the values the backward step needs.
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void GruRow(int n, const float* __restrict__ xp, const float* __restrict__ bias,
             const float* __restrict__ bias_h, int64_t stride, const float* __restrict__ acc,
             int64_t acc_stride, const float* __restrict__ h_prev, float* __restrict__ h,
@@ -37,7 +37,7 @@ void GruRow(int n, const float* __restrict__ xp, const float* __restrict__ bias,
 // cotangent of this step's h from later steps; on exit the part that reaches the previous h
 // directly (g * z; the caller adds d_hh @ w_h^T). Writes the cotangents of the input
 // pre-activations (`dxp`) and of the recurrent ones (`dhh`), gate g at g * dz_stride + j.
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void GruBackwardRow(int n, const float* __restrict__ kr, const float* __restrict__ kz,
                     const float* __restrict__ kn, const float* __restrict__ khn,
                     const float* __restrict__ h_prev, const float* __restrict__ dy,
@@ -77,8 +77,8 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const float* bh = bias_h.typed_data();
   RunForward<kGates, kKept>(pool, loop, [bh](const ForwardRow& r) {
     const int n = r.n;
-    GruRow(n, r.xp, r.bias, bh + r.j0, r.hidden, r.acc, n, r.h_prev, r.h, r.y, r.kept,
-           r.kept + n, r.kept + 2 * n, r.kept + 3 * n);
+    Vectorised<GruRow>(n, r.xp, r.bias, bh + r.j0, r.hidden, r.acc, n, r.h_prev, r.h, r.y,
+                       r.kept, r.kept + n, r.kept + 2 * n, r.kept + 3 * n);
   });
   return ffi::Error::Success();
 }
@@ -108,8 +108,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   RunBackward<kGates, kKept>(pool, loop, [](const BackwardRow& r) {
     const int n = r.n;
     const float* k = r.kept;
-    GruBackwardRow(n, k, k + n, k + 2 * n, k + 3 * n, r.h_prev, r.dy, r.dh, r.d_in, r.d_rec,
-                   r.hidden);
+    Vectorised<GruBackwardRow>(n, k, k + n, k + 2 * n, k + 3 * n, r.h_prev, r.dy, r.dh, r.d_in,
+                               r.d_rec, r.hidden);
   });
   return ffi::Error::Success();
 }

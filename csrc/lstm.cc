@@ -8,7 +8,7 @@ namespace {
 // One batch row of one LSTM step over units [0, n): `xp`, `bias` and `acc` hold the four
 // gates' pre-activations (input projection, bias, recurrent product; gate g of unit j at
 // g * stride + j, `bias` with `xp`'s stride).
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void LstmRow(int n, const float* __restrict__ xp, const float* __restrict__ bias,
              int64_t xp_stride, const float* __restrict__ acc, int64_t acc_stride,
              float forget_bias,
@@ -38,7 +38,7 @@ void LstmRow(int n, const float* __restrict__ xp, const float* __restrict__ bias
 // One batch row of the LSTM's backward step over units [0, n). On entry `dh` holds the
 // cotangent of this step's h from later steps; on exit it is zero (the caller adds
 // d_z @ w_h^T) and `dc` holds the cotangent of the previous cell state.
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void LstmBackwardRow(int n, const float* __restrict__ gi, const float* __restrict__ gf,
                      const float* __restrict__ gg, const float* __restrict__ go,
                      const float* __restrict__ c_prev, const float* __restrict__ dy,
@@ -80,8 +80,8 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
       .c_out = c_out->typed_data(), .kept = KeptOrNull(kept)};
   RunForward<kGates, kKept>(pool, loop, [forget_bias](const ForwardRow& r) {
     const int n = r.n;
-    LstmRow(n, r.xp, r.bias, r.hidden, r.acc, n, forget_bias, r.c, r.h, r.y, r.kept,
-            r.kept + n, r.kept + 2 * n, r.kept + 3 * n, r.kept + 4 * n);
+    Vectorised<LstmRow>(n, r.xp, r.bias, r.hidden, r.acc, n, forget_bias, r.c, r.h, r.y,
+                        r.kept, r.kept + n, r.kept + 2 * n, r.kept + 3 * n, r.kept + 4 * n);
   });
   return ffi::Error::Success();
 }
@@ -109,8 +109,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
   RunBackward<kGates, kKept>(pool, loop, [](const BackwardRow& r) {
     const int n = r.n;
     const float* k = r.kept;
-    LstmBackwardRow(n, k + n, k + 2 * n, k + 3 * n, k + 4 * n, k, r.dy, r.dc, r.dh, r.d_in,
-                    r.hidden);
+    Vectorised<LstmBackwardRow>(n, k + n, k + 2 * n, k + 3 * n, k + 4 * n, k, r.dy, r.dc, r.dh,
+                                r.d_in, r.hidden);
   });
   return ffi::Error::Success();
 }

@@ -1,4 +1,5 @@
-// jaxrnn's CPU kernels: what Python sets before any handler runs (see recurrence.h).
+// jaxrnn's CPU kernels: what Python sets before any handler runs, and what it may ask (see
+// recurrence.h).
 
 #include "recurrence.h"
 
@@ -10,5 +11,8 @@ __attribute__((visibility("default"))) void jaxrnn_set_sgemm(void* fn) {
 __attribute__((visibility("default"))) void jaxrnn_set_max_threads(int n) {
   jaxrnn::g_max_threads = n < 1 ? 1 : n;
 }
+// The version of the row loops that runs (recurrence.h): the x86-64 level, 4, 3 or 1, or 0
+// where there is one version (other machines).
+__attribute__((visibility("default"))) int jaxrnn_vector_level() { return jaxrnn::g_vector_level; }
 }
 

@@ -6,7 +6,7 @@ namespace jaxrnn {
 namespace {
 
 // One batch row of one step over units [0, n).
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void SimpleRow(int n, bool relu, const float* __restrict__ xp, const float* __restrict__ bias,
                const float* __restrict__ acc, float* __restrict__ h, float* __restrict__ y) {
   if (relu) {
@@ -21,7 +21,7 @@ void SimpleRow(int n, bool relu, const float* __restrict__ xp, const float* __re
 
 // One batch row of the backward step over units [0, n). On entry `dh` holds the cotangent of
 // this step's h from later steps; on exit it is zero (the caller adds d_z @ w_h^T).
-JAXRNN_VECTOR_CLONES
+JAXRNN_ROW_LOOP
 void SimpleBackwardRow(int n, bool relu, const float* __restrict__ y,
                        const float* __restrict__ dy, float* __restrict__ dh,
                        float* __restrict__ dz) {
@@ -50,7 +50,7 @@ ffi::Error SimpleForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
       .h0 = h0.typed_data(), .valid = valid.typed_data(), .resets = ResetsOrNull(resets),
       .ys = ys->typed_data(), .h_out = h_out->typed_data()};
   RunForward<kGates, kKept>(pool, loop, [relu](const ForwardRow& r) {
-    SimpleRow(r.n, relu != 0, r.xp, r.bias, r.acc, r.h, r.y);
+    Vectorised<SimpleRow>(r.n, relu != 0, r.xp, r.bias, r.acc, r.h, r.y);
   });
   return ffi::Error::Success();
 }
@@ -74,7 +74,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_h,
       .d_h0 = d_h0->typed_data(), .d_w_h = d_w_h->typed_data(), .d_w_i = d_w_i->typed_data(),
       .d_b = d_b->typed_data()};
   RunBackward<kGates, kKept>(pool, loop, [relu](const BackwardRow& r) {
-    SimpleBackwardRow(r.n, relu != 0, r.y, r.dy, r.dh, r.d_in);
+    Vectorised<SimpleBackwardRow>(r.n, relu != 0, r.y, r.dy, r.dh, r.d_in);
   });
   return ffi::Error::Success();
 }

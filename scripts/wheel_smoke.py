@@ -5,10 +5,14 @@
 
 Checks, and exits non-zero at the first that fails:
 
+* with ``--wheel PATH``, the wheel's tags and what its library needs of the system
+  (``scripts/wheel_platform.py``, beside this file: any CPython from 3.11, glibc from 2.28);
 * ``import jaxrnn`` (after ``import jax``) imports none of the extras' packages; with
   ``--fresh-wheel`` (a venv with the wheel alone), jaxrnn comes from site-packages and none of
   them is even installed;
 * ``python -m jaxrnn info`` runs and reports ``cpu kernels: loaded``;
+* on x86-64 Linux, the kernels run the widest version of their loops that the CPU has (AVX-512,
+  AVX2 or the baseline, as ``/proc/cpuinfo`` lists its features);
 * ``jaxrnn.nn`` without Flax raises an ImportError that names ``pip install "jaxrnn[nn]"``
   (where Flax is absent);
 * each cell's ``jaxrnn.rnn`` (masked, both directions) and its gradient run the CPU kernels and
@@ -18,8 +22,10 @@ Checks, and exits non-zero at the first that fails:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -87,16 +93,38 @@ def check(condition: bool, what: str) -> None:
         raise SystemExit(1)
 
 
+# x86-64-v3's features as /proc/cpuinfo names them (abm: LZCNT), and those x86-64-v4 adds:
+# the kernels run their loops for the highest level whose features the CPU has
+# (csrc/recurrence.h, jaxrnn_vector_level).
+X86_V3 = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe", "popcnt", "xsave"}
+X86_V4 = X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def expected_vector_level() -> int | None:
+    """The loops' version for this CPU, from ``/proc/cpuinfo``; None off x86-64 Linux."""
+    if platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"):
+        return None
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return 4 if X86_V4 <= set(flags) else 3 if X86_V3 <= set(flags) else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--fresh-wheel", action="store_true", help="a venv with jaxrnn's wheel and its core alone"
     )
+    parser.add_argument("--wheel", help="the wheel installed: check its tags and symbols")
     parser.add_argument("--xla-out", help=argparse.SUPPRESS)  # the JAXRNN_NATIVE=0 process
     args = parser.parse_args(argv)
     if args.xla_out:
         np.savez(args.xla_out, **outputs())
         return
+    if args.wheel:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import wheel_platform
+
+        wheel_platform.check_wheel(args.wheel)
 
     import jax  # noqa: F401  # (jax itself imports etils.epath where installed)
 
@@ -121,6 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     check("cpu kernels: loaded" in info.splitlines(), "jaxrnn info: cpu kernels: loaded")
     loaded, reason = _native.kernel_status()
     check(loaded, f"the kernels load in this process ({reason})")
+    expected = expected_vector_level()
+    if expected is not None:
+        spec = importlib.util.find_spec("jaxrnn._recurrence")
+        assert spec is not None and spec.origin is not None
+        level = ctypes.CDLL(spec.origin).jaxrnn_vector_level()
+        check(level == expected, f"the kernels' loops for x86-64-v{level} ({expected}: this CPU)")
 
     if "flax" not in installed:
         try:
