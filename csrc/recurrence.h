@@ -1,8 +1,9 @@
-// Shared by jaxrnn's CPU kernels (simple.cc, lstm.cc, gru.cc): the forward and backward loops
-// themselves (RunForward, RunBackward), with OpenBLAS' sgemm, the thread rounds, the chunking
-// of hidden units, the vectorisable exp/sigmoid/tanh, the x86-64 versions of the cells' row
-// loops and the layouts. A cell's file holds its pointwise math for one row of one step and its
-// handlers' FFI bindings.
+// Shared by jaxrnn's CPU kernels (simple.cc, lstm.cc, gru.cc; linear.cc uses the thread rounds
+// and the vector versions): the forward and backward loops themselves (RunForward,
+// RunBackward), with OpenBLAS' sgemm, the thread rounds, the chunking of hidden units, the
+// vectorisable exp/sigmoid/tanh, the x86-64 versions of the cells' row loops and the layouts.
+// A cell's file holds its pointwise math for one row of one step and its handlers' FFI
+// bindings.
 //
 // XLA:CPU runs the body of a while loop one operation after another on one core, and every
 // operation costs a dispatch; these handlers run the whole loop in one call and split each

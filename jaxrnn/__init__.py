@@ -1,6 +1,7 @@
 """jaxrnn: recurrent networks for JAX as pure functions on ``jax.lax.scan``.
 
-Cells step (``SimpleRNN``, ``LSTM``, ``GRU``, or one's own: a subclass of ``Cell``, named
+Cells step (``SimpleRNN``, ``LSTM``, ``GRU``, the linear recurrences ``MinGRU``, ``MinLSTM``
+and ``RGLRU``, or one's own: a subclass of ``Cell``, named
 with ``jaxrnn.cells.register``); drivers loop over time (``rnn`` with
 ``lax.scan``, ``static_rnn`` with a Python loop); layers combine them (``bidirectional``,
 ``Stack``/``stacked``); ``tbptt`` runs long sequences in windows (truncated backpropagation
@@ -9,7 +10,7 @@ same functions as Flax modules; ``jaxrnn.interop`` loads and writes PyTorch and 
 """
 
 from jaxrnn import interop
-from jaxrnn.cells import GRU, LSTM, Cell, SimpleRNN
+from jaxrnn.cells import GRU, LSTM, RGLRU, Cell, MinGRU, MinLSTM, SimpleRNN
 from jaxrnn.drivers import reset_carry, rnn, static_rnn
 from jaxrnn.layers import Bidirectional, Stack, bidirectional, stacked
 from jaxrnn.masking import (
@@ -26,8 +27,11 @@ __version__ = "0.1.0"
 __all__ = [
     "GRU",
     "LSTM",
+    "RGLRU",
     "Bidirectional",
     "Cell",
+    "MinGRU",
+    "MinLSTM",
     "RunOptions",
     "SimpleRNN",
     "Stack",

@@ -65,11 +65,12 @@ def _blas_requirement() -> str:
 
 
 def _targets() -> dict[str, str]:
-    """The FFI targets of every registered cell's kernels (``{target: symbol}``). Asked at load
-    time: the cells' modules import this one, so it cannot import them first."""
-    from jaxrnn.cells import registry
+    """The FFI targets of every registered cell's kernels and of the linear scan's
+    (``{target: symbol}``). Asked at load time: the cells' modules import this one, so it
+    cannot import them first."""
+    from jaxrnn.cells import _linear_kernel, registry
 
-    return registry.kernel_targets()
+    return {**registry.kernel_targets(), **_linear_kernel.FFI_TARGETS}
 
 
 @functools.cache
@@ -98,6 +99,7 @@ def kernel_status() -> tuple[bool, str]:
         lib = ctypes.CDLL(spec.origin)
         sgemm = blas.scipy_cblas_sgemm
         blas.scipy_openblas_set_num_threads(1)
+        handlers = {target: getattr(lib, symbol) for target, symbol in _targets().items()}
     except (OSError, AttributeError) as err:  # a build for another jaxlib, machine or BLAS
         return False, f"did not load: {err}"
     finally:
@@ -109,8 +111,8 @@ def kernel_status() -> tuple[bool, str]:
     global _max_threads
     _max_threads = _threads()
     lib.jaxrnn_set_max_threads(_max_threads)
-    for target, symbol in _targets().items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     _libraries.extend([blas, lib])
     return True, "loaded"
 

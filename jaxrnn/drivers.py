@@ -31,8 +31,9 @@ in at least float32.
 How ``rnn`` computes is its ``implementation`` argument: ``"scan"`` (``lax.scan``,
 differentiated by JAX; the one for forward-mode differentiation), ``"fused"`` (the cell's
 fused XLA loop with a hand-written backward pass), ``"kernel"`` (that loop as jaxrnn's CPU
-kernels) or ``None`` (chosen). The numbers agree to rounding whichever runs. The rules, and
-the one rule for bfloat16 and float16 with the kernels, are :func:`jaxrnn.plan.plan`'s; a
+kernels), ``"pallas"`` (that loop as Pallas kernels), ``"parallel"`` (a linear recurrence,
+all steps at once) or ``None`` (chosen). The numbers agree to rounding whichever runs. The
+rules, and the one rule for bfloat16 and float16 with the kernels, are :func:`jaxrnn.plan.plan`'s; a
 call's options travel as one :class:`jaxrnn.options.RunOptions`, and :func:`drive` runs a
 cell under them. ``unroll`` is the ``lax.scan`` loops' unroll factor (the kernels have
 none); ``static_rnn`` is its own implementation, differentiated by JAX (every
@@ -50,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks
-from jaxrnn.cells import Carry, Cell, Params, _loops, accumulation_dtype
+from jaxrnn.cells import Carry, Cell, Params, _loops, accumulation_dtype, linear
 from jaxrnn.masking import reverse_sequence
 from jaxrnn.options import IMPLEMENTATIONS, RunOptions
 from jaxrnn.plan import Plan, has_fused_path, plan
@@ -278,6 +279,23 @@ def drive(
     if how.loop is not None:
         # Takes either layout: the transpose to time-major is folded into the projection.
         ys, carry = _fused(cell, params, xs, initial_carry, how, valid=valid, resets=resets)
+    elif how.path == "parallel":  # in the layout of xs: ys come back in it
+        assert isinstance(cell, linear.LinearCell)  # the plan's rule
+        ys, carry = linear.parallel(
+            cell,
+            params,
+            xs,
+            initial_carry,
+            backwards=how.backwards,
+            method=how.method or "chunked",
+            time_major=time_major,
+            valid=valid,
+            resets=resets,
+            hidden_mask=hidden_mask,
+        )
+        if lengths is not None and how.reverse_data:
+            ys = reverse_sequence(ys, lengths, time_major=time_major)
+        return ys, carry
     else:
         if how.resets == "step":
             # As the fused loops do (``_loops.resets_after``): zero what a step hands on.
@@ -322,7 +340,8 @@ def rnn(
     """Run ``cell`` over ``xs`` with ``jax.lax.scan``.
 
     Args:
-      cell: a ``SimpleRNN``, ``LSTM`` or ``GRU``.
+      cell: a cell (``SimpleRNN``, ``LSTM``, ``GRU``, ``MinGRU``, ``MinLSTM``, ``RGLRU`` or
+        one's own).
       params: the cell's parameters (``cell.init``).
       xs: ``[batch, time, input_size]``, or ``[time, batch, input_size]`` if ``time_major``.
       lengths: optional int ``[batch]`` in ``[0, time]``; steps at and after ``lengths[b]``
@@ -341,8 +360,9 @@ def rnn(
         carry every ``k`` steps and recomputes each block of ``k`` steps in the backward pass
         (memory ``O(time / k + k)`` carries instead of ``O(time)`` step values: ``k`` near
         ``sqrt(time)`` is smallest). The values and gradients are the same in every mode.
-      implementation: ``None`` (choose), ``"scan"``, ``"fused"``, ``"kernel"`` or
-        ``"pallas"`` (the rules, bfloat16 and float16 included: :func:`jaxrnn.plan.plan`).
+      implementation: ``None`` (choose), ``"scan"``, ``"fused"``, ``"kernel"``, ``"pallas"``
+        or ``"parallel"`` (the rules, bfloat16 and float16 included:
+        :func:`jaxrnn.plan.plan`).
         Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) needs
         ``"scan"``.
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from jaxrnn import _checks
 
-IMPLEMENTATIONS = (None, "scan", "fused", "kernel", "pallas")
+IMPLEMENTATIONS = (None, "scan", "fused", "kernel", "pallas", "parallel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +24,8 @@ class RunOptions:
         time, features]``; resets ``[time, batch]`` rather than ``[batch, time]``.
       remat: memory of the backward pass: ``False``, ``True`` (each step recomputed) or a
         positive int ``k`` (blocks of ``k`` steps recomputed); see :func:`jaxrnn.rnn`.
-      implementation: ``None`` (choose), ``"scan"``, ``"fused"``, ``"kernel"`` or
-        ``"pallas"``; the rules are :func:`jaxrnn.plan.plan`'s.
+      implementation: ``None`` (choose), ``"scan"``, ``"fused"``, ``"kernel"``, ``"pallas"``
+        or ``"parallel"``; the rules are :func:`jaxrnn.plan.plan`'s.
       static: loop over time in Python (:func:`jaxrnn.static_rnn`) rather than with
         ``lax.scan``; it is its own implementation, so ``implementation`` must be ``None``.
 

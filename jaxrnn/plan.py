@@ -13,11 +13,12 @@ import jax.numpy as jnp
 
 from jaxrnn import _native
 from jaxrnn.cells import Cell, _loops
+from jaxrnn.cells.linear import is_linear
 from jaxrnn.options import IMPLEMENTATIONS, RunOptions
 
 __all__ = ["IMPLEMENTATIONS", "Plan", "has_fused_path", "plan"]
 
-Path = Literal["scan", "static", "fused", "kernel", "pallas"]
+Path = Literal["scan", "static", "fused", "kernel", "pallas", "parallel"]
 
 
 def has_fused_path(cell: Cell) -> bool:
@@ -40,8 +41,9 @@ class Plan:
     Attributes:
       path: ``"scan"`` (``lax.scan`` of the cell's step, differentiated by JAX), ``"static"``
         (a Python loop over the steps), ``"fused"`` (the cell's fused XLA loop with its
-        hand-written backward pass), ``"kernel"`` (that loop as jaxrnn's CPU kernels) or
-        ``"pallas"`` (its two time loops as Pallas kernels).
+        hand-written backward pass), ``"kernel"`` (that loop as jaxrnn's CPU kernels),
+        ``"pallas"`` (its two time loops as Pallas kernels) or ``"parallel"`` (a linear
+        recurrence solved over all steps at once, :func:`jaxrnn.cells.linear.parallel`).
       dtype: the computation dtype (the cell's; ``ys`` come out in it).
       loop_dtype: the dtype the loop computes in: ``dtype``, or float32 where the kernels
         run a bfloat16 or float16 computation.
@@ -55,11 +57,13 @@ class Plan:
         after it (``reverse`` with lengths), so that the loop runs forwards.
       unroll: ``lax.scan``'s unroll factor (``"scan"``, ``"fused"``).
       remat: the backward pass's memory mode (``"scan"``; ``False`` elsewhere).
-      resets: ``None`` (no resets), ``"loop"`` (the fused loop or kernels take the per-step
-        flags in the order they visit the steps) or ``"step"`` (the driver zeroes the carry
-        that each step before a reset hands on).
+      resets: ``None`` (no resets), ``"loop"`` (the fused loop, the kernels or the parallel
+        path take the per-step flags in the order they visit the steps) or ``"step"`` (the
+        driver zeroes the carry that each step before a reset hands on).
       loop: the fused loop's :class:`jaxrnn.cells._loops.Loop` (``native`` True for
-        ``"kernel"``), ``None`` for ``"scan"`` and ``"static"``.
+        ``"kernel"``), ``None`` for the other paths.
+      method: how ``"parallel"`` solves the recurrence (``"kernel"``, ``"chunked"`` or
+        ``"associative"``: :mod:`jaxrnn.cells.linear_scan`), ``None`` for the other paths.
     """
 
     path: Path
@@ -73,6 +77,7 @@ class Plan:
     remat: bool | int
     resets: Literal["loop", "step"] | None
     loop: _loops.Loop | None
+    method: str | None = None
 
 
 def plan(
@@ -121,11 +126,20 @@ def plan(
       ``GRU(reset_after=True)``): through Triton on a GPU, Mosaic on a TPU, and Pallas's
       interpreter on a CPU (slow: for tests). Any computation dtype; ``unroll`` does not
       apply. Reverse mode only.
-    * ``None`` (the default): ``"scan"`` where the fused path does not apply (``layer_norm``,
-      ``GRU(reset_after=False)``, ``remat``, recurrent dropout); else ``"kernel"`` where it
-      can run with ``unroll=1``, a CPU as the default backend and a computation in float32,
-      bfloat16 or float16; else ``"fused"`` (a GPU or TPU, an ``unroll`` other than 1,
-      float64, the LSTM's variants, kernels not built).
+    * ``"parallel"`` (the linear recurrences, :class:`jaxrnn.cells.LinearCell`: ``MinGRU``,
+      ``MinLSTM``, ``RGLRU``): every step's coefficients at once, then the recurrence
+      ``h = a * h + b`` solved over all steps (:mod:`jaxrnn.cells.linear_scan`): on a CPU by
+      jaxrnn's CPU kernel where it is loaded, else by the chunked loop; on a GPU or TPU by
+      ``lax.associative_scan``. Lengths, resets, recurrent dropout and the initial carry
+      become coefficients, so nothing falls back to a loop over steps. Any computation dtype
+      (the recurrence runs in its accumulation dtype). Reverse mode only. Not with
+      ``remat``.
+    * ``None`` (the default): ``"parallel"`` for a linear recurrence (``"scan"`` with
+      ``remat``). For the other cells ``"scan"`` where the fused path does not apply
+      (``layer_norm``, ``GRU(reset_after=False)``, ``remat``, recurrent dropout); else
+      ``"kernel"`` where it can run with ``unroll=1``, a CPU as the default backend and a
+      computation in float32, bfloat16 or float16; else ``"fused"`` (a GPU or TPU, an
+      ``unroll`` other than 1, float64, the LSTM's variants, kernels not built).
       ``JAXRNN_NATIVE=0`` in the environment keeps it from choosing the kernels. It does not
       choose ``"pallas"``: no GPU or TPU measurement has shown it faster than ``"fused"`` yet
       (``docs/design/pallas.md``).
@@ -145,6 +159,8 @@ def plan(
     dtype = jnp.dtype(jnp.float32 if cell.dtype is None else cell.dtype)
     if options.static:
         path: Path = "static"
+    elif is_linear(cell):
+        path = _choose_linear(cell, options)
     else:
         path = _choose(cell, options, dtype, recurrent_dropout)
     rounded = path == "kernel" and _narrow(dtype)
@@ -162,9 +178,33 @@ def plan(
         reverse_data=options.reverse and lengths,
         unroll=options.unroll,
         remat=options.remat if path == "scan" else False,
-        resets=None if not resets else ("loop" if loop is not None else "step"),
+        resets=None if not resets else ("step" if path in ("scan", "static") else "loop"),
         loop=loop,
+        method=_linear_method(dtype) if path == "parallel" else None,
     )
+
+
+def _choose_linear(cell: Cell, options: RunOptions) -> Path:
+    """The path of a linear recurrence (see :func:`plan`)."""
+    implementation = options.implementation
+    if implementation == "scan" or (implementation is None and options.remat is not False):
+        return "scan"
+    blockers = []
+    if implementation != "parallel" and implementation is not None:
+        blockers.append(f"{cell} has no fused loop (a linear recurrence runs 'parallel')")
+    if options.remat is not False:
+        blockers.append("remat is set (it applies to 'scan')")
+    if blockers:
+        raise ValueError(f"implementation={implementation!r} cannot run: " + "; ".join(blockers))
+    return "parallel"
+
+
+def _linear_method(dtype) -> str:
+    """How ``"parallel"`` solves ``h = a * h + b`` on the default backend (see :func:`plan`)."""
+    if jax.default_backend() != "cpu":
+        return "associative"
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return "kernel" if wide == jnp.float32 and _native.enabled() else "chunked"
 
 
 def _choose(cell: Cell, options: RunOptions, dtype, recurrent_dropout: bool) -> Path:
@@ -173,6 +213,8 @@ def _choose(cell: Cell, options: RunOptions, dtype, recurrent_dropout: bool) -> 
     if implementation == "scan":
         return "scan"
     blockers = []
+    if implementation == "parallel":
+        blockers.append(f"{cell} is not a linear recurrence (jaxrnn.cells.LinearCell)")
     if not has_fused_path(cell):
         blockers.append(f"{cell} has no fused loop")
     if options.remat is not False:

@@ -15,7 +15,9 @@ loop:
 ``cell(params, carry, x)`` is the composition of both.
 
 Every cell is a :class:`Cell` (the base class; ``jaxrnn.Cell``) and is known by a name:
-``"rnn"`` (``SimpleRNN``), ``"lstm"``, ``"gru"``, and any cell of one's own registered with
+``"rnn"`` (``SimpleRNN``), ``"lstm"``, ``"gru"``, the linear recurrences ``"mingru"``,
+``"minlstm"`` and ``"rglru"`` (:class:`LinearCell`: no recurrent matrix, run in parallel over
+time; :mod:`jaxrnn.cells.linear`), and any cell of one's own registered with
 :func:`register` (:mod:`jaxrnn.cells.registry`), which ``Model(cell=...)`` and ``--set
 cell=...`` then build. Gates are fused: one ``[in, k*H]`` input
 matmul and one ``[H, k*H]`` recurrent matmul per step, whatever the number of gates ``k``.
@@ -28,6 +30,9 @@ Parameter layout (``I`` input size, ``H`` hidden size):
 | ``LSTM`` | ``w_i [I, 4H]``, ``w_h [H, 4H]``, ``b [4H]``; gates i, f, g, o |
 | ``GRU(reset_after=True)`` | ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``, ``b_h [3H]``; r, z, n |
 | ``GRU(reset_after=False)`` | ``w_i [I, 3H]``, ``w_h [H, 3H]``, ``b [3H]``; gates r, z, n |
+| ``MinGRU`` | ``w_i [I, 2H]``, ``b [2H]``; columns z, h~ |
+| ``MinLSTM`` | ``w_i [I, 3H]``, ``b [3H]``; columns f, i, h~ |
+| ``RGLRU`` | ``w_i [I, 2H]``, ``b [2H]`` (r, i), ``a_param [H]``; ``w_x [I, H]`` where ``I != H`` |
 
 ``SimpleRNN`` and ``LSTM`` also accept an optional second bias ``b_h`` (same shape as ``b``),
 added to ``b``: PyTorch stores two, and keeping both makes weight round trips exact.
@@ -58,17 +63,24 @@ from jaxrnn.cells._base import CellBase as Cell
 from jaxrnn.cells.simple import SimpleRNN
 from jaxrnn.cells.lstm import LSTM
 from jaxrnn.cells.gru import GRU
+from jaxrnn.cells.minimal import MinGRU, MinLSTM
+from jaxrnn.cells.rglru import RGLRU
 
 # isort: on
+from jaxrnn.cells.linear import LinearCell
 from jaxrnn.cells.registry import register
 
 __all__ = [
     "GRU",
     "LSTM",
+    "RGLRU",
     "Array",
     "Carry",
     "Cell",
     "DType",
+    "LinearCell",
+    "MinGRU",
+    "MinLSTM",
     "Params",
     "SimpleRNN",
     "accumulation_dtype",

@@ -53,7 +53,7 @@ class Config:
     # Precision and implementation (``jaxrnn.models.Model``, ``jaxrnn.rnn``).
     dtype: str = "float32"  # computation dtype: bfloat16, float16, float32 or float64
     param_dtype: str = "float32"  # parameters, optimizer state and checkpoints
-    implementation: str = "auto"  # "auto" (jaxrnn chooses), "scan", "fused", "kernel", "pallas"
+    implementation: str = "auto"  # "auto" (jaxrnn chooses) or one of jaxrnn.rnn's
 
     # Optimizer (``jaxrnn.training.optimizers.make_optimizer``).
     optimizer: str = "adam"

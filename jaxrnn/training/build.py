@@ -14,6 +14,7 @@ from jaxrnn import parallel
 from jaxrnn.cells import check_floating
 from jaxrnn.configs.base import Config
 from jaxrnn.models import CELL_OPTIONS, Model
+from jaxrnn.options import IMPLEMENTATIONS
 from jaxrnn.training import state as state_lib
 
 
@@ -67,7 +68,7 @@ def check_dtypes(config: Config) -> None:
 
 
 def implementation_of(config: Config) -> str | None:
-    choices = ("auto", "scan", "fused", "kernel", "pallas")
+    choices = ("auto", *(name for name in IMPLEMENTATIONS if name is not None))
     if config.implementation not in choices:
         raise ValueError(f"implementation must be one of {choices}, got {config.implementation!r}")
     return None if config.implementation == "auto" else config.implementation

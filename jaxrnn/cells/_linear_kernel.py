@@ -1,0 +1,100 @@
+"""The binding of jaxrnn's CPU kernels for the linear recurrence ``h[t] = a[t] * h[t-1] +
+b[t]`` (elementwise; ``csrc/linear.cc``): the scan, and its derivative, that the
+linear-recurrence cells' parallel path runs (:mod:`jaxrnn.cells.linear_scan`).
+
+Both take the time axis first (``[T, ...]``) or second (``[B, T, ...]``, the batch-first
+layout, with a state ``[B, ...]``), so that neither layout is transposed. ``jaxrnn._native``
+registers :data:`FFI_TARGETS` with XLA when it loads the kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _native
+
+FFI_TARGETS = {
+    "jaxrnn_linear_scan": "JaxrnnLinearScan",
+    "jaxrnn_linear_scan_backward": "JaxrnnLinearScanBackward",
+}
+"""``{ffi_target: symbol}`` of the kernels in jaxrnn's compiled library."""
+
+
+def _check(time_axis: int, h0, *arrays) -> tuple[int, int, int]:
+    """``(P, T, N)``: the kernels' view of ``arrays`` (one shape, float32, the time axis
+    ``time_axis``) and ``h0`` (that shape without the time axis)."""
+    shape = arrays[0].shape
+    if time_axis not in (0, 1) or len(shape) <= time_axis:
+        raise ValueError(f"time_axis must be 0 or 1 and within the arrays' shape {shape}")
+    if (
+        any(x.shape != shape for x in arrays)
+        or h0.shape != shape[:time_axis] + shape[time_axis + 1 :]
+    ):
+        raise ValueError(
+            f"the arrays must share one shape and h0 be that shape without its time axis "
+            f"{time_axis}; got {[x.shape for x in arrays]}, h0 {h0.shape}"
+        )
+    if not all(x.dtype == jnp.float32 for x in (*arrays, h0)):
+        raise TypeError(f"float32 only; got {[x.dtype for x in (*arrays, h0)]}")
+    _native.kernel_status()  # loads the kernels and registers the targets (once)
+    sequences = math.prod(shape[:time_axis])
+    return sequences, shape[time_axis], math.prod(shape[time_axis + 1 :])
+
+
+def linear_scan_kernel(a, b, h0, *, reverse: bool, time_axis: int = 0) -> jax.Array:
+    """The states of ``h[t] = a[t] * h[t-1] + b[t]`` from ``h[-1] = h0``, by the CPU kernel.
+
+    Args:
+      a, b: float32, one shape, time on axis ``time_axis`` (``[T, ...]`` or ``[B, T, ...]``).
+      h0: float32, that shape without the time axis: the state before the first step visited.
+      reverse: visit the steps from the last to the first: ``h[t] = a[t] * h[t+1] + b[t]``
+        from ``h[T] = h0``.
+      time_axis: 0 or 1.
+
+    Returns:
+      ``h``, float32, ``a``'s shape. Each step is one fused multiply-add where the CPU has
+      FMA, as XLA:CPU computes the same step, else the product then the sum; NaN propagates.
+
+    Runs only where the computation is placed on a CPU and the kernels are loaded
+    (``jaxrnn._native.enabled()``); under ``vmap`` it runs once per batch element
+    (``vmap_method="sequential"``). Not differentiable by JAX:
+    :func:`linear_scan_backward_kernel` is its derivative.
+    """
+    shape = (sequences, steps, width) = _check(time_axis, h0, a, b)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_scan",
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        vmap_method="sequential",
+    )
+    flat = (a.reshape(shape), b.reshape(shape), h0.reshape(sequences, width))
+    return call(*flat, reverse=np.int32(reverse)).reshape(a.shape)
+
+
+def linear_scan_backward_kernel(a, h, h0, g, *, reverse: bool, time_axis: int = 0):
+    """The derivative of :func:`linear_scan_kernel` at ``(a, h0)`` with states ``h``, given
+    the cotangent ``g`` of ``h``: ``(d_a, d_b, d_h0)``.
+
+    ``d_h[t] = g[t] + a[t+1] * d_h[t+1]`` (``a[t-1] * d_h[t-1]`` with ``reverse``), ``d_b =
+    d_h``, ``d_a[t] = d_h[t] * h[t-1]`` (``h0`` before the first step visited) and ``d_h0``
+    is ``a * d_h`` at the first step visited. Shapes and dtypes as
+    :func:`linear_scan_kernel`'s.
+    """
+    shape = (sequences, steps, width) = _check(time_axis, h0, a, h, g)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_scan_backward",
+        (
+            jax.ShapeDtypeStruct(shape, jnp.float32),
+            jax.ShapeDtypeStruct(shape, jnp.float32),
+            jax.ShapeDtypeStruct((sequences, width), jnp.float32),
+        ),
+        vmap_method="sequential",
+    )
+    state = h0.reshape(sequences, width)
+    d_a, d_b, d_h0 = call(
+        a.reshape(shape), h.reshape(shape), state, g.reshape(shape), reverse=np.int32(reverse)
+    )
+    return d_a.reshape(a.shape), d_b.reshape(a.shape), d_h0.reshape(h0.shape)
