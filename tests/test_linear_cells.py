@@ -18,7 +18,7 @@ from jax.test_util import check_grads
 
 import jaxrnn
 from jaxrnn import _native
-from jaxrnn.cells import registry
+from jaxrnn.cells import linear, registry
 from jaxrnn.cells.linear_scan import METHODS, linear_scan
 from jaxrnn.drivers import drive
 from jaxrnn.models import Model
@@ -697,3 +697,33 @@ def test_plan():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+# ------------------------------------------------------------------------ time chunks
+
+
+def test_time_chunks_against_numpy_and_scan(monkeypatch):
+    """The parallel path cut into time chunks of 3 steps (7 = 3 + 3 + 1 padded): values
+    against the NumPy loop, gradients against scan, in both directions and both layouts."""
+    monkeypatch.setattr(linear, "chunk_steps", lambda steps, shape, method, chunk=None: 3)
+    cot = jnp.asarray(np.random.default_rng(60).normal(size=(B, T, H)), jnp.float32)
+    for _name, cell, input_size in CELLS[:3]:
+        params, xs, carry = make_params(cell, input_size, 60), make_xs(60, input_size), make_carry()
+        for reverse in (False, True):
+            want_ys, want_h = np_run(
+                cell, params, xs, LENGTHS, reverse=reverse, resets=RESETS, carry0=carry
+            )
+            ys, h = jaxrnn.rnn(
+                cell, params, xs, LENGTHS, resets=RESETS, initial_carry=carry, reverse=reverse
+            )
+            close(ys, want_ys)
+            close(h, want_h)
+            grads = [
+                jax.grad(_loss_fn(cell, impl, reverse, cot), argnums=(0, 1, 2))(params, xs, carry)
+                for impl in (None, "scan")
+            ]
+            tree_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+        ys_tm, _ = jaxrnn.rnn(
+            cell, params, jnp.swapaxes(xs, 0, 1), LENGTHS, resets=RESETS.T, time_major=True
+        )
+        close(jnp.swapaxes(ys_tm, 0, 1), np_run(cell, params, xs, LENGTHS, resets=RESETS)[0])

@@ -119,47 +119,50 @@ def parallel(
     if not time_major:  # the masks in the layout of the data
         valid = None if valid is None else valid.T
         resets = None if resets is None else resets.T
-    run = _Run(cell, params, hidden_mask, backwards, method, time_axis)
     carry0 = carry0.astype(accumulation_dtype(cell.dtype))
     size = chunk_steps(xs.shape[0 if time_major else 1], carry0.shape, method, chunk)
     if size is None:
-        ys, carry = run(xs, carry0, valid, resets)
-    else:
-        ys, carry = run.in_chunks(size, xs, carry0, valid, resets)
+        run = _Run(cell, backwards, method, time_axis)
+        ys, carry = run(params, hidden_mask, xs, carry0, valid, resets)
+    else:  # each chunk is recomputed whole in the backward pass
+        run = _Run(cell, backwards, method, time_axis, recompute=False)
+        ys, carry = _in_chunks(run, size, params, hidden_mask, xs, carry0, valid, resets)
     return ys.astype(cell.dtype), carry
 
 
 def chunk_steps(steps: int, state_shape, method: str, chunk: int | None = None) -> int | None:
     """The steps per time chunk of :func:`parallel`, or ``None`` for the whole sequence at
     once: with the CPU kernel, chunks whose arrays of ``[batch, steps, H]`` hold about
-    ``2**15`` values (so that a chunk's passes stay in the CPU's cache), unless ``chunk``
-    says otherwise."""
+    ``2**18`` values (so that a chunk's passes stay in the CPU's cache; measured in
+    ``docs/design/linear-recurrences.md``), unless ``chunk`` says otherwise."""
     if chunk is None:
         if method != "kernel":
             return None
-        chunk = max(8, 2**15 // max(1, math.prod(state_shape)))
+        chunk = max(8, 2**18 // max(1, math.prod(state_shape)))
     return chunk if chunk < steps else None
 
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
-    """One linear cell's steps, given its projection's inputs, in one layout and direction."""
+    """A linear cell's steps over a sequence in one layout and direction (hashable)."""
 
     cell: LinearCell
-    params: Params
-    hidden_mask: Array | None
     backwards: bool
     method: str
     time_axis: int
+    recompute: bool = True  # the coefficients in the backward pass rather than kept
 
-    def __call__(self, xs, carry0, valid, resets):
-        """``(ys, carry)`` over ``xs`` from ``carry0`` (``ys`` in the accumulation dtype)."""
+    def __call__(self, params, hidden_mask, xs, carry0, valid, resets):
+        """``(ys, carry)`` over ``xs`` from ``carry0`` (``ys`` in the accumulation dtype);
+        the arguments as :func:`parallel`'s, the masks in the layout of ``xs``."""
         time_major = self.time_axis == 0
-        xp = self.cell.project_inputs(self.params, xs)
-        # Recomputed from xp in the backward pass: fewer arrays of the sequence's size written.
-        a, b = jax.checkpoint(self.cell.coefficients)(self.params, xp)
-        if self.hidden_mask is not None:
-            mask = self.hidden_mask.astype(a.dtype)
+        xp = self.cell.project_inputs(params, xs)
+        coefficients = self.cell.coefficients
+        if self.recompute:  # from xp in the backward pass: fewer arrays of the sequence's size
+            coefficients = jax.checkpoint(coefficients)
+        a, b = coefficients(params, xp)
+        if hidden_mask is not None:
+            mask = hidden_mask.astype(a.dtype)
             a = a * (mask[None] if time_major else mask[:, None])
         if resets is not None:
             a = jnp.where(resets[..., None], jnp.zeros_like(a), a)
@@ -179,39 +182,99 @@ class _Run:
         ys = h if valid is None else jnp.where(valid[..., None], h, jnp.zeros_like(h))
         return ys, carry
 
-    def in_chunks(self, size: int, xs, carry0, valid, resets):
-        """As :meth:`__call__`, in chunks of ``size`` steps under ``lax.scan``, each chunk
-        recomputed in the backward pass (only the carry between chunks is kept)."""
-        axis = self.time_axis
-        steps = xs.shape[axis]
-        count = -(-steps // size)
-        pad = count * size - steps
-        if pad:  # steps past the end: not valid, so they keep the state and output zeros
 
-            def padded(x, value):
-                widths = [(0, 0)] * x.ndim
-                widths[axis] = (0, pad)
-                return jnp.pad(x, widths, constant_values=value)
+def _in_chunks(run: _Run, size: int, params, hidden_mask, xs, carry0, valid, resets):
+    """``run`` over ``xs`` in chunks of ``size`` steps, one after another, each written in
+    place into the outputs, and recomputed from the carry it started from in the backward
+    pass (only those carries are kept): a chunk's passes stay in the CPU's cache."""
+    axis = run.time_axis
+    steps = xs.shape[axis]
+    pad = -steps % size
+    if pad:  # steps past the end: not valid, so they keep the state and output zeros
 
-            if valid is None:
-                valid = jnp.ones(xs.shape[:2], bool)
-            xs, valid = padded(xs, 0), padded(valid, False)
-            resets = None if resets is None else padded(resets, False)
+        def padded(x, value):
+            widths = [(0, 0)] * x.ndim
+            widths[axis] = (0, pad)
+            return jnp.pad(x, widths, constant_values=value)
 
-        def split(x):  # [..., count * size, ...] -> [count, ..., size, ...]
-            if x is None:
-                return None
-            shape = (*x.shape[:axis], count, size, *x.shape[axis + 1 :])
-            return jnp.moveaxis(x.reshape(shape), axis, 0)
+        if valid is None:
+            valid = jnp.ones(xs.shape[:2], bool)
+        xs, valid = padded(xs, 0), padded(valid, False)
+        resets = None if resets is None else padded(resets, False)
+    ys, carry = _chunks(run, size, params, hidden_mask, xs, carry0, valid, resets)
+    return jax.lax.slice_in_dim(ys, 0, steps, axis=axis), carry
 
-        @functools.partial(jax.checkpoint, prevent_cse=False)
-        def chunk(carry, inputs):
-            x, v, r = inputs
-            ys, carry = self(x, carry, v, r)
-            return carry, ys
 
-        inputs = (split(xs), split(valid), split(resets))
-        carry, ys = jax.lax.scan(chunk, carry0, inputs, reverse=self.backwards)
-        ys = jnp.moveaxis(ys, 0, axis)
-        ys = ys.reshape(*ys.shape[:axis], count * size, *ys.shape[axis + 2 :])
-        return jax.lax.slice_in_dim(ys, 0, steps, axis=axis), carry
+def _chunk_order(run: _Run, count: int, i):
+    """The chunk visited ``i``-th."""
+    return count - 1 - i if run.backwards else i
+
+
+def _at(run: _Run, size: int, k, *arrays):
+    """Chunk ``k`` of each of ``arrays`` (``None`` stays ``None``)."""
+    return tuple(
+        None if x is None else jax.lax.dynamic_slice_in_dim(x, k * size, size, run.time_axis)
+        for x in arrays
+    )
+
+
+def _chunks_forward(run: _Run, size: int, params, hidden_mask, xs, carry0, valid, resets):
+    axis = run.time_axis
+    count = xs.shape[axis] // size
+    acc = carry0.dtype
+    ys = jnp.zeros((*xs.shape[:-1], carry0.shape[-1]), acc)
+    starts = jnp.zeros((count, *carry0.shape), acc)
+
+    def chunk(i, state):
+        ys, carry, starts = state
+        k = _chunk_order(run, count, i)
+        starts = starts.at[k].set(carry)
+        x, v, r = _at(run, size, k, xs, valid, resets)
+        y, carry = run(params, hidden_mask, x, carry, v, r)
+        ys = jax.lax.dynamic_update_slice_in_dim(ys, y, k * size, axis)
+        return ys, carry, starts
+
+    return jax.lax.fori_loop(0, count, chunk, (ys, carry0, starts))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunks(run: _Run, size: int, params, hidden_mask, xs, carry0, valid, resets):
+    ys, carry, _ = _chunks_forward(run, size, params, hidden_mask, xs, carry0, valid, resets)
+    return ys, carry
+
+
+def _chunks_fwd(run, size, params, hidden_mask, xs, carry0, valid, resets):
+    ys, carry, starts = _chunks_forward(run, size, params, hidden_mask, xs, carry0, valid, resets)
+    return (ys, carry), (params, hidden_mask, xs, valid, resets, starts)
+
+
+def _chunks_bwd(run, size, saved, cotangents):
+    params, hidden_mask, xs, valid, resets, starts = saved
+    d_ys, d_carry = cotangents
+    axis = run.time_axis
+    count = xs.shape[axis] // size
+    wide = {k: accumulation_dtype(v.dtype) for k, v in params.items()}
+    d_params = {k: jnp.zeros(v.shape, wide[k]) for k, v in params.items()}
+
+    def chunk(j, state):  # the chunks in the opposite order
+        d_carry, d_params, d_xs = state
+        k = _chunk_order(run, count, count - 1 - j)
+        x, v, r, d_y = _at(run, size, k, xs, valid, resets, d_ys)
+
+        def one(params, x, carry):
+            return run(params, hidden_mask, x, carry, v, r)
+
+        _, pullback = jax.vjp(one, params, x, starts[k])
+        d_p, d_x, d_carry = pullback((d_y, d_carry))
+        d_params = {key: d_params[key] + d_p[key].astype(wide[key]) for key in d_params}
+        d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_x, k * size, axis)
+        return d_carry, d_params, d_xs
+
+    state = (d_carry, d_params, jnp.zeros_like(xs))
+    d_carry0, d_params, d_xs = jax.lax.fori_loop(0, count, chunk, state)
+    d_params = {k: v.astype(params[k].dtype) for k, v in d_params.items()}
+    d_mask = None if hidden_mask is None else jnp.zeros_like(hidden_mask)
+    return d_params, d_mask, d_xs, d_carry0, None, None
+
+
+_chunks.defvjp(_chunks_fwd, _chunks_bwd)
