@@ -86,7 +86,8 @@ def markdown(payload: dict) -> str:
     lines = [
         "# Linear recurrences on two tasks",
         "",
-        f"Machine: {payload['environment'].get('cpu', '?')}; `python scripts/linear_results.py`.",
+        f"Machine: {payload['environment']['cpu']} ({payload['environment']['cpu_count']} "
+        "cores); `python scripts/linear_results.py`.",
         "",
     ]
     if "char_lm" in payload:

@@ -4,12 +4,14 @@ computed from the input alone (no recurrent matrix): the base class :class:`Line
 ``implementation="parallel"``, :func:`jaxrnn.plan.plan`).
 
 Because ``a`` and ``b`` do not depend on the state, every step's pair comes from one
-computation over all steps (the input projection, then the cell's :meth:`~LinearCell.coefficients`),
-and the recurrence itself is :func:`jaxrnn.cells.linear_scan.linear_scan`. The sequence
-semantics become coefficients: a step past a sequence's length keeps the state (``a = 1``,
-``b = 0``) and outputs zeros, a reset before a step drops the state there (``a = 0``, so no
-gradient crosses it), recurrent dropout scales ``a`` by its mask (the state enters the step
-only through ``a * h``), and the initial carry is the scan's ``h0``. The outputs are the states.
+computation over all steps (the input projection, then the cell's
+:meth:`~LinearCell.coefficients`), and the recurrence itself is
+:func:`jaxrnn.cells.linear_scan.linear_scan`. The sequence semantics become coefficients: a
+step past a sequence's length keeps the state (``a = 1``, ``b = 0``) and outputs zeros, a
+reset before a step drops the state there (``a = 0``, so no gradient crosses it), recurrent
+dropout scales ``a`` by its mask (the state enters the step only through ``a * h``), and the
+initial carry is the scan's ``h0``. The outputs are the states. With the CPU kernel the
+sequence runs in time chunks, one after another (:func:`chunk_steps`).
 """
 
 from __future__ import annotations
@@ -106,9 +108,9 @@ def parallel(
       resets: bool ``[T, B]`` (or None), in the order the steps are visited: the state is
         zero before the steps where True (only where ``valid``).
       hidden_mask: ``[B, H]`` (or None): recurrent dropout's mask on the state.
-      chunk: the steps per time chunk (default: :func:`chunk_steps`). With the CPU kernel
-        the sequence runs in chunks under ``lax.scan``, each recomputed in the backward pass:
-        every pass over a chunk's values then stays in the CPU's cache.
+      chunk: the steps per time chunk (default: :func:`chunk_steps`): the chunks run one
+        after another, each recomputed from its first state in the backward pass, so that
+        every pass over a chunk's values stays in the CPU's cache.
 
     Returns:
       ``(ys, carry)``: ``ys`` ``[T, B, H]`` (or ``[B, T, H]``) in the computation dtype,
