@@ -49,7 +49,8 @@ def linear_scan_kernel(a, b, h0, *, reverse: bool, time_axis: int = 0) -> jax.Ar
     """The states of ``h[t] = a[t] * h[t-1] + b[t]`` from ``h[-1] = h0``, by the CPU kernel.
 
     Args:
-      a, b: float32, one shape, time on axis ``time_axis`` (``[T, ...]`` or ``[B, T, ...]``).
+      a: float32, time on axis ``time_axis`` (``[T, ...]`` or ``[B, T, ...]``).
+      b: float32, ``a``'s shape.
       h0: float32, that shape without the time axis: the state before the first step visited.
       reverse: visit the steps from the last to the first: ``h[t] = a[t] * h[t+1] + b[t]``
         from ``h[T] = h0``.

@@ -43,8 +43,9 @@ def linear_scan(
     """The states ``h`` of ``h[t] = a[t] * h[t-1] + b[t]`` from ``h[-1] = h0``.
 
     Args:
-      a, b: one shape and floating dtype, time on axis ``time_axis``: ``[T, ...]`` (0) or
-        ``[B, T, ...]`` (1).
+      a: the multipliers, floating, time on axis ``time_axis``: ``[T, ...]`` (0) or ``[B, T,
+        ...]`` (1).
+      b: the added terms, ``a``'s shape and dtype.
       h0: that shape without the time axis: the state before the first step visited.
       reverse: visit the steps from the last to the first (``h[t] = a[t] * h[t+1] + b[t]``,
         ``h[T] = h0``).
