@@ -5,7 +5,7 @@ computed from the input alone (no recurrent matrix): the base class :class:`Line
 
 Because ``a`` and ``b`` do not depend on the state, every step's pair comes from one
 computation over all steps (the input projection, then the cell's
-:meth:`~LinearCell.coefficients`), and the recurrence itself is
+``coefficients``), and the recurrence itself is
 :func:`jaxrnn.cells.linear_scan.linear_scan`. The sequence semantics become coefficients: a
 step past a sequence's length keeps the state (``a = 1``, ``b = 0``) and outputs zeros, a
 reset before a step drops the state there (``a = 0``, so no gradient crosses it), recurrent
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,18 +54,16 @@ class LinearCell(CellBase):
         w_i = _glorot(key, (input_size, width), wide).astype(dtype)
         return {"w_i": w_i, "b": jnp.zeros((width,), dtype)}
 
-    def coefficients(self, params: Params, xp: Array) -> tuple[Array, Array]:
-        """``(a, b)``, each ``[..., hidden_size]`` in ``xp``'s dtype (the accumulation dtype),
-        from the projected input ``xp`` (``[..., gates * hidden_size]``,
-        :meth:`project_inputs`)."""
-        raise NotImplementedError
+    # Defined by each cell: (params, xp) -> (a, b), each [..., hidden_size] in xp's dtype (the
+    # accumulation dtype), from the projected input xp [..., gates * hidden_size].
+    coefficients: Callable[[Params, Array], tuple[Array, Array]]
 
     def recurrent(self, params: Params, h: Array) -> None:
         """``None``: the state enters the step only through ``a * h``."""
         return None
 
     def update(self, params: Params, carry: Array, xp: Array, hw: None) -> tuple[Array, Array]:
-        """``h' = a * h + b`` with ``(a, b)`` = :meth:`coefficients`; the output is ``h'``."""
+        """``h' = a * h + b`` with ``(a, b)`` = ``coefficients``; the output is ``h'``."""
         del hw
         a, b = self.coefficients(params, xp)
         h = a * carry + b
