@@ -1,14 +1,14 @@
 // Shared by jaxrnn's CPU kernels (simple.cc, lstm.cc, gru.cc; linear.cc uses the thread rounds
 // and the vector versions): the forward and backward loops themselves (RunForward,
-// RunBackward), with OpenBLAS' sgemm, the thread rounds, the chunking of hidden units, the
-// vectorisable exp/sigmoid/tanh, the x86-64 versions of the cells' row loops and the layouts.
+// RunBackward), the weights' gradients (OpenBLAS' sgemm), the thread rounds, the chunking of
+// hidden units, the vectorisable exp/sigmoid/tanh and the layouts.
 // A cell's file holds its pointwise math for one row of one step and its handlers' FFI
 // bindings.
 //
 // XLA:CPU runs the body of a while loop one operation after another on one core, and every
 // operation costs a dispatch; these handlers run the whole loop in one call and split each
 // step's hidden units into chunks, one per core. A chunk multiplies the full previous state
-// by its columns of the recurrent weights (OpenBLAS sgemm, single-threaded), computes its
+// by its columns of the recurrent weights (small_matmul.h: packed once per call), computes its
 // units' elementwise update and writes it; step t+1 starts when every chunk of step t is
 // written (RunRounds). The backward handlers also return the weights' gradients. A chunk's
 // arithmetic does not depend on the thread that runs it, so results repeat from run to run.
@@ -34,11 +34,9 @@
 #include <utility>
 #include <vector>
 
+#include "dispatch.h"
+#include "small_matmul.h"
 #include "xla/ffi/api/ffi.h"
-
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 
 namespace ffi = xla::ffi;
 
@@ -54,13 +52,6 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // the CBLAS enum 
 // Set once from Python (jaxrnn_set_sgemm, jaxrnn_set_max_threads) before any handler runs.
 inline Sgemm g_sgemm = nullptr;
 inline int g_max_threads = 1;
-
-// C[m, n] = beta * C + A[m, k] @ op(B) with op(B) = B[k, n] or B[n, k]^T (row-major).
-inline void Gemm(bool trans_b, int m, int n, int k, const float* a, int lda, const float* b,
-                 int ldb, float beta, float* c, int ldc) {
-  g_sgemm(kRowMajor, kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta,
-          c, ldc);
-}
 
 // The recurrent weights' gradient for `width` of its columns (from column `col`):
 // d_w[:, col:col+width] = sum over steps of h_prev[t]^T @ d_z[t][:, col:col+width], where
@@ -275,22 +266,6 @@ inline int WidestChunk(const std::vector<int>& starts) {
   return widest;
 }
 
-// Each chunk's columns of w_h ([H, gates * H], gate blocks of H), gate by gate: [H, gates * n]
-// per chunk of n units, so that one sgemm computes every gate of the chunk's units.
-inline std::vector<std::vector<float>> ChunkColumns(const float* w, int64_t hidden, int gates,
-                                                    const std::vector<int>& starts) {
-  std::vector<std::vector<float>> out(starts.size() - 1);
-  for (size_t k = 0; k + 1 < starts.size(); ++k) {
-    const int j0 = starts[k], n = starts[k + 1] - j0;
-    out[k].resize(hidden * gates * n);
-    for (int64_t r = 0; r < hidden; ++r)
-      for (int gate = 0; gate < gates; ++gate)
-        std::memcpy(&out[k][(r * gates + gate) * n], w + (r * gates + gate) * hidden + j0,
-                    sizeof(float) * n);
-  }
-  return out;
-}
-
 // ---------------------------------------------------------------------------- pointwise
 // exp to about 1 ulp (range reduction by ln 2, a degree-6 polynomial), written so that the
 // compiler vectorises loops over it; NaN propagates through every function.
@@ -324,77 +299,6 @@ inline float Tanh(float x) {
       x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
   return a < 0.25f ? s : std::copysign(t, x);
 }
-
-// ----------------------------------------------------------------------- vector versions
-// One build serves every x86-64 machine: each cell's row loops (JAXRNN_ROW_LOOP functions,
-// called as Vectorised<Loop>(args...)) are compiled for x86-64-v4 (AVX-512), x86-64-v3
-// (AVX2, FMA) and the baseline, and every call runs the widest version that the CPU and the
-// operating system support (g_vector_level, read once with cpuid when the library loads).
-// Not target_clones (the GCC build's way until the wheel's): its dispatch reads the CPU's
-// features from the compiler runtime, whose copy in the wheel's toolchain (zig c++) reports
-// none, and under zig an arch= target still compiles for the baseline. Feature lists and a
-// cpuid check of our own do the same under GCC and Clang.
-
-#define JAXRNN_ROW_LOOP inline __attribute__((always_inline))
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define JAXRNN_X86_V3 "avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"
-#define JAXRNN_X86_V4 JAXRNN_X86_V3 ",avx512f,avx512bw,avx512cd,avx512dq,avx512vl"
-
-// 4 where the CPU has x86-64-v4's features (AVX-512 F, BW, CD, DQ, VL) and the operating
-// system saves the AVX-512 registers, 3 for x86-64-v3's (AVX2, FMA, BMI1, BMI2, F16C, LZCNT,
-// MOVBE, POPCNT) and the AVX registers, else 1.
-inline int DetectVectorLevel() {
-  unsigned eax, ebx, ecx, edx;
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 1;
-  const unsigned leaf1_ecx = ecx;
-  auto has = [](unsigned reg, int bit) { return (reg >> bit) & 1u; };
-  // FMA 12, MOVBE 22, POPCNT 23, OSXSAVE 27 (XGETBV works), AVX 28, F16C 29
-  for (int bit : {12, 22, 23, 27, 28, 29})
-    if (!has(leaf1_ecx, bit)) return 1;
-  unsigned xcr0, xcr0_high;
-  __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0));
-  if ((xcr0 & 0x6) != 0x6) return 1;  // the SSE and AVX registers
-  if (!__get_cpuid(0x80000001, &eax, &ebx, &ecx, &edx) || !has(ecx, 5)) return 1;  // LZCNT
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 1;
-  for (int bit : {3, 5, 8})  // BMI1, AVX2, BMI2
-    if (!has(ebx, bit)) return 1;
-  for (int bit : {16, 17, 28, 30, 31})  // AVX-512 F, DQ, CD, BW, VL
-    if (!has(ebx, bit)) return 3;
-  return (xcr0 & 0xe6) == 0xe6 ? 4 : 3;  // and the opmask and ZMM registers
-}
-
-inline const int g_vector_level = DetectVectorLevel();
-
-template <auto Loop, typename... Args>
-__attribute__((target(JAXRNN_X86_V4))) void RunV4(Args... args) {
-  Loop(args...);
-}
-template <auto Loop, typename... Args>
-__attribute__((target(JAXRNN_X86_V3))) void RunV3(Args... args) {
-  Loop(args...);
-}
-// Not inlined either: inlined, GCC's baseline loop made W5's forward kernel 10% slower.
-template <auto Loop, typename... Args>
-__attribute__((noinline)) void RunBaseline(Args... args) {
-  Loop(args...);
-}
-
-// Loop(args...), in the widest version this machine runs.
-template <auto Loop, typename... Args>
-void Vectorised(Args... args) {
-  if (g_vector_level >= 4) return RunV4<Loop>(args...);
-  if (g_vector_level >= 3) return RunV3<Loop>(args...);
-  RunBaseline<Loop>(args...);
-}
-#else
-inline const int g_vector_level = 0;  // one version, for the compiler's target
-
-template <auto Loop, typename... Args>
-void Vectorised(Args... args) {
-  Loop(args...);
-}
-#endif
 
 // ------------------------------------------------------------------------------ layout
 
@@ -490,9 +394,16 @@ void RunForward(ffi::ThreadPool& pool, const ForwardLoop& loop, const Update& up
     if (c) ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, c);
     ZeroResetRows(rs, order.At(0), batch, hidden, 0, hidden, h_buf.data());
   }
-  // With one gate a chunk's columns of w_h are read in place.
-  std::vector<std::vector<float>> w_chunk;
-  if constexpr (kGates > 1) w_chunk = ChunkColumns(loop.w_h, hidden, kGates, starts);
+  // Each chunk's columns of w_h, gate by gate ([H, kGates * n]), packed for Multiply by the
+  // chunk's first work item (only the chunk's items read them).
+  std::vector<PackedColumns> w_chunk(chunks);
+  auto pack = [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    w_chunk[k] = PackedColumns(hidden, kGates * n, [&](int64_t r, float* out) {
+      for (int gate = 0; gate < kGates; ++gate)
+        std::memcpy(out + gate * n, loop.w_h + r * width + gate * hidden + j0, sizeof(float) * n);
+    });
+  };
 
   // scratch: the recurrent products [batch, kGates * n], then one row's discarded c, h and y,
   // then one row's discarded kept values when nothing is kept.
@@ -503,12 +414,8 @@ void RunForward(ffi::ThreadPool& pool, const ForwardLoop& loop, const Update& up
     float* h_next = &h_buf[((s + 1) % 2) * batch * hidden];
     float* acc = scratch;
     float *sc = acc + batch * kGates * n, *sh = sc + n, *sy = sh + n, *sk = sy + n;
-    if constexpr (kGates > 1) {
-      Gemm(false, batch, kGates * n, hidden, h_cur, hidden, w_chunk[k].data(), kGates * n, 0.0f,
-           acc, kGates * n);
-    } else {
-      Gemm(false, batch, n, hidden, h_cur, hidden, loop.w_h + j0, hidden, 0.0f, acc, n);
-    }
+    if (s == 0) pack(k);
+    Multiply(batch, h_cur, hidden, w_chunk[k], acc, kGates * n, false);
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = (t * batch + b) * hidden + j0;
       ForwardRow r{
@@ -593,8 +500,9 @@ struct BackwardLoop {
 // Round u finishes step u - 1 for a chunk's units (dh += d_rec @ w_h^T needs every unit's
 // d_rec of that step: the previous round; then dh and dc are zero in the rows where that step
 // reset) and runs the pointwise part of step u. Once every d_rec is written, round T + 1
-// computes the chunk's columns of w_h's gradient (and its part of the time-major copy of
-// batch-first inputs), round T + 2 its part of w_i's and the biases' columns.
+// computes the k-th part of w_h's gradient's columns (contiguous: few, wide sgemm calls) and
+// of the time-major copy of batch-first inputs, round T + 2 its part of w_i's and the
+// biases' columns.
 template <int kGates, int kKept, typename Update>
 void RunBackward(ffi::ThreadPool& pool, const BackwardLoop& loop, const Update& update) {
   const int64_t steps = loop.steps, batch = loop.batch, hidden = loop.hidden;
@@ -613,6 +521,15 @@ void RunBackward(ffi::ThreadPool& pool, const BackwardLoop& loop, const Update& 
   std::memcpy(dh, loop.d_h, sizeof(float) * batch * hidden);
   if (dc) std::memcpy(dc, loop.d_c, sizeof(float) * batch * hidden);
   TimeMajorInputs inputs(loop.xs, steps, batch, loop.features, loop.time_major);
+  // Each chunk's rows of w_h, transposed ([kGates * H, n]), packed for Multiply by the chunk's
+  // first work item (only the chunk's items read them).
+  std::vector<PackedColumns> w_rows(chunks);
+  auto pack = [&](int k) {
+    const int j0 = starts[k], n = starts[k + 1] - j0;
+    w_rows[k] = PackedColumns(width, n, [&](int64_t r, float* out) {
+      for (int j = 0; j < n; ++j) out[j] = loop.w_h[(j0 + j) * width + r];
+    });
+  };
 
   auto round = [&](int64_t u, int k, float*) {
     const int j0 = starts[k], n = starts[k + 1] - j0;
@@ -624,18 +541,17 @@ void RunBackward(ffi::ThreadPool& pool, const BackwardLoop& loop, const Update& 
       return;
     }
     if (u == steps + 1) {
-      for (int gate = 0; gate < kGates; ++gate) {
-        RecurrentWeightGradient(steps, batch, hidden, loop.reverse, y, loop.h0, loop.d_rec,
-                                width, gate * hidden + j0, n, loop.d_w_h);
-        reset_rows.Correct(loop.d_rec, width, gate * hidden + j0, n, loop.d_w_h);
-      }
+      const auto [c0, c1] = ColumnPart(width, k, chunks);
+      RecurrentWeightGradient(steps, batch, hidden, loop.reverse, y, loop.h0, loop.d_rec, width,
+                              c0, c1 - c0, loop.d_w_h);
+      reset_rows.Correct(loop.d_rec, width, c0, c1 - c0, loop.d_w_h);
       inputs.CopyPart(k, chunks);
       return;
     }
+    if (u == 0) pack(k);
     if (u > 0) {
       const int64_t t = order.At(u - 1);
-      Gemm(true, batch, n, width, loop.d_rec + t * batch * width, width, loop.w_h + j0 * width,
-           width, 1.0f, dh + j0, hidden);
+      Multiply(batch, loop.d_rec + t * batch * width, width, w_rows[k], dh + j0, hidden, true);
       if (rs) {  // no cotangent crosses a reset
         ZeroResetRows(rs, t, batch, hidden, j0, n, dh);
         if (dc) ZeroResetRows(rs, t, batch, hidden, j0, n, dc);

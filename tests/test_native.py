@@ -240,3 +240,62 @@ def test_inference_skips_what_the_backward_pass_keeps(cell):
     forward = [line for line in infer.splitlines() if target in line]
     assert forward and all("f32[0]" in line and kept not in line for line in forward)
     assert kept in train.as_text("hlo")
+
+
+VERSION_CODE = """
+import ctypes, importlib.util, json
+import jax, jax.numpy as jnp, numpy as np
+import jaxrnn
+from jaxrnn import _native
+jax.config.update("jax_enable_x64", False)
+rng = np.random.default_rng(0)
+errors = {}
+# units split over two threads with a partial tile (40: chunks of 32 and 8), one thread and
+# units not a multiple of a vector (5), rows not a multiple of a tile's (30, 13)
+for name, cell, batch in [("lstm", jaxrnn.LSTM(40), 30), ("gru", jaxrnn.GRU(5), 13),
+                          ("rnn", jaxrnn.SimpleRNN(70), 30)]:
+    params = cell.init(jax.random.key(0), 3)
+    xs = jnp.asarray(rng.normal(size=(batch, 6, 3)), jnp.float32)
+    lengths = jnp.asarray(rng.integers(0, 7, batch), jnp.int32)
+    def loss(p, xs, how):
+        ys, h = jaxrnn.rnn(cell, p, xs, lengths=lengths, implementation=how)
+        return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(h))
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    got, want = f(params, xs, None), f(params, xs, "scan")
+    # the largest difference of each output, relative to its largest magnitude (or 1)
+    errors[name] = max(float(jnp.max(jnp.abs(a - b)) / max(1.0, float(jnp.max(jnp.abs(b)))))
+                       for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+lib = ctypes.CDLL(importlib.util.find_spec("jaxrnn._recurrence").origin)
+print(json.dumps({"loaded": _native.kernel_status()[0], "level": lib.jaxrnn_vector_level(),
+                  "errors": errors}))
+"""
+
+
+@pytest.mark.skipif(not _native.kernel_status()[0], reason="kernels not built")
+@pytest.mark.parametrize("level", [3, 1], ids=["avx2", "baseline"])
+def test_every_vector_version_matches_scan(level):
+    """The kernels' AVX2 and baseline versions (JAXRNN_MAX_VECTOR_LEVEL caps the version a
+    machine runs), values and gradients against the scan path: an AVX-512 machine runs them
+    too."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAXRNN_MAX_VECTOR_LEVEL": str(level)}
+    out = subprocess.run(
+        [sys.executable, "-c", VERSION_CODE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["loaded"]
+    assert result["level"] == min(level, _native_level())
+    assert all(err < 1e-5 for err in result["errors"].values()), result["errors"]
+
+
+def _native_level() -> int:
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("jaxrnn._recurrence")
+    assert spec is not None and spec.origin is not None
+    return ctypes.CDLL(spec.origin).jaxrnn_vector_level()
