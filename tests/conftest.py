@@ -3,7 +3,9 @@ tests (datasets prepared in a temporary directory, no network beyond this machin
 
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,40 @@ import numpy as np
 import pytest
 
 import jaxrnn
+
+
+def pytest_configure(config):
+    """One JAX compilation cache for the whole run, shared by the xdist workers (which inherit
+    this process's environment) and the processes the tests start (the CLI, the examples):
+    a program that several tests compile, such as a config's train step, is compiled once.
+    The directory is removed at the end; a cache the user set up is used as it is."""
+    if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    directory = tempfile.mkdtemp(prefix="jaxrnn-tests-jax-cache-")
+    config._jaxrnn_cache = directory
+    # (environment variable, jax option, value): every compilation is cached
+    for name, option, value in [
+        ("JAX_COMPILATION_CACHE_DIR", "jax_compilation_cache_dir", directory),
+        (
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+            "jax_persistent_cache_min_compile_time_secs",
+            0.0,
+        ),
+        (
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+            "jax_persistent_cache_min_entry_size_bytes",
+            -1,
+        ),
+    ]:
+        os.environ[name] = str(value)
+        jax.config.update(option, value)
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "_jaxrnn_cache", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
 
 # (id, cell, reference kind, reference hyperparameters)
 CELL_CASES = [

@@ -22,6 +22,8 @@ def test_scan_vs_unroll_quick(tmp_path):
             sys.executable,
             os.path.join(ROOT, "benchmarks", "scan_vs_unroll.py"),
             "--quick",
+            "--cells",
+            "lstm",
             "--out",
             str(out),
         ],
@@ -37,7 +39,7 @@ def test_scan_vs_unroll_quick(tmp_path):
     seen = {(e["cell"], e["mode"], e["variant"]) for e in payload["entries"]}
     expected = {
         (cell, mode, variant)
-        for cell in ("rnn", "lstm", "gru")
+        for cell in ("lstm",)  # one cell: the others' loops are the same benchmark code
         for mode in ("fwd", "train")
         for variant in ("static", "kernel", "unroll_1", "unroll_T")
     }

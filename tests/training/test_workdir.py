@@ -121,11 +121,16 @@ def local_writes():
     global _RECORDING
     import matplotlib.pyplot  # noqa: F401  # its font cache is written on first import
 
+    # The test session's JAX compilation cache (conftest) is a local directory that a user's
+    # run would not have: off while recording.
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
     _RECORDING = []
     try:
         yield _RECORDING
     finally:
         _RECORDING = None
+        jax.config.update("jax_enable_compilation_cache", cache)
 
 
 def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(
