@@ -21,6 +21,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,11 +36,13 @@ def main(argv=None):
     parser.add_argument("--workload", default="W1", choices=sorted(wl.WORKLOADS))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--implementation", default=None, help="rnn's implementation (None)")
+    parser.add_argument("--dtype", default=None, help="the cells' computation dtype (bfloat16)")
     parser.add_argument("--out", default=None, help="JSON with the step times (optional)")
     args = parser.parse_args(argv)
 
     w = wl.WORKLOADS[args.workload]
-    init, apply = wl.jaxrnn_model(w, implementation=args.implementation)
+    dtype = jnp.dtype(args.dtype) if args.dtype else None
+    init, apply = wl.jaxrnn_model(w, dtype=dtype, implementation=args.implementation)
     optimizer = wl.make_optimizer(w)
     params = init(jax.random.key(0))
     state = (params, optimizer.init(params))
@@ -56,7 +59,10 @@ def main(argv=None):
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
     stats = _common.summarize(times)
-    print(f"{w.name} {w.title}: {len(times)} steps, median {stats['median_ms']:.3f} ms")
+    print(
+        f"{w.name} {w.title} ({args.dtype or 'float32'}): {len(times)} steps, "
+        f"median {stats['median_ms']:.3f} ms"
+    )
     if args.out:
         _common.write_json(
             args.out,
@@ -65,6 +71,7 @@ def main(argv=None):
                 "env": _common.environment(),
                 "workload": w.name,
                 "implementation": args.implementation,
+                "dtype": args.dtype,
                 "steps": len(times),
                 **stats,
             },

@@ -154,22 +154,17 @@ def _train_step_rows(data: dict, names: list[str]) -> list[list[str]]:
 
 
 def train_step() -> str:
-    small = _load("train_step_small.json")
-    big = _load("train_step_w6.json")
-    rows = _train_step_rows(small, ["W1", "W2", "W3", "W4", "W5"])
-    rows += _train_step_rows(big, ["W6"])
+    run = _load("train_step.json")
+    rows = _train_step_rows(run, ["W1", "W2", "W3", "W4", "W5", "W6"])
     header = ["workload", "Flax ms", "jaxrnn ms", "jaxrnn / Flax", "jaxrnn % of peak"]
-    peak = (small["peak_matmul"]["gflops"], big["peak_matmul"]["gflops"])
     note = (
         "One train step (forward, backward, Adam or RMSprop update), median over repeats, "
         "the two libraries alternating repeat by repeat in one process. Flax runs `nn.RNN` "
         "(`OptimizedLSTMCell` for the LSTMs); W4's rows run a block of steps inside one "
         "compiled call for both. Peak: the float32 matmul throughput measured in the same "
-        f"run ({peak[0]:.0f} and {peak[1]:.0f} GFLOP/s). "
+        f"run ({run['peak_matmul']['gflops']:.0f} GFLOP/s). "
         + _source(
-            "python benchmarks/train_step.py",
-            small["env"],
-            "benchmarks/results/train_step_small.json, train_step_w6.json",
+            "python benchmarks/train_step.py", run["env"], "benchmarks/results/train_step.json"
         )
     )
     return _table(header, rows) + "\n\n" + note
