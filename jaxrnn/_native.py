@@ -6,10 +6,11 @@ XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a
 each: at the tutorials' sizes that, not arithmetic, sets the step time. The kernels
 (``csrc/``: ``recurrence.h`` and one file per cell) run the whole recurrent loop (forward,
 or backward with every weight gradient) in one call and split every step's hidden units
-across the machine's cores (OpenBLAS ``sgemm`` for the recurrent product, from
-``scipy-openblas32``). It is built with the package (``setup.py``); where it is missing, or
-``JAXRNN_NATIVE=0``, or the computation is not float32, or ``rnn`` is given an explicit
-``unroll``, jaxrnn runs its XLA loops instead.
+across the machine's cores (a small matmul of their own for each step's recurrent product,
+OpenBLAS ``sgemm`` from ``scipy-openblas32`` for the weights' gradients). It is built with
+the package (``setup.py``); where it is missing, or ``JAXRNN_NATIVE=0``, or the computation
+is not float32, or ``rnn`` is given an explicit ``unroll``, jaxrnn runs its XLA loops
+instead.
 
 :func:`on_cpu` is how the fused path uses a kernel: the kernel where the computation runs on
 a CPU (``lax.platform_dependent``), the XLA loop on GPU and TPU, and the XLA loop's

@@ -122,15 +122,20 @@ def local_writes():
     import matplotlib.pyplot  # noqa: F401  # its font cache is written on first import
 
     # The test session's JAX compilation cache (conftest) is a local directory that a user's
-    # run would not have: off while recording.
+    # run would not have: off while recording (reset_cache: JAX decides once per process
+    # whether to use it).
+    from jax._src import compilation_cache
+
     cache = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     _RECORDING = []
     try:
         yield _RECORDING
     finally:
         _RECORDING = None
         jax.config.update("jax_enable_compilation_cache", cache)
+        compilation_cache.reset_cache()
 
 
 def test_a_gs_workdir_gets_every_file_and_the_local_disk_none(
