@@ -95,7 +95,7 @@ def check(condition: bool, what: str) -> None:
 
 # x86-64-v3's features as /proc/cpuinfo names them (abm: LZCNT), and those x86-64-v4 adds:
 # the kernels run their loops for the highest level whose features the CPU has
-# (csrc/recurrence.h, jaxrnn_vector_level).
+# (csrc/dispatch.h, jaxrnn_vector_level).
 X86_V3 = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe", "popcnt", "xsave"}
 X86_V4 = X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 

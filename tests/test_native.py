@@ -1,7 +1,12 @@
 """The CPU kernels (``csrc/`` through ``jaxrnn._native``): against the NumPy
 reference and the XLA loops they replace, at sizes that split the units across threads."""
 
+import ctypes
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -247,7 +252,6 @@ import ctypes, importlib.util, json
 import jax, jax.numpy as jnp, numpy as np
 import jaxrnn
 from jaxrnn import _native
-jax.config.update("jax_enable_x64", False)
 rng = np.random.default_rng(0)
 errors = {}
 # units split over two threads with a partial tile (40: chunks of 32 and 8), one thread and
@@ -277,10 +281,6 @@ def test_every_vector_version_matches_scan(level):
     """The kernels' AVX2 and baseline versions (JAXRNN_MAX_VECTOR_LEVEL caps the version a
     machine runs), values and gradients against the scan path: an AVX-512 machine runs them
     too."""
-    import json
-    import subprocess
-    import sys
-
     env = {**os.environ, "JAXRNN_MAX_VECTOR_LEVEL": str(level)}
     out = subprocess.run(
         [sys.executable, "-c", VERSION_CODE], env=env, capture_output=True, text=True, timeout=300
@@ -293,9 +293,6 @@ def test_every_vector_version_matches_scan(level):
 
 
 def _native_level() -> int:
-    import ctypes
-    import importlib.util
-
     spec = importlib.util.find_spec("jaxrnn._recurrence")
     assert spec is not None and spec.origin is not None
     return ctypes.CDLL(spec.origin).jaxrnn_vector_level()

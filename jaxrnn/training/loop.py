@@ -425,7 +425,7 @@ def _run_log(run: _Run, start: int) -> runlog.RunLog | runlog.NoLog:
 
 
 def _progress_bar(run: _Run, start: int) -> tqdm:
-    """A bar of the steps on a terminal (process 0's stderr); disabled elsewhere."""
+    """The steps' progress on a terminal (process 0's stderr); disabled elsewhere."""
     return tqdm(
         total=run.schedule.last_step,
         initial=start,
