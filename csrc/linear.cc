@@ -19,7 +19,7 @@
 // (sequence, columns), a multiple of 16 floats wide, and each thread walks every step over
 // its blocks without synchronising with the others; the loop over a row is vectorised.
 
-#include "recurrence.h"
+#include "linear_blocks.h"
 
 namespace jaxrnn {
 namespace {
@@ -83,45 +83,6 @@ void LinearBackwardColumns(int64_t steps, int64_t stride, int n, bool reverse,
   }
   const int64_t first = row_of(0);
   for (int j = 0; j < n; ++j) c.d_h0[j] = c.a[first + j] * c.d_b[first + j];
-}
-
-// The fewest elements (P * T * N) worth a thread: some 0.1 ms of work, to pay for waking it.
-constexpr int64_t kElementsPerThread = int64_t{1} << 19;
-
-struct Blocks {
-  int64_t sequences, steps, width;
-  int per_sequence;  // column blocks per sequence
-  int count() const { return static_cast<int>(sequences) * per_sequence; }
-  int threads() const {
-    const int64_t work = sequences * steps * width / kElementsPerThread;
-    const int64_t most = std::min<int64_t>({g_max_threads, work, count()});
-    return static_cast<int>(std::max<int64_t>(1, most));
-  }
-};
-
-// Blocks of (sequence, columns) for the threads: whole sequences where there are enough of
-// them, else each sequence's columns cut in multiples of 16 floats.
-Blocks Split(int64_t sequences, int64_t steps, int64_t width) {
-  Blocks blocks{sequences, steps, width, 1};
-  const int64_t threads = blocks.threads();
-  if (sequences < threads)
-    blocks.per_sequence = static_cast<int>(
-        std::max<int64_t>(1, std::min((threads + sequences - 1) / sequences, width / 16)));
-  return blocks;
-}
-
-// Runs work(sequence, c0, c1) on every block, over the threads.
-template <typename Work>
-void ForBlocks(ffi::ThreadPool& pool, const Blocks& blocks, const Work& work) {
-  RunRounds(pool, blocks.threads() - 1, 1, blocks.count(), 0, [&](int64_t, int k, float*) {
-    const int64_t p = k / blocks.per_sequence;
-    const auto [c0, c1] = ColumnPart(blocks.width, k % blocks.per_sequence, blocks.per_sequence);
-    work(p, c0, c1);
-  });
-}
-
-bool Shaped(ffi::Span<const int64_t> dims, ffi::Span<const int64_t> like) {
-  return dims.size() == like.size() && std::equal(dims.begin(), dims.end(), like.begin());
 }
 
 ffi::Error LinearScanImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,

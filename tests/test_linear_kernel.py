@@ -1,13 +1,20 @@
 """The linear-scan CPU kernel (``csrc/linear.cc``): against a NumPy loop, forwards and
-backwards, at widths not a multiple of 16 and one that the kernel splits over threads."""
+backwards, at widths not a multiple of 16 and one that the kernel splits over threads; and the
+MinGRU and MinLSTM kernels (``csrc/linear_cells.cc``) against a NumPy loop of the papers'
+equations and JAX's derivative of the cells' XLA computation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxrnn
 from jaxrnn import _native
-from jaxrnn.cells._linear_kernel import linear_scan_kernel
+from jaxrnn.cells._linear_kernel import (
+    linear_cell_backward_kernel,
+    linear_cell_kernel,
+    linear_scan_kernel,
+)
 
 pytestmark = pytest.mark.skipif(
     not _native.kernel_status()[0], reason=f"no CPU kernels: {_native.kernel_status()[1]}"
@@ -97,3 +104,120 @@ def test_checks_shapes_and_dtypes():
         linear_scan_kernel(a, b, h0[:5], reverse=False)
     with pytest.raises(TypeError, match="float32"):
         linear_scan_kernel(a.astype(np.float64), b, h0, reverse=False)
+
+
+# ---------------------------------------------------------------- the cells' own kernels
+
+
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def candidate(v):
+    return np.where(v >= 0, v + 0.5, sigmoid(v))
+
+
+def numpy_cell(cell, k, h0, valid, resets, keep, reverse):
+    """The papers' equations step by step, batch-first ``k [B, T, G * H]``, float64: MinGRU
+    ``h = (1 - z) h + z g(k_h)``, MinLSTM ``h = f / (f + i) h + i / (f + i) g(k_h)``; a step
+    where not ``valid`` keeps the state, ``resets`` drop it, ``keep`` scales it."""
+    batch, steps, _ = k.shape
+    hidden = h0.shape[-1]
+    out = np.empty((batch, steps, hidden))
+    for b in range(batch):
+        h = h0[b].astype(np.float64)
+        for t in reversed(range(steps)) if reverse else range(steps):
+            if valid is not None and not valid[b, t]:
+                out[b, t] = h
+                continue
+            blocks = [k[b, t, g * hidden : (g + 1) * hidden].astype(np.float64) for g in range(3)]
+            if cell == "mingru":
+                z = sigmoid(blocks[0])
+                a, c = 1 - z, z * candidate(blocks[1])
+            else:
+                f, i = sigmoid(blocks[0]), sigmoid(blocks[1])
+                a, c = f / (f + i), i / (f + i) * candidate(blocks[2])
+            carried = h * (1.0 if keep is None else keep[b])
+            if resets is not None and resets[b, t]:
+                carried = 0.0 * carried
+            h = out[b, t] = a * carried + c
+    return out
+
+
+def cell_inputs(cell, batch, steps, hidden, seed=0):
+    rng = np.random.default_rng(seed)
+    gates = 2 if cell == "mingru" else 3
+    k = rng.normal(scale=2.0, size=(batch, steps, gates * hidden)).astype(np.float32)
+    h0 = rng.normal(size=(batch, hidden)).astype(np.float32)
+    lengths = rng.integers(0, steps + 1, batch)
+    valid = np.arange(steps)[None] < lengths[:, None]
+    resets = rng.random((batch, steps)) < 0.15
+    keep = (rng.random((batch, hidden)) < 0.8).astype(np.float32) / 0.8
+    return k, h0, valid, resets, keep
+
+
+def xla_states(cell, k, h0, valid, resets, keep, reverse, time_major):
+    """jaxrnn's XLA computation of the same states (the cell's ``coefficients``)."""
+    from jaxrnn.cells import linear
+
+    model = {"mingru": jaxrnn.MinGRU, "minlstm": jaxrnn.MinLSTM}[cell](h0.shape[-1])
+    return linear._xla_states(model, reverse, 0 if time_major else 1, k, h0, valid, resets, keep)
+
+
+EMPTY = np.zeros((0,), bool)
+
+
+# (3, 400, 144): three threads on whole sequences; (1, 700, 144): one sequence's columns over
+# three threads (Split in csrc/linear_blocks.h); (2, 9, 21): one thread, a partial vector.
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("shape", [(2, 9, 21), (3, 400, 144), (1, 700, 144)])
+def test_cell_kernels_against_numpy(cell, shape):
+    """Forward against the NumPy loop, backward against JAX's derivative of the XLA
+    computation, over both layouts, both directions, and with and without the semantics."""
+    k, h0, valid, resets, keep = cell_inputs(cell, *shape)
+    cotangent = np.random.default_rng(1).normal(size=(*shape[:2], h0.shape[-1]))
+    cotangent = cotangent.astype(np.float32)
+    for reverse, semantics in [(False, False), (True, False), (False, True), (True, True)]:
+        v, r, m = (valid, resets, keep) if semantics else (None, None, None)
+        expected = numpy_cell(cell, k, h0, v, r, m, reverse)
+        flat = (
+            EMPTY if v is None else v,
+            EMPTY if r is None else r,
+            np.zeros((0,), np.float32) if m is None else m,
+        )
+        for time_major in (False, True):
+
+            def layout(x, time_major=time_major):
+                return np.swapaxes(x, 0, 1) if time_major else x
+
+            args = (layout(k), h0, layout(flat[0]) if v is not None else flat[0])
+            args += (layout(flat[1]) if r is not None else flat[1], flat[2])
+            options = dict(reverse=reverse, time_major=time_major)
+            h = linear_cell_kernel(cell, *map(jnp.asarray, args), **options)
+            np.testing.assert_allclose(layout(np.asarray(h)), expected, rtol=2e-5, atol=2e-5)
+            g = jnp.asarray(layout(cotangent))
+            d_k, d_h0 = linear_cell_backward_kernel(cell, *args[:1], h, *args[1:], g, **options)
+
+            def states(k, h0, args=args, options=options):
+                return xla_states(cell, k, h0, *args[2:], options["reverse"], time_major)
+
+            want_k, want_h0 = jax.vjp(states, jnp.asarray(args[0]), jnp.asarray(h0))[1](g)
+            np.testing.assert_allclose(d_k, want_k, rtol=1e-4, atol=2e-5)
+            np.testing.assert_allclose(d_h0, want_h0, rtol=1e-4, atol=2e-5)
+
+
+def test_cell_kernel_nan_propagates_and_checks_shapes():
+    k, h0, *_ = cell_inputs("mingru", 2, 6, 20)
+    k[1, 2, 3] = np.nan  # z of unit 3 at step 2
+    none = np.zeros((0,), np.float32)
+    h = np.asarray(
+        linear_cell_kernel("mingru", k, h0, EMPTY, EMPTY, none, reverse=False, time_major=False)
+    )
+    assert np.isnan(h[1, 2:, 3]).all() and not np.isnan(h[1, :2]).any()
+    assert not np.isnan(np.delete(h[1], 3, axis=1)).any() and not np.isnan(h[0]).any()
+    with pytest.raises(ValueError, match="cell must be one of"):
+        linear_cell_kernel("gru", k, h0, EMPTY, EMPTY, none, reverse=False, time_major=False)
+    with pytest.raises(TypeError, match="float32"):
+        linear_cell_kernel(
+            "mingru", k.astype(np.float64), h0, EMPTY, EMPTY, none, reverse=False, time_major=False
+        )

@@ -20,6 +20,8 @@ from jaxrnn import _native
 FFI_TARGETS = {
     "jaxrnn_linear_scan": "JaxrnnLinearScan",
     "jaxrnn_linear_scan_backward": "JaxrnnLinearScanBackward",
+    "jaxrnn_linear_cell_forward": "JaxrnnLinearCellForward",
+    "jaxrnn_linear_cell_backward": "JaxrnnLinearCellBackward",
 }
 """``{ffi_target: symbol}`` of the kernels in jaxrnn's compiled library."""
 
@@ -99,3 +101,64 @@ def linear_scan_backward_kernel(a, h, h0, g, *, reverse: bool, time_axis: int = 
         a.reshape(shape), h.reshape(shape), state, g.reshape(shape), reverse=np.int32(reverse)
     )
     return d_a.reshape(a.shape), d_b.reshape(a.shape), d_h0.reshape(h0.shape)
+
+
+CELL_KERNELS = {"mingru": 0, "minlstm": 1}
+"""The cells with a kernel of their own (``csrc/linear_cells.cc``): the gates, the semantics
+and the recurrence in one pass. Keyed by :attr:`jaxrnn.cells.linear.LinearCell.kernel`."""
+
+
+def _cell_args(cell: str, k, h0, valid, resets, keep, time_major: bool):
+    if cell not in CELL_KERNELS:
+        raise ValueError(f"cell must be one of {sorted(CELL_KERNELS)}, got {cell!r}")
+    if k.ndim != 3 or not all(x.dtype == jnp.float32 for x in (k, h0, keep)):
+        raise TypeError(f"k must be float32 [B, T, G * H] (or [T, B, G * H]); got {k.shape}")
+    _native.kernel_status()
+    attrs = dict(
+        cell=np.int32(CELL_KERNELS[cell]),
+        time_major=np.int32(time_major),
+    )
+    return (k, h0, valid, resets, keep), attrs
+
+
+def linear_cell_kernel(cell: str, k, h0, valid, resets, keep, *, reverse: bool, time_major: bool):
+    """The states of a linear cell with a kernel of its own (:data:`CELL_KERNELS`) over a
+    sequence, by the CPU kernel: its gates from ``k``, then ``h = a * h_prev + c``.
+
+    Args:
+      cell: a key of :data:`CELL_KERNELS`.
+      k: float32 ``[B, T, G * H]`` (``[T, B, G * H]`` if ``time_major``): ``x @ w_i + b``.
+      h0: float32 ``[B, H]``: the state before the first step visited.
+      valid: bool ``[B, T]`` (``[T, B]``), or an empty array: a step where False keeps the
+        state (``a = 1``, ``c = 0``).
+      resets: bool, ``valid``'s layout, or empty: ``a = 0`` where True.
+      keep: float32 ``[B, H]``, or empty: recurrent dropout's mask, ``a * keep``.
+      reverse: visit the steps from the last to the first.
+      time_major: the layout of ``k``, the masks and the states.
+
+    Returns:
+      ``h``, float32 ``[B, T, H]`` (``[T, B, H]``): the state after every step, not masked.
+    """
+    args, attrs = _cell_args(cell, k, h0, valid, resets, keep, time_major)
+    shape = (*k.shape[:2], h0.shape[-1])
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_cell_forward",
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        vmap_method="sequential",
+    )
+    return call(*args, reverse=np.int32(reverse), **attrs)
+
+
+def linear_cell_backward_kernel(
+    cell: str, k, h, h0, valid, resets, keep, g, *, reverse: bool, time_major: bool
+):
+    """The derivative of :func:`linear_cell_kernel` given the cotangent ``g`` of its states
+    ``h``: ``(d_k, d_h0)`` in the shapes of ``k`` and ``h0`` (the mask ``keep`` gets none)."""
+    args, attrs = _cell_args(cell, k, h0, valid, resets, keep, time_major)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_cell_backward",
+        (jax.ShapeDtypeStruct(k.shape, jnp.float32), jax.ShapeDtypeStruct(h0.shape, jnp.float32)),
+        vmap_method="sequential",
+    )
+    k, h0, valid, resets, keep = args
+    return call(k, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs)

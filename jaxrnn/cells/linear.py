@@ -54,6 +54,10 @@ class LinearCell(CellBase):
         w_i = _glorot(key, (input_size, width), wide).astype(dtype)
         return {"w_i": w_i, "b": jnp.zeros((width,), dtype)}
 
+    # The cell's kernel of its own in jaxrnn's CPU kernels (a key of
+    # jaxrnn.cells._linear_kernel.CELL_KERNELS, its coefficients from xp alone), or None.
+    kernel: str | None = None
+
     # Defined by each cell: (params, xp) -> (a, b), each [..., hidden_size] in xp's dtype (the
     # accumulation dtype), from the projected input xp [..., gates * hidden_size].
     coefficients: Callable[[Params, Array], tuple[Array, Array]]
@@ -156,8 +160,33 @@ class _Run:
     def __call__(self, params, hidden_mask, xs, carry0, valid, resets):
         """``(ys, carry)`` over ``xs`` from ``carry0`` (``ys`` in the accumulation dtype);
         the arguments as :func:`parallel`'s, the masks in the layout of ``xs``."""
-        time_major = self.time_axis == 0
         xp = self.cell.project_inputs(params, xs)
+        if self.method == "kernel" and _cell_kernel_runs(self.cell, xp, carry0):
+            h = _cell_states(
+                self.cell,
+                self.backwards,
+                self.time_axis,
+                xp,
+                carry0,
+                valid,
+                resets,
+                hidden_mask,
+            )
+        else:
+            h = self.states(params, xp, carry0, valid, resets, hidden_mask)
+        steps = h.shape[self.time_axis]
+        if steps == 0:
+            carry = carry0
+        else:
+            last = 0 if self.backwards else steps - 1
+            carry = jax.lax.index_in_dim(h, last, self.time_axis, keepdims=False)
+        ys = h if valid is None else jnp.where(valid[..., None], h, jnp.zeros_like(h))
+        return ys, carry
+
+    def states(self, params, xp, carry0, valid, resets, hidden_mask):
+        """The states after every step (not masked) from the projected input ``xp``: the
+        cell's ``coefficients``, the semantics, then :func:`linear_scan`."""
+        time_major = self.time_axis == 0
         coefficients = self.cell.coefficients
         if self.recompute:  # from xp in the backward pass: fewer arrays of the sequence's size
             coefficients = jax.checkpoint(coefficients)
@@ -171,17 +200,96 @@ class _Run:
             keep = valid[..., None]
             a = jnp.where(keep, a, jnp.ones_like(a))
             b = jnp.where(keep, b, jnp.zeros_like(b))
-        h = linear_scan(
+        return linear_scan(
             a, b, carry0, reverse=self.backwards, method=self.method, time_axis=self.time_axis
         )
-        steps = h.shape[self.time_axis]
-        if steps == 0:
-            carry = carry0
-        else:
-            last = 0 if self.backwards else steps - 1
-            carry = jax.lax.index_in_dim(h, last, self.time_axis, keepdims=False)
-        ys = h if valid is None else jnp.where(valid[..., None], h, jnp.zeros_like(h))
-        return ys, carry
+
+
+def _cell_kernel_runs(cell: LinearCell, xp: Array, carry0: Array) -> bool:
+    """Whether ``cell`` has a kernel of its own and it can run on float32 ``xp``."""
+    from jaxrnn import _native
+
+    return cell.kernel is not None and _native.available(xp, carry0)
+
+
+def _cell_states(cell, backwards, time_axis, xp, h0, valid, resets, hidden_mask):
+    """:meth:`_Run.states` by the cell's own kernel where the computation runs on a CPU (the
+    gates, the semantics and the recurrence in one pass, and their derivative in another),
+    by the XLA computation elsewhere. Masks that are ``None`` become empty arrays."""
+    none = jnp.zeros((0,), bool)
+    valid = none if valid is None else valid
+    resets = none if resets is None else resets
+    keep = jnp.zeros((0,), xp.dtype) if hidden_mask is None else hidden_mask.astype(xp.dtype)
+    return _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep)
+
+
+def _xla_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+    def given(x):
+        return None if x.size == 0 else x
+
+    run = _Run(cell, backwards, "chunked", time_axis)
+    return run.states({}, xp, h0, given(valid), given(resets), given(keep))
+
+
+def _native_kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+    from jaxrnn.cells import _linear_kernel
+
+    return _linear_kernel.linear_cell_kernel(
+        cell.kernel, xp, h0, valid, resets, keep, reverse=backwards, time_major=time_axis == 0
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+    fixed = (cell, backwards, time_axis)
+    return jax.lax.platform_dependent(
+        xp,
+        h0,
+        valid,
+        resets,
+        keep,
+        cpu=functools.partial(_native_kernel_states, *fixed),
+        default=functools.partial(_xla_states, *fixed),
+    )
+
+
+def _kernel_states_fwd(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+    h = _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep)
+    return h, (xp, h, h0, valid, resets, keep)
+
+
+def _kernel_states_bwd(cell, backwards, time_axis, saved, g):
+    from jaxrnn import _native
+    from jaxrnn.cells import _linear_kernel
+
+    fixed = (cell, backwards, time_axis)
+
+    def native(xp, h, h0, valid, resets, keep, g):
+        return _linear_kernel.linear_cell_backward_kernel(
+            cell.kernel,
+            xp,
+            h,
+            h0,
+            valid,
+            resets,
+            keep,
+            g,
+            reverse=backwards,
+            time_major=time_axis == 0,
+        )
+
+    def xla(xp, h, h0, valid, resets, keep, g):
+        def states(xp, h0):
+            return _xla_states(*fixed, xp, h0, valid, resets, keep)
+
+        return jax.vjp(states, xp, h0)[1](g)
+
+    d_xp, d_h0 = _native.on_cpu(native, xla, *saved, g)
+    keep = saved[-1]
+    return d_xp, d_h0, None, None, jnp.zeros_like(keep)
+
+
+_kernel_states.defvjp(_kernel_states_fwd, _kernel_states_bwd)
 
 
 def _in_chunks(run: _Run, size: int, params, hidden_mask, xs, carry0, valid, resets):

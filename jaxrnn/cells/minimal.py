@@ -35,6 +35,7 @@ class MinGRU(LinearCell):
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 2
+    kernel = "mingru"
 
     def __post_init__(self):
         check_hidden_size(self)
@@ -64,6 +65,7 @@ class MinLSTM(LinearCell):
     dtype: DType = dataclasses.field(default=None, kw_only=True)
     param_dtype: DType = dataclasses.field(default=jnp.float32, kw_only=True)
     gates = 3
+    kernel = "minlstm"
 
     def __post_init__(self):
         check_hidden_size(self)
