@@ -35,29 +35,29 @@ namespace jaxrnn {
 namespace {
 
 // g(v) = v + 0.5 for v >= 0, sigmoid(v) below: the papers' positive candidate activation.
-// Both sides are computed, so that a loop over them has no branch and vectorises.
-inline float Candidate(float v) {
-  const float s = Sigmoid(v);
-  return v >= 0.0f ? v + 0.5f : s;
-}
-inline float CandidateSlope(float v) {
-  const float s = Sigmoid(v);
-  return v >= 0.0f ? 1.0f : s * (1.0f - s);
-}
+// g(v) and g'(v) from s = sigmoid(v); both sides are computed, so that a loop over them has no
+// branch and vectorises.
+inline float Candidate(float v, float s) { return v >= 0.0f ? v + 0.5f : s; }
+inline float CandidateSlope(float v, float s) { return v >= 0.0f ? 1.0f : s * (1.0f - s); }
 
-// a = 1 - z, c = z * g(k_h), z = sigmoid(k_z); k's blocks [z | h~], `h` columns apart.
+// A cell: kGates blocks of `h` columns in k; Coefficients(k, h, j, a, c) gives column j's
+// (a, c); Derivative(k, h, j, d_a, d_c, d_k) writes column j of d_k given the cotangents of
+// (a, c), and returns a (the backward pass needs it next, and it shares the exps).
+
+// a = 1 - z, c = z * g(k_h), z = sigmoid(k_z); k's blocks [z | h~].
 struct MinGru {
   static constexpr int kGates = 2;
   static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
-    const float z = Sigmoid(k[j]);
-    a = 1.0f - z;
-    c = z * Candidate(k[h + j]);
-  }
-  static void Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
     const float z = Sigmoid(k[j]), v = k[h + j];
-    const float d_z = d_c * Candidate(v) - d_a;
+    a = 1.0f - z;
+    c = z * Candidate(v, Sigmoid(v));
+  }
+  static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
+    const float z = Sigmoid(k[j]), v = k[h + j], s = Sigmoid(v);
+    const float d_z = d_c * Candidate(v, s) - d_a;
     d_k[j] = d_z * z * (1.0f - z);
-    d_k[h + j] = d_c * z * CandidateSlope(v);
+    d_k[h + j] = d_c * z * CandidateSlope(v, s);
+    return 1.0f - z;
   }
 };
 
@@ -66,18 +66,19 @@ struct MinGru {
 struct MinLstm {
   static constexpr int kGates = 3;
   static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
-    const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]);
+    const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j];
     const float total = f + i;
     a = f / total;
-    c = i / total * Candidate(k[2 * h + j]);
+    c = i / total * Candidate(v, Sigmoid(v));
   }
-  static void Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
-    const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j];
-    const float total = f + i, inv2 = 1.0f / (total * total), gv = Candidate(v);
-    const float cross = (d_a - d_c * gv) * inv2;  // d/df = i * cross, d/di = -f * cross
-    d_k[j] = i * cross * f * (1.0f - f);
+  static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
+    const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j], s = Sigmoid(v);
+    const float total = f + i, inverse = 1.0f / total;
+    const float cross = (d_a - d_c * Candidate(v, s)) * inverse * inverse;
+    d_k[j] = i * cross * f * (1.0f - f);  // d/df = i * cross, d/di = -f * cross
     d_k[h + j] = -f * cross * i * (1.0f - i);
-    d_k[2 * h + j] = d_c * i / total * CandidateSlope(v);
+    d_k[2 * h + j] = d_c * i * inverse * CandidateSlope(v, s);
+    return f * inverse;
   }
 };
 
@@ -140,11 +141,8 @@ JAXRNN_ROW_LOOP void BackwardRow(int n, const float* __restrict__ k, int64_t hid
   JAXRNN_INDEPENDENT
   for (int j = 0; j < n; ++j) {
     const float dj = a[j] * d[j] + g[j];
-    float a_j, c_j;
-    Cell::Coefficients(k, hidden, j, a_j, c_j);
     const float scale = keep[j] * carried;
-    Cell::Derivative(k, hidden, j, dj * h_prev[j] * scale, dj, d_k);
-    a[j] = a_j * scale;
+    a[j] = Cell::Derivative(k, hidden, j, dj * h_prev[j] * scale, dj, d_k) * scale;
     d[j] = dj;
   }
 }
@@ -312,6 +310,244 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buff
              d_k->typed_data(), d_h0->typed_data(), reverse != 0);
 }
 
+
+// ------------------------------------------------------------- with the input projection
+// The whole layer over a sequence: k = x @ w_i + b computed a chunk of steps at a time (an
+// sgemm into a buffer that stays in cache), then the chunk's steps as above; the backward
+// pass likewise recomputes k, writes the chunk's d_k into a buffer and turns it into its
+// share of d_w_i, d_b and d_x (two sgemms) before the next chunk. Nothing of the size of k
+// is written to memory. The work is split over whole sequences (batch elements), each thread
+// keeping its own d_w_i and d_b, added up at the end.
+
+struct Projection {
+  const float* x;  // [B, T, I] or [T, B, I]
+  const float* w;  // [I, G * H]
+  const float* b;  // [G * H]
+  int64_t inputs;
+};
+
+// The steps a chunk holds: its k buffer about 128 KiB.
+inline int64_t ChunkSteps(int64_t width) {
+  return std::clamp<int64_t>(32768 / std::max<int64_t>(width, 1), 8, 256);
+}
+
+// Items of work (one per thread) and the batch elements each takes: b = item, item + items...
+inline int SequenceItems(const Layout& l) {
+  const int64_t work = l.batch * l.steps * l.hidden * kCost / kElementsPerThread;
+  return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(work, l.batch), 1,
+                                              std::max(g_max_threads, 1)));
+}
+
+// k[s, :] = x[t0 + s, :] @ w_i + b for the chunk's rows s = 0..count-1 (steps t0..t0+count-1
+// of batch element `b`, in time order), into `k` [count, G * H].
+inline void ProjectChunk(const Layout& l, const Projection& p, int gates, int64_t b, int64_t t0,
+                         int64_t count, float* k) {
+  const int64_t width = gates * l.hidden;
+  for (int64_t s = 0; s < count; ++s) std::memcpy(k + s * width, p.b, width * sizeof(float));
+  const int64_t row = l.Row(b) + t0 * l.RowStep();
+  g_sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(count), static_cast<int>(width),
+          static_cast<int>(p.inputs), 1.0f, p.x + row * p.inputs,
+          static_cast<int>(l.RowStep() * p.inputs), p.w, static_cast<int>(width), 1.0f, k,
+          static_cast<int>(width));
+}
+
+// The chunk's steps t0..t0+count-1 in the order visited, from the state h_in before it.
+template <typename Cell>
+JAXRNN_ROW_LOOP void SequenceForwardChunk(int n, const float* k, int64_t count, bool reverse,
+                                          const Lane& lane, int64_t t0, const float* h_in,
+                                          float* h) {
+  const float* h_prev = h_in;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t s = reverse ? count - 1 - i : i, t = t0 + s;
+    float* row = h + t * lane.h_stride;
+    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
+      std::memcpy(row, h_prev, n * sizeof(float));
+    } else {
+      ForwardRow<Cell>(n, k + s * Cell::kGates * lane.hidden, lane.hidden, lane.keep,
+                       lane.Carried(t), h_prev, row);
+    }
+    h_prev = row;
+  }
+}
+
+template <typename Cell>
+ffi::Error SequenceForward(ffi::ThreadPool& pool, const Layout& l, const Projection& p,
+                           const float* h0, const bool* valid, const bool* resets,
+                           const float* mask, float* h, bool reverse) {
+  const Keep keep(mask, l.hidden);
+  const int items = SequenceItems(l);
+  const int64_t width = Cell::kGates * l.hidden, chunk = ChunkSteps(width);
+  const int64_t chunks = (l.steps + chunk - 1) / chunk;
+  RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
+    std::vector<float> k(chunk * width);
+    for (int64_t b = item; b < l.batch; b += items) {
+      const Lane lane =
+          LaneOf(l, Cell::kGates, b, 0, nullptr, keep.data, keep.stride, valid, resets);
+      float* hb = h + l.Row(b) * l.hidden;
+      const float* h_in = h0 + b * l.hidden;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
+        const int64_t count = std::min(chunk, l.steps - first);
+        ProjectChunk(l, p, Cell::kGates, b, first, count, k.data());
+        Vectorised<SequenceForwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
+                                               reverse, lane, first, h_in, hb);
+        h_in = hb + (reverse ? first : first + count - 1) * lane.h_stride;
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+struct ChunkBackward {
+  const float *h, *h0, *g;  // the batch element's rows (h, g) and its h0
+  float *a, *d;             // the effective a of the step visited next, and its cotangent
+  float* d_k;               // [count, G * H]
+};
+
+// The chunk's steps in the opposite order of their visit: d_k of each into x.d_k.
+template <typename Cell>
+JAXRNN_ROW_LOOP void SequenceBackwardChunk(int n, const float* k, int64_t count, bool reverse,
+                                           const Lane& lane, int64_t t0, ChunkBackward x) {
+  const int64_t width = Cell::kGates * lane.hidden;
+  for (int64_t i = count - 1; i >= 0; --i) {  // i: the order of the forward visit
+    const int64_t s = reverse ? count - 1 - i : i, t = t0 + s;
+    const int64_t before = reverse ? t + 1 : t - 1;  // the step visited before t
+    const bool first = reverse ? before == lane.steps : before < 0;
+    const float* h_prev = first ? x.h0 : x.h + before * lane.h_stride;
+    const float* g = x.g + t * lane.h_stride;
+    float* d_k = x.d_k + s * width;
+    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
+      for (int j = 0; j < n; ++j) {  // a = 1, c = 0: the cotangent passes on whole
+        x.d[j] = x.a[j] * x.d[j] + g[j];
+        x.a[j] = 1.0f;
+      }
+      std::fill_n(d_k, width, 0.0f);
+      continue;
+    }
+    BackwardRow<Cell>(n, k + s * width, lane.hidden, lane.keep, lane.Carried(t), g, h_prev, x.a,
+                      x.d, d_k);
+  }
+}
+
+struct SequenceGradients {
+  float *d_x, *d_w, *d_b, *d_h0;  // d_x null: not asked for
+};
+
+template <typename Cell>
+ffi::Error SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Projection& p,
+                            const float* h, const float* h0, const bool* valid,
+                            const bool* resets, const float* mask, const float* g,
+                            SequenceGradients out, bool reverse) {
+  const Keep keep(mask, l.hidden);
+  const int items = SequenceItems(l);
+  const int64_t width = Cell::kGates * l.hidden, chunk = ChunkSteps(width);
+  const int64_t chunks = (l.steps + chunk - 1) / chunk;
+  const int64_t w_size = p.inputs * width;
+  // Item 0 accumulates into the outputs, the others into their own parts, added at the end.
+  std::vector<float> parts((items - 1) * (w_size + width));
+  std::fill_n(out.d_w, w_size, 0.0f);
+  std::fill_n(out.d_b, width, 0.0f);
+  RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
+    float* d_w = item == 0 ? out.d_w : parts.data() + (item - 1) * (w_size + width);
+    float* d_b = item == 0 ? out.d_b : d_w + w_size;
+    std::vector<float> k(chunk * width), d_k(chunk * width), carried(2 * l.hidden);
+    const int ld_x = static_cast<int>(l.RowStep() * p.inputs);
+    for (int64_t b = item; b < l.batch; b += items) {
+      const Lane lane =
+          LaneOf(l, Cell::kGates, b, 0, nullptr, keep.data, keep.stride, valid, resets);
+      std::fill(carried.begin(), carried.end(), 0.0f);
+      const ChunkBackward x{h + l.Row(b) * l.hidden, h0 + b * l.hidden, g + l.Row(b) * l.hidden,
+                            carried.data(), carried.data() + l.hidden, d_k.data()};
+      for (int64_t c = chunks - 1; c >= 0; --c) {  // the chunks in the opposite order
+        const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
+        const int64_t count = std::min(chunk, l.steps - first);
+        ProjectChunk(l, p, Cell::kGates, b, first, count, k.data());
+        Vectorised<SequenceBackwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
+                                                reverse, lane, first, x);
+        const int64_t row = l.Row(b) + first * l.RowStep();
+        g_sgemm(kRowMajor, kTrans, kNoTrans, static_cast<int>(p.inputs),
+                static_cast<int>(width), static_cast<int>(count), 1.0f, p.x + row * p.inputs,
+                ld_x, d_k.data(), static_cast<int>(width), 1.0f, d_w, static_cast<int>(width));
+        if (out.d_x != nullptr)
+          g_sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(count),
+                  static_cast<int>(p.inputs), static_cast<int>(width), 1.0f, d_k.data(),
+                  static_cast<int>(width), p.w, static_cast<int>(width), 0.0f,
+                  out.d_x + row * p.inputs, ld_x);
+        for (int64_t s = 0; s < count; ++s)
+          for (int64_t j = 0; j < width; ++j) d_b[j] += d_k[s * width + j];
+      }
+      for (int64_t j = 0; j < l.hidden; ++j)
+        out.d_h0[b * l.hidden + j] = carried[j] * carried[l.hidden + j];
+    }
+  });
+  for (int item = 1; item < items; ++item) {
+    const float* part = parts.data() + (item - 1) * (w_size + width);
+    for (int64_t j = 0; j < w_size; ++j) out.d_w[j] += part[j];
+    for (int64_t j = 0; j < width; ++j) out.d_b[j] += part[w_size + j];
+  }
+  return ffi::Error::Success();
+}
+
+// The layout of x [B, T, I] (or [T, B, I]) with w_i [I, G * H], b [G * H], or why they do not
+// fit.
+ffi::Error CheckProjection(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                           int64_t b_count, int64_t h0_count, size_t valid, size_t resets,
+                           size_t keep, int gates, bool time_major, Layout& layout,
+                           Projection& p) {
+  if (x.size() != 3 || w.size() != 2 || w[0] != x[2] || w[1] != b_count || w[1] % gates != 0)
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_linear_cell_sequence: x must be [B, T, I], w_i [I, G * H], b [G * H]");
+  const int64_t k[3] = {x[0], x[1], w[1]};
+  p.inputs = x[2];
+  return CheckShapes(ffi::Span<const int64_t>(k, 3), h0_count, valid, resets, keep, gates,
+                     time_major, layout);
+}
+
+ffi::Error SequenceForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                               ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid,
+                               ffi::AnyBuffer resets, ffi::AnyBuffer keep,
+                               ffi::ResultBuffer<ffi::F32> h, int32_t cell, int32_t reverse,
+                               int32_t time_major) {
+  if (ffi::Error error = CheckGemm(); error.failure()) return error;
+  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
+  Layout layout;
+  Projection p{x.typed_data(), w.typed_data(), b.typed_data(), 0};
+  const ffi::Error checked = CheckProjection(
+      x.dimensions(), w.dimensions(), b.element_count(), h0.element_count(),
+      valid.element_count(), resets.element_count(), keep.element_count(), gates,
+      time_major != 0, layout, p);
+  if (checked.failure()) return checked;
+  auto run = cell == 0 ? SequenceForward<MinGru> : SequenceForward<MinLstm>;
+  return run(pool, layout, p, h0.typed_data(), OrNull<bool>(valid), OrNull<bool>(resets),
+             OrNull<float>(keep), h->typed_data(), reverse != 0);
+}
+
+ffi::Error SequenceBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                                ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> h0,
+                                ffi::AnyBuffer valid, ffi::AnyBuffer resets, ffi::AnyBuffer keep,
+                                ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_x,
+                                ffi::ResultBuffer<ffi::F32> d_w, ffi::ResultBuffer<ffi::F32> d_b,
+                                ffi::ResultBuffer<ffi::F32> d_h0, int32_t cell, int32_t reverse,
+                                int32_t time_major) {
+  if (ffi::Error error = CheckGemm(); error.failure()) return error;
+  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
+  Layout layout;
+  Projection p{x.typed_data(), w.typed_data(), b.typed_data(), 0};
+  const ffi::Error checked = CheckProjection(
+      x.dimensions(), w.dimensions(), b.element_count(), h0.element_count(),
+      valid.element_count(), resets.element_count(), keep.element_count(), gates,
+      time_major != 0, layout, p);
+  if (checked.failure()) return checked;
+  auto run = cell == 0 ? SequenceBackward<MinGru> : SequenceBackward<MinLstm>;
+  float* wanted_d_x = d_x->element_count() == 0 ? nullptr : d_x->typed_data();
+  const SequenceGradients out{wanted_d_x, d_w->typed_data(), d_b->typed_data(),
+                              d_h0->typed_data()};
+  return run(pool, layout, p, h.typed_data(), h0.typed_data(), OrNull<bool>(valid),
+             OrNull<bool>(resets), OrNull<float>(keep), g.typed_data(), out, reverse != 0);
+}
+
 }  // namespace
 }  // namespace jaxrnn
 
@@ -340,6 +576,41 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellBackward, jaxrnn::BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g, h's shape
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_k, k's shape
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_h0 [B, H]
+                                  .Attr<int32_t>("cell")
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellSequenceForward, jaxrnn::SequenceForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_i [I, G * H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b [G * H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
+                                  .Arg<ffi::AnyBuffer>()         // resets (bool) or empty
+                                  .Arg<ffi::AnyBuffer>()         // keep (f32) [B, H] or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h
+                                  .Attr<int32_t>("cell")
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("time_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellSequenceBackward, jaxrnn::SequenceBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_i
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
+                                  .Arg<ffi::AnyBuffer>()         // resets (bool) or empty
+                                  .Arg<ffi::AnyBuffer>()         // keep (f32) or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g, h's shape
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_x, x's shape, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_w_i
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_b
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_h0
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("time_major"));

@@ -10,9 +10,12 @@ import pytest
 
 import jaxrnn
 from jaxrnn import _native
+from jaxrnn.cells import linear
 from jaxrnn.cells._linear_kernel import (
     linear_cell_backward_kernel,
     linear_cell_kernel,
+    linear_cell_sequence_backward_kernel,
+    linear_cell_sequence_kernel,
     linear_scan_kernel,
 )
 
@@ -156,11 +159,12 @@ def cell_inputs(cell, batch, steps, hidden, seed=0):
     return k, h0, valid, resets, keep
 
 
+CELLS = {"mingru": jaxrnn.MinGRU, "minlstm": jaxrnn.MinLSTM}
+
+
 def xla_states(cell, k, h0, valid, resets, keep, reverse, time_major):
     """jaxrnn's XLA computation of the same states (the cell's ``coefficients``)."""
-    from jaxrnn.cells import linear
-
-    model = {"mingru": jaxrnn.MinGRU, "minlstm": jaxrnn.MinLSTM}[cell](h0.shape[-1])
+    model = CELLS[cell](h0.shape[-1])
     return linear._xla_states(model, reverse, 0 if time_major else 1, k, h0, valid, resets, keep)
 
 
@@ -199,7 +203,7 @@ def test_cell_kernels_against_numpy(cell, shape):
             d_k, d_h0 = linear_cell_backward_kernel(cell, *args[:1], h, *args[1:], g, **options)
 
             def states(k, h0, args=args, options=options):
-                return xla_states(cell, k, h0, *args[2:], options["reverse"], time_major)
+                return xla_states(cell, k, h0, *args[2:], **options)
 
             want_k, want_h0 = jax.vjp(states, jnp.asarray(args[0]), jnp.asarray(h0))[1](g)
             np.testing.assert_allclose(d_k, want_k, rtol=1e-4, atol=2e-5)
@@ -221,3 +225,66 @@ def test_cell_kernel_nan_propagates_and_checks_shapes():
         linear_cell_kernel(
             "mingru", k.astype(np.float64), h0, EMPTY, EMPTY, none, reverse=False, time_major=False
         )
+
+
+# (3, 400, 21): three threads, chunks of 32768 // (G * 21) steps and a partial last one
+# (ChunkSteps in csrc/linear_cells.cc); (2, 9, 21): one thread, one chunk.
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("shape", [(2, 9, 21), (3, 400, 144)])
+def test_cell_sequence_kernels_against_numpy(cell, shape):
+    """The kernels with the input projection inside: the states against the NumPy loop on
+    ``x @ w_i + b``, every derivative (``x``'s only when asked for) against JAX's derivative
+    of the XLA computation."""
+    batch, steps, hidden = shape
+    rng = np.random.default_rng(2)
+    inputs = 5
+    gates = 2 if cell == "mingru" else 3
+    x = rng.normal(size=(batch, steps, inputs)).astype(np.float32)
+    w = rng.normal(scale=0.8, size=(inputs, gates * hidden)).astype(np.float32)
+    b = rng.normal(size=(gates * hidden,)).astype(np.float32)
+    _, h0, valid, resets, keep = cell_inputs(cell, *shape)
+    cotangent = rng.normal(size=(batch, steps, hidden)).astype(np.float32)
+    k = x.astype(np.float64) @ w + b
+    model = CELLS[cell](hidden)
+    for reverse, semantics, time_major in [
+        (False, False, False),
+        (True, True, False),
+        (False, True, True),
+        (True, False, True),
+    ]:
+
+        def layout(a, time_major=time_major):
+            return np.swapaxes(a, 0, 1) if time_major else a
+
+        v, r, m = (layout(valid), layout(resets), keep) if semantics else (EMPTY, EMPTY, None)
+        m = np.zeros((0,), np.float32) if m is None else m
+        expected = numpy_cell(
+            cell, k, h0, *((valid, resets, keep) if semantics else (None,) * 3), reverse
+        )
+        options = dict(reverse=reverse, time_major=time_major)
+        args = tuple(map(jnp.asarray, (layout(x), w, b, h0, v, r, m)))
+        h = linear_cell_sequence_kernel(cell, *args, **options)
+        np.testing.assert_allclose(layout(np.asarray(h)), expected, rtol=2e-5, atol=2e-5)
+
+        g = jnp.asarray(layout(cotangent))
+        got = linear_cell_sequence_backward_kernel(cell, *args[:3], h, *args[3:], g, **options)
+
+        def states(x, params, h0, args=args, options=options, time_major=time_major):
+            axis = 0 if time_major else 1
+            return linear._xla_sequence_states(
+                model, options["reverse"], axis, x, params, h0, *args[4:]
+            )
+
+        params = {"w_i": args[1], "b": args[2]}
+        d_x, d_p, d_h0 = jax.vjp(states, args[0], params, args[3])[1](g)
+        for name, a, want in zip(
+            ["d_x", "d_w_i", "d_b", "d_h0"], got, [d_x, d_p["w_i"], d_p["b"], d_h0], strict=True
+        ):
+            scale = max(1.0, float(jnp.max(jnp.abs(want))))
+            np.testing.assert_allclose(a / scale, want / scale, atol=2e-5, err_msg=name)
+        without = linear_cell_sequence_backward_kernel(
+            cell, *args[:3], h, *args[3:], g, want_d_x=False, **options
+        )
+        assert without[0] is None
+        for a, want in zip(without[1:], got[1:], strict=True):
+            np.testing.assert_array_equal(a, want)

@@ -22,6 +22,8 @@ FFI_TARGETS = {
     "jaxrnn_linear_scan_backward": "JaxrnnLinearScanBackward",
     "jaxrnn_linear_cell_forward": "JaxrnnLinearCellForward",
     "jaxrnn_linear_cell_backward": "JaxrnnLinearCellBackward",
+    "jaxrnn_linear_cell_sequence_forward": "JaxrnnLinearCellSequenceForward",
+    "jaxrnn_linear_cell_sequence_backward": "JaxrnnLinearCellSequenceBackward",
 }
 """``{ffi_target: symbol}`` of the kernels in jaxrnn's compiled library."""
 
@@ -162,3 +164,75 @@ def linear_cell_backward_kernel(
     )
     k, h0, valid, resets, keep = args
     return call(k, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs)
+
+
+def linear_cell_sequence_kernel(
+    cell: str, x, w_i, b, h0, valid, resets, keep, *, reverse: bool, time_major: bool
+):
+    """:func:`linear_cell_kernel` with the input projection inside: ``k = x @ w_i + b``
+    computed a chunk of steps at a time in the kernel (nothing of ``k``'s size is written).
+
+    Args:
+      x: float32 ``[B, T, I]`` (``[T, B, I]`` if ``time_major``).
+      w_i: float32 ``[I, G * H]``; b: float32 ``[G * H]``.
+      h0, valid, resets, keep, reverse, time_major: as :func:`linear_cell_kernel`'s.
+
+    Returns:
+      ``h``, float32 ``[B, T, H]`` (``[T, B, H]``), not masked.
+    """
+    args, attrs = _cell_args(cell, x, h0, valid, resets, keep, time_major)
+    _check_projection(x, w_i, b)
+    shape = (*x.shape[:2], h0.shape[-1])
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_cell_sequence_forward",
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        vmap_method="sequential",
+    )
+    x, h0, valid, resets, keep = args
+    return call(x, w_i, b, h0, valid, resets, keep, reverse=np.int32(reverse), **attrs)
+
+
+def linear_cell_sequence_backward_kernel(
+    cell: str,
+    x,
+    w_i,
+    b,
+    h,
+    h0,
+    valid,
+    resets,
+    keep,
+    g,
+    *,
+    reverse: bool,
+    time_major: bool,
+    want_d_x: bool = True,
+):
+    """The derivative of :func:`linear_cell_sequence_kernel` given the cotangent ``g`` of its
+    states ``h``: ``(d_x, d_w_i, d_b, d_h0)`` (the mask ``keep`` gets none); ``d_x`` is
+    ``None`` unless ``want_d_x`` (its matmul skipped)."""
+    args, attrs = _cell_args(cell, x, h0, valid, resets, keep, time_major)
+    _check_projection(x, w_i, b)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_linear_cell_sequence_backward",
+        tuple(
+            jax.ShapeDtypeStruct(a.shape if want else (0,), jnp.float32)
+            for a, want in ((x, want_d_x), (w_i, True), (b, True), (h0, True))
+        ),
+        vmap_method="sequential",
+    )
+    x, h0, valid, resets, keep = args
+    d_x, d_w, d_b, d_h0 = call(
+        x, w_i, b, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs
+    )
+    return (d_x if want_d_x else None), d_w, d_b, d_h0
+
+
+def _check_projection(x, w_i, b):
+    if w_i.dtype != jnp.float32 or b.dtype != jnp.float32:
+        raise TypeError(f"w_i and b must be float32; got {w_i.dtype}, {b.dtype}")
+    if w_i.ndim != 2 or w_i.shape[0] != x.shape[-1] or b.shape != (w_i.shape[1],):
+        raise ValueError(
+            f"w_i must be [I, G * H] with I = x.shape[-1] and b [G * H]; got x {x.shape}, "
+            f"w_i {w_i.shape}, b {b.shape}"
+        )

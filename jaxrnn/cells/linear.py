@@ -125,6 +125,12 @@ def parallel(
         valid = None if valid is None else valid.T
         resets = None if resets is None else resets.T
     carry0 = carry0.astype(accumulation_dtype(cell.dtype))
+    if method == "kernel" and chunk is None and _sequence_kernel_runs(cell, params, xs, carry0):
+        keep = None if hidden_mask is None else hidden_mask.astype(carry0.dtype)
+        masks = _given(valid), _given(resets), _given(keep, carry0.dtype)
+        h = _sequence_states(cell, backwards, time_axis, xs, params, carry0, *masks)
+        ys, carry = _outputs(h, carry0, valid, backwards, time_axis)
+        return ys.astype(cell.dtype), carry
     size = chunk_steps(xs.shape[0 if time_major else 1], carry0.shape, method, chunk)
     if size is None:
         run = _Run(cell, backwards, method, time_axis)
@@ -174,14 +180,7 @@ class _Run:
             )
         else:
             h = self.states(params, xp, carry0, valid, resets, hidden_mask)
-        steps = h.shape[self.time_axis]
-        if steps == 0:
-            carry = carry0
-        else:
-            last = 0 if self.backwards else steps - 1
-            carry = jax.lax.index_in_dim(h, last, self.time_axis, keepdims=False)
-        ys = h if valid is None else jnp.where(valid[..., None], h, jnp.zeros_like(h))
-        return ys, carry
+        return _outputs(h, carry0, valid, self.backwards, self.time_axis)
 
     def states(self, params, xp, carry0, valid, resets, hidden_mask):
         """The states after every step (not masked) from the projected input ``xp``: the
@@ -203,6 +202,132 @@ class _Run:
         return linear_scan(
             a, b, carry0, reverse=self.backwards, method=self.method, time_axis=self.time_axis
         )
+
+
+def _outputs(h, carry0, valid, backwards, time_axis):
+    """``(ys, carry)`` from the states ``h`` after every step: ``ys`` zero where not
+    ``valid``, ``carry`` the state after the last step visited (``carry0`` if none)."""
+    steps = h.shape[time_axis]
+    if steps == 0:
+        carry = carry0
+    else:
+        last = 0 if backwards else steps - 1
+        carry = jax.lax.index_in_dim(h, last, time_axis, keepdims=False)
+    ys = h if valid is None else jnp.where(valid[..., None], h, jnp.zeros_like(h))
+    return ys, carry
+
+
+def _given(mask, dtype=bool):
+    """A mask, or an empty array for none (as the kernels take it)."""
+    return jnp.zeros((0,), dtype) if mask is None else mask
+
+
+def _sequence_kernel_runs(cell: LinearCell, params, xs: Array, carry0: Array) -> bool:
+    """Whether the whole layer can run as the cell's sequence kernel: a cell with a kernel of
+    its own, computing in float32, with the plain projection ``x @ w_i + b``."""
+    from jaxrnn import _native
+
+    if cell.kernel is None or not cell.plain_projection or set(params) != {"w_i", "b"}:
+        return False
+    if jnp.dtype(cell.dtype) != jnp.float32:
+        return False
+    return _native.available(xs, params["w_i"], params["b"], carry0)
+
+
+def _xla_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
+    def given(x):
+        return None if x.size == 0 else x
+
+    run = _Run(cell, backwards, "chunked", time_axis)
+    xp = cell.project_inputs(params, xs)
+    return run.states(params, xp, h0, given(valid), given(resets), given(keep))
+
+
+def _native_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
+    from jaxrnn.cells import _linear_kernel
+
+    return _linear_kernel.linear_cell_sequence_kernel(
+        cell.kernel,
+        xs,
+        params["w_i"],
+        params["b"],
+        h0,
+        valid,
+        resets,
+        keep,
+        reverse=backwards,
+        time_major=time_axis == 0,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
+    """The states after every step (not masked) of the whole layer, by the cell's sequence
+    kernel where the computation runs on a CPU (the projection, the gates, the semantics and
+    the recurrence in one pass; their derivative, the weights' included, in another), by the
+    XLA computation elsewhere. Masks as the kernels take them (empty for none)."""
+    fixed = (cell, backwards, time_axis)
+    return jax.lax.platform_dependent(
+        xs,
+        params,
+        h0,
+        valid,
+        resets,
+        keep,
+        cpu=functools.partial(_native_sequence_states, *fixed),
+        default=functools.partial(_xla_sequence_states, *fixed),
+    )
+
+
+def _sequence_states_fwd(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
+    # symbolic_zeros: whether xs is differentiated (the first layer's inputs seldom are); the
+    # backward kernel then skips d_xs. The answer travels as the length of an empty array.
+    values = jax.tree.map(lambda p: p.value, (xs, params, h0, valid, resets, keep))
+    h = _sequence_states(cell, backwards, time_axis, *values)
+    want_d_x = jnp.zeros((int(xs.perturbed),))
+    return h, (*values[:2], h, *values[2:], want_d_x)
+
+
+def _sequence_states_bwd(cell, backwards, time_axis, saved, g):
+    from jaxrnn import _native
+    from jaxrnn.cells import _linear_kernel
+
+    fixed = (cell, backwards, time_axis)
+    *saved, want_d_x = saved
+    want_d_x = want_d_x.shape[0] == 1
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
+
+    def native(xs, params, h, h0, valid, resets, keep, g):
+        d_x, d_w, d_b, d_h0 = _linear_kernel.linear_cell_sequence_backward_kernel(
+            cell.kernel,
+            xs,
+            params["w_i"],
+            params["b"],
+            h,
+            h0,
+            valid,
+            resets,
+            keep,
+            g,
+            reverse=backwards,
+            time_major=time_axis == 0,
+            want_d_x=want_d_x,
+        )
+        return (d_x if want_d_x else jnp.zeros_like(xs)), {"w_i": d_w, "b": d_b}, d_h0
+
+    def xla(xs, params, h, h0, valid, resets, keep, g):
+        def states(xs, params, h0):
+            return _xla_sequence_states(*fixed, xs, params, h0, valid, resets, keep)
+
+        return jax.vjp(states, xs, params, h0)[1](g)
+
+    d_x, d_params, d_h0 = _native.on_cpu(native, xla, *saved, g)
+    keep = saved[-1]
+    return (d_x if want_d_x else None), d_params, d_h0, None, None, jnp.zeros_like(keep)
+
+
+_sequence_states.defvjp(_sequence_states_fwd, _sequence_states_bwd, symbolic_zeros=True)
 
 
 def _cell_kernel_runs(cell: LinearCell, xp: Array, carry0: Array) -> bool:
