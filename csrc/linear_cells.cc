@@ -1,9 +1,8 @@
 // MinGRU and MinLSTM over a sequence in one pass: each step's gates from its projected input,
 // the coefficients (a, c) of h = a * h_prev + c, the sequence semantics, and the recurrence;
 // and the derivative of all of it in one reverse pass. The linear-recurrence cells' parallel
-// path runs these where they can (jaxrnn/cells/_linear_kernel.py binds them); their
-// definitions are the cells' `coefficients` in jaxrnn/cells/minimal.py, which the tests hold
-// these to.
+// path runs these on a CPU (jaxrnn/cells/_linear_kernel.py binds them); the cells' definitions
+// are their `coefficients` in jaxrnn/cells/minimal.py, which the tests hold these to.
 //
 // Shapes: `k` [B, T, G * H] (batch-first) or [T, B, G * H] (`time_major`): the projected
 // input x @ w_i + b, G gate blocks of H columns (MinGRU [z | h~], MinLSTM [f | i | h~]);
@@ -12,13 +11,16 @@
 // (the state is dropped, and no cotangent crosses the step); `keep` [B, H], or empty: the
 // recurrent dropout's mask, a *= keep. The states h are [B, T, H] or [T, B, H], unmasked
 // (the caller zeroes the outputs past each length). Attribute `reverse` (int32): visit the
-// steps from the last to the first.
+// steps from the last to the first; `cell`: 0 MinGRU, 1 MinLSTM.
 //
 // JaxrnnLinearCellForward: k, h0, valid, resets, keep -> h.
 // JaxrnnLinearCellBackward: k, h, h0, valid, resets, keep, and the cotangent g of h -> d_k
 // and d_h0: d[t] = g[t] + a[next] * d[next], d_a = d * h[prev], d_c = d, then through the
 // semantics and the gates to d_k. The recurrent dropout's mask gets no gradient.
-// Attribute `cell`: 0 MinGRU, 1 MinLSTM.
+// JaxrnnLinearCellSequenceForward / Backward: the same with x [B, T, I] (or [T, B, I]), w_i
+// [I, G * H] and b [G * H] in place of k, which they compute a chunk of steps at a time and
+// never write out; the backward pass returns d_x (or nothing, given an empty result), d_w_i,
+// d_b and d_h0.
 
 #include "linear_blocks.h"
 
@@ -324,7 +326,15 @@ struct Projection {
   const float* w;  // [I, G * H]
   const float* b;  // [G * H]
   int64_t inputs;
+  const PackedColumns* packed = nullptr;  // w, packed for the small matmul
 };
+
+// w [I, G * H] packed for Multiply (small_matmul.h), once per call.
+inline PackedColumns Pack(const Projection& p, int64_t width) {
+  return PackedColumns(p.inputs, width, [&](int64_t i, float* out) {
+    std::memcpy(out, p.w + i * width, width * sizeof(float));
+  });
+}
 
 // The steps a chunk holds: its k buffer about 128 KiB.
 inline int64_t ChunkSteps(int64_t width) {
@@ -345,10 +355,7 @@ inline void ProjectChunk(const Layout& l, const Projection& p, int gates, int64_
   const int64_t width = gates * l.hidden;
   for (int64_t s = 0; s < count; ++s) std::memcpy(k + s * width, p.b, width * sizeof(float));
   const int64_t row = l.Row(b) + t0 * l.RowStep();
-  g_sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(count), static_cast<int>(width),
-          static_cast<int>(p.inputs), 1.0f, p.x + row * p.inputs,
-          static_cast<int>(l.RowStep() * p.inputs), p.w, static_cast<int>(width), 1.0f, k,
-          static_cast<int>(width));
+  Multiply(count, p.x + row * p.inputs, l.RowStep() * p.inputs, *p.packed, k, width, true);
 }
 
 // The chunk's steps t0..t0+count-1 in the order visited, from the state h_in before it.
@@ -378,6 +385,9 @@ ffi::Error SequenceForward(ffi::ThreadPool& pool, const Layout& l, const Project
   const int items = SequenceItems(l);
   const int64_t width = Cell::kGates * l.hidden, chunk = ChunkSteps(width);
   const int64_t chunks = (l.steps + chunk - 1) / chunk;
+  const PackedColumns packed = Pack(p, width);
+  Projection pp = p;
+  pp.packed = &packed;
   RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
     std::vector<float> k(chunk * width);
     for (int64_t b = item; b < l.batch; b += items) {
@@ -388,7 +398,7 @@ ffi::Error SequenceForward(ffi::ThreadPool& pool, const Layout& l, const Project
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
         const int64_t count = std::min(chunk, l.steps - first);
-        ProjectChunk(l, p, Cell::kGates, b, first, count, k.data());
+        ProjectChunk(l, pp, Cell::kGates, b, first, count, k.data());
         Vectorised<SequenceForwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
                                                reverse, lane, first, h_in, hb);
         h_in = hb + (reverse ? first : first + count - 1) * lane.h_stride;
@@ -447,6 +457,9 @@ ffi::Error SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Projec
   std::vector<float> parts((items - 1) * (w_size + width));
   std::fill_n(out.d_w, w_size, 0.0f);
   std::fill_n(out.d_b, width, 0.0f);
+  const PackedColumns packed = Pack(p, width);
+  Projection pp = p;
+  pp.packed = &packed;
   RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
     float* d_w = item == 0 ? out.d_w : parts.data() + (item - 1) * (w_size + width);
     float* d_b = item == 0 ? out.d_b : d_w + w_size;
@@ -461,7 +474,7 @@ ffi::Error SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Projec
       for (int64_t c = chunks - 1; c >= 0; --c) {  // the chunks in the opposite order
         const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
         const int64_t count = std::min(chunk, l.steps - first);
-        ProjectChunk(l, p, Cell::kGates, b, first, count, k.data());
+        ProjectChunk(l, pp, Cell::kGates, b, first, count, k.data());
         Vectorised<SequenceBackwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
                                                 reverse, lane, first, x);
         const int64_t row = l.Row(b) + first * l.RowStep();
