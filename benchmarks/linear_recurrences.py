@@ -96,7 +96,7 @@ def _method_grad(cell, method):
 
     def loss(params, xs):
         resolved = cell.resolve(params, xs.dtype)
-        xs_tm = jnp.swapaxes(xs, 0, 1)  # rnn's batch-first input is transposed inside too
+        xs_tm = jnp.swapaxes(xs, 0, 1)  # time-major: the transposes are part of the time
         ys, _ = linear.parallel(
             resolved,
             params,

@@ -1,6 +1,9 @@
 """The binding of jaxrnn's CPU kernels for the linear recurrence ``h[t] = a[t] * h[t-1] +
 b[t]`` (elementwise; ``csrc/linear.cc``): the scan, and its derivative, that the
-linear-recurrence cells' parallel path runs (:mod:`jaxrnn.cells.linear_scan`).
+linear-recurrence cells' parallel path runs (:mod:`jaxrnn.cells.linear_scan`); and the
+kernels of the cells that have their own (:data:`CELL_KERNELS`; ``csrc/linear_cells.cc``):
+the gates, the semantics and the recurrence in one pass, from the projected input or from
+the input and the weights.
 
 Both take the time axis first (``[T, ...]``) or second (``[B, T, ...]``, the batch-first
 layout, with a state ``[B, ...]``), so that neither layout is transposed. ``jaxrnn._native``

@@ -10,8 +10,15 @@ computation over all steps (the input projection, then the cell's
 step past a sequence's length keeps the state (``a = 1``, ``b = 0``) and outputs zeros, a
 reset before a step drops the state there (``a = 0``, so no gradient crosses it), recurrent
 dropout scales ``a`` by its mask (the state enters the step only through ``a * h``), and the
-initial carry is the scan's ``h0``. The outputs are the states. With the CPU kernel the
-sequence runs in time chunks, one after another (:func:`chunk_steps`).
+initial carry is the scan's ``h0``. The outputs are the states.
+
+On a CPU with jaxrnn's kernels, a cell with a kernel of its own (:attr:`LinearCell.kernel`:
+MinGRU, MinLSTM) computing in float32 runs the whole layer in one kernel call each way (the
+projection, the gates, the semantics and the recurrence; the weights' gradients in the
+backward call, the inputs' only where they are differentiated). Otherwise the kernel method
+runs the sequence in time chunks, one after another (:func:`chunk_steps`), each chunk's
+gates through the cell's kernel where it has one, else through XLA and the plain
+recurrence's kernel.
 """
 
 from __future__ import annotations
