@@ -2,7 +2,8 @@
 (``jax.jit(f).trace(...).lower(lowering_platforms=...)``): every cell with a fused path x
 dtype (float32, bfloat16) x implementation (None, "fused", "scan", "pallas"), each step
 holding every feature at once (lengths, resets, reverse, bidirectional, a stack with every
-dropout; recurrent dropout where the implementation allows it, None and "scan"). A change
+dropout; recurrent dropout where the implementation allows it, None and "scan"), and the
+linear recurrences' default path likewise. A change
 that cannot lower for a device (a Triton or Mosaic lowering error, a CPU-only call reached
 off a CPU) fails here."""
 
@@ -13,6 +14,10 @@ import pytest
 import jaxrnn
 
 B, T, F, H = 4, 6, 3, 16
+# jaxrnn's CPU kernels' FFI targets are all named jaxrnn_...: lowering an ffi_call for a
+# platform without the target does not fail, so a program for a device must not hold one.
+_NO_CPU_KERNEL = "custom_call @jaxrnn_"
+
 CELLS = {
     "rnn": jaxrnn.SimpleRNN(H),
     "lstm": jaxrnn.LSTM(H),
@@ -60,5 +65,20 @@ def test_train_steps_lower_for_accelerators(name, dtype, platform):
     cell = CELLS[name].__class__(H, dtype=dtype)
     for implementation in (None, "fused", "scan", "pallas"):
         step, args = _train_step(cell, implementation)
-        lowered = step.trace(*args).lower(lowering_platforms=(platform,))
-        assert lowered.as_text(), implementation
+        text = step.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+        assert text and _NO_CPU_KERNEL not in text, implementation
+
+
+LINEAR = {"mingru": jaxrnn.MinGRU(H), "minlstm": jaxrnn.MinLSTM(H), "rglru": jaxrnn.RGLRU(H)}
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", list(LINEAR))
+def test_linear_cells_train_steps_lower_for_accelerators(name, dtype, platform):
+    """The linear recurrences' default path ("parallel", whose CPU kernels sit behind
+    ``lax.platform_dependent``), every feature at once."""
+    cell = LINEAR[name].__class__(H, dtype=dtype)
+    step, args = _train_step(cell, None)
+    text = step.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    assert text and _NO_CPU_KERNEL not in text
