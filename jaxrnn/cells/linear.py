@@ -241,13 +241,15 @@ def _sequence_kernel_runs(cell: LinearCell, params, xs: Array, carry0: Array) ->
     return _native.available(xs, params["w_i"], params["b"], carry0)
 
 
-def _xla_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
-    def given(x):
-        return None if x.size == 0 else x
+def _ungiven(mask):
+    """:func:`_given`'s inverse: ``None`` for an empty array."""
+    return None if mask.size == 0 else mask
 
+
+def _xla_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
     run = _Run(cell, backwards, "chunked", time_axis)
     xp = cell.project_inputs(params, xs)
-    return run.states(params, xp, h0, given(valid), given(resets), given(keep))
+    return run.states(params, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
 def _native_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
@@ -348,19 +350,14 @@ def _cell_states(cell, backwards, time_axis, xp, h0, valid, resets, hidden_mask)
     """:meth:`_Run.states` by the cell's own kernel where the computation runs on a CPU (the
     gates, the semantics and the recurrence in one pass, and their derivative in another),
     by the XLA computation elsewhere. Masks that are ``None`` become empty arrays."""
-    none = jnp.zeros((0,), bool)
-    valid = none if valid is None else valid
-    resets = none if resets is None else resets
-    keep = jnp.zeros((0,), xp.dtype) if hidden_mask is None else hidden_mask.astype(xp.dtype)
-    return _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep)
+    keep = None if hidden_mask is None else hidden_mask.astype(xp.dtype)
+    masks = _given(valid), _given(resets), _given(keep, xp.dtype)
+    return _kernel_states(cell, backwards, time_axis, xp, h0, *masks)
 
 
 def _xla_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
-    def given(x):
-        return None if x.size == 0 else x
-
     run = _Run(cell, backwards, "chunked", time_axis)
-    return run.states({}, xp, h0, given(valid), given(resets), given(keep))
+    return run.states({}, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
 def _native_kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
