@@ -25,6 +25,9 @@ namespace jaxrnn {
 // cpuid check of our own do the same under GCC and Clang.
 
 #define JAXRNN_ROW_LOOP inline __attribute__((always_inline))
+// What a row loop calls (the pointwise functions, a cell's arithmetic): inlined into each
+// vector version, as a call would run code compiled for the baseline, one value at a time.
+#define JAXRNN_INLINE inline __attribute__((always_inline))
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define JAXRNN_X86_V3 "avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt"

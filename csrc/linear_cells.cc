@@ -39,8 +39,8 @@ namespace {
 // g(v) = v + 0.5 for v >= 0, sigmoid(v) below: the papers' positive candidate activation.
 // g(v) and g'(v) from s = sigmoid(v); both sides are computed, so that a loop over them has no
 // branch and vectorises.
-inline float Candidate(float v, float s) { return v >= 0.0f ? v + 0.5f : s; }
-inline float CandidateSlope(float v, float s) { return v >= 0.0f ? 1.0f : s * (1.0f - s); }
+JAXRNN_INLINE float Candidate(float v, float s) { return v >= 0.0f ? v + 0.5f : s; }
+JAXRNN_INLINE float CandidateSlope(float v, float s) { return v >= 0.0f ? 1.0f : s * (1.0f - s); }
 
 // A cell: kGates blocks of `h` columns in k; Coefficients(k, h, j, a, c) gives column j's
 // (a, c); Derivative(k, h, j, d_a, d_c, d_k) writes column j of d_k given the cotangents of
@@ -49,12 +49,13 @@ inline float CandidateSlope(float v, float s) { return v >= 0.0f ? 1.0f : s * (1
 // a = 1 - z, c = z * g(k_h), z = sigmoid(k_z); k's blocks [z | h~].
 struct MinGru {
   static constexpr int kGates = 2;
-  static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
+  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
     const float z = Sigmoid(k[j]), v = k[h + j];
     a = 1.0f - z;
     c = z * Candidate(v, Sigmoid(v));
   }
-  static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
+  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c,
+                                        float* d_k) {
     const float z = Sigmoid(k[j]), v = k[h + j], s = Sigmoid(v);
     const float d_z = d_c * Candidate(v, s) - d_a;
     d_k[j] = d_z * z * (1.0f - z);
@@ -67,13 +68,14 @@ struct MinGru {
 // [f | i | h~].
 struct MinLstm {
   static constexpr int kGates = 3;
-  static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
+  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
     const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j];
     const float total = f + i;
     a = f / total;
     c = i / total * Candidate(v, Sigmoid(v));
   }
-  static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c, float* d_k) {
+  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c,
+                                        float* d_k) {
     const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j], s = Sigmoid(v);
     const float total = f + i, inverse = 1.0f / total;
     const float cross = (d_a - d_c * Candidate(v, s)) * inverse * inverse;
@@ -86,20 +88,31 @@ struct MinLstm {
 
 // What every step of a block shares: its batch element's rows, columns [c0, c0 + n).
 struct Lane {
-  const float* k;          // k at the block's first column, row 0 of its batch element
-  const float* keep;       // keep[b, c0:], or ones
-  const bool* valid;       // valid at the batch element's first row, or null
-  const bool* resets;      // likewise
-  int64_t k_stride;        // floats between rows of k (G * H * row step)
-  int64_t h_stride;        // floats between rows of h
-  int64_t flag_stride;     // entries between rows of valid and resets
-  int64_t hidden;          // H: columns between gate blocks
+  const float* keep;      // keep[b, c0:], or ones
+  const bool* valid;      // valid at the batch element's first row, or null
+  const bool* resets;     // likewise
+  int64_t h_stride;       // floats between rows of h
+  int64_t flag_stride;    // entries between rows of valid and resets
+  int64_t hidden;         // H: columns between gate blocks
   int64_t steps;
   bool reverse;
-  int64_t At(int64_t s) const { return reverse ? steps - 1 - s : s; }
   // 0 where the state resets before step t, else 1.
   float Carried(int64_t t) const {
     return resets != nullptr && resets[t * flag_stride] ? 0.0f : 1.0f;
+  }
+  bool Skipped(int64_t t) const { return valid != nullptr && !valid[t * flag_stride]; }
+};
+
+// Steps t0..t0+count-1 of a lane, with their k (and d_k): the whole sequence in place, or a
+// chunk of steps projected into a buffer.
+struct Steps {
+  const float* k;  // k of step t0, column c0
+  float* d_k;      // likewise, or null in the forward pass
+  int64_t k_stride;
+  int64_t t0, count;
+  // The step visited i-th of these in the forward pass.
+  int64_t At(const Lane& lane, int64_t i) const {
+    return t0 + (lane.reverse ? count - 1 - i : i);
   }
 };
 
@@ -116,17 +129,20 @@ JAXRNN_ROW_LOOP void ForwardRow(int n, const float* __restrict__ k, int64_t hidd
   }
 }
 
+// The forward pass over `steps`, in the order of the lane's direction, from the state h_in
+// before them; h at the lane's row 0.
 template <typename Cell>
-JAXRNN_ROW_LOOP void ForwardColumns(int n, Lane lane, const float* h0, float* h) {
-  const float* h_prev = h0;
-  for (int64_t s = 0; s < lane.steps; ++s) {
-    const int64_t t = lane.At(s);
+JAXRNN_ROW_LOOP void ForwardSteps(int n, const Lane& lane, Steps steps, const float* h_in,
+                                  float* h) {
+  const float* h_prev = h_in;
+  for (int64_t i = 0; i < steps.count; ++i) {
+    const int64_t t = steps.At(lane, i);
     float* row = h + t * lane.h_stride;
-    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
+    if (lane.Skipped(t)) {
       std::memcpy(row, h_prev, n * sizeof(float));
     } else {
-      ForwardRow<Cell>(n, lane.k + t * lane.k_stride, lane.hidden, lane.keep, lane.Carried(t),
-                       h_prev, row);
+      ForwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.keep,
+                       lane.Carried(t), h_prev, row);
     }
     h_prev = row;
   }
@@ -150,21 +166,22 @@ JAXRNN_ROW_LOOP void BackwardRow(int n, const float* __restrict__ k, int64_t hid
 }
 
 struct BackwardArrays {
-  const float *h, *h0, *g;
-  float *d_k, *d_h0;
-  float *a, *d;  // scratch, n floats each
+  const float *h, *h0, *g;  // the lane's rows of h and g (row 0), and its h0
+  float *a, *d;  // the effective a of the step visited next, and its cotangent (n floats each)
 };
 
+// The derivative over `steps`, in the opposite order of their forward visit: d_k of each into
+// steps.d_k, and x.a, x.d carried from the step visited after them to the first of them.
 template <typename Cell>
-JAXRNN_ROW_LOOP void BackwardColumns(int n, Lane lane, BackwardArrays x) {
-  std::fill_n(x.a, n, 0.0f);
-  std::fill_n(x.d, n, 0.0f);
-  for (int64_t s = lane.steps - 1; s >= 0; --s) {
-    const int64_t t = lane.At(s);
-    const float* h_prev = s == 0 ? x.h0 : x.h + lane.At(s - 1) * lane.h_stride;
+JAXRNN_ROW_LOOP void BackwardSteps(int n, const Lane& lane, Steps steps, BackwardArrays x) {
+  for (int64_t i = steps.count - 1; i >= 0; --i) {
+    const int64_t t = steps.At(lane, i);
+    const int64_t before = lane.reverse ? t + 1 : t - 1;  // the step visited before t
+    const bool first = lane.reverse ? before == lane.steps : before < 0;
+    const float* h_prev = first ? x.h0 : x.h + before * lane.h_stride;
     const float* g = x.g + t * lane.h_stride;
-    float* d_k = x.d_k + t * lane.k_stride;
-    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
+    float* d_k = steps.d_k + (t - steps.t0) * steps.k_stride;
+    if (lane.Skipped(t)) {
       for (int j = 0; j < n; ++j) {  // a = 1, c = 0: the cotangent passes on whole
         x.d[j] = x.a[j] * x.d[j] + g[j];
         x.a[j] = 1.0f;
@@ -173,10 +190,9 @@ JAXRNN_ROW_LOOP void BackwardColumns(int n, Lane lane, BackwardArrays x) {
         std::fill_n(d_k + gate * lane.hidden, n, 0.0f);
       continue;
     }
-    BackwardRow<Cell>(n, lane.k + t * lane.k_stride, lane.hidden, lane.keep, lane.Carried(t), g,
-                      h_prev, x.a, x.d, d_k);
+    BackwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.keep,
+                      lane.Carried(t), g, h_prev, x.a, x.d, d_k);
   }
-  for (int j = 0; j < n; ++j) x.d_h0[j] = x.a[j] * x.d[j];
 }
 
 // A step of a cell's kernel costs some ten times a step of the plain recurrence (an exp per
@@ -190,36 +206,29 @@ struct Layout {
   int64_t RowStep() const { return time_major ? batch : 1; }           // rows between steps
 };
 
-// The layout of k ([B, T, G * H] or [T, B, G * H]) into `layout`, or why the arrays do not fit.
-ffi::Error CheckShapes(ffi::Span<const int64_t> k, int64_t h0_count, size_t valid,
-                       size_t resets, size_t keep, int gates, bool time_major, Layout& layout) {
+int Gates(int32_t cell) { return cell == 0 ? MinGru::kGates : MinLstm::kGates; }
+
+// The layout of k ([B, T, G * H] or [T, B, G * H], `k` its dimensions) into `layout`, or why
+// the arrays do not fit.
+ffi::Error CheckShapes(ffi::Span<const int64_t> k, const ffi::Buffer<ffi::F32>& h0,
+                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
+                       const ffi::AnyBuffer& keep, int32_t cell, int32_t time_major,
+                       Layout& layout) {
+  const int gates = Gates(cell);
   if (k.size() != 3 || k[2] % gates != 0)
     return ffi::Error::InvalidArgument("jaxrnn_linear_cell: k must be [B, T, G * H]");
-  layout = Layout{time_major ? k[1] : k[0], time_major ? k[0] : k[1], k[2] / gates, time_major};
+  layout = Layout{time_major ? k[1] : k[0], time_major ? k[0] : k[1], k[2] / gates,
+                  time_major != 0};
   const int64_t rows = layout.batch * layout.steps, state = layout.batch * layout.hidden;
-  if (h0_count != state || (valid != 0 && static_cast<int64_t>(valid) != rows) ||
-      (resets != 0 && static_cast<int64_t>(resets) != rows) ||
-      (keep != 0 && static_cast<int64_t>(keep) != state))
+  auto fits = [](const ffi::AnyBuffer& x, int64_t count) {
+    return x.element_count() == 0 || static_cast<int64_t>(x.element_count()) == count;
+  };
+  if (static_cast<int64_t>(h0.element_count()) != state || !fits(valid, rows) ||
+      !fits(resets, rows) || !fits(keep, state))
     return ffi::Error::InvalidArgument(
         "jaxrnn_linear_cell: h0 and keep must be [B, H], valid and resets [B, T] in k's layout "
         "or empty");
   return ffi::Error::Success();
-}
-
-// `keep` [B, H] (or [H] with `keep_stride` 0).
-Lane LaneOf(const Layout& l, int gates, int64_t b, int c0, const float* k, const float* keep,
-            int64_t keep_stride, const bool* valid, const bool* resets) {
-  const int64_t row = l.Row(b), step = l.RowStep();
-  return Lane{k + row * gates * l.hidden + c0,
-              keep + b * keep_stride + c0,
-              valid == nullptr ? nullptr : valid + row,
-              resets == nullptr ? nullptr : resets + row,
-              step * gates * l.hidden,
-              step * l.hidden,
-              step,
-              l.hidden,
-              l.steps,
-              false};
 }
 
 template <typename T>
@@ -227,72 +236,92 @@ const T* OrNull(const ffi::AnyBuffer& x) {
   return x.element_count() == 0 ? nullptr : static_cast<const T*>(x.untyped_data());
 }
 
-// The recurrent dropout's mask [B, H], or ones [H] shared by every row where there is none.
-struct Keep {
-  Keep(const float* mask, int64_t hidden) {
-    if (mask == nullptr) ones.assign(hidden, 1.0f);
-    data = mask == nullptr ? ones.data() : mask;
-    stride = mask == nullptr ? 0 : hidden;
+// A call's sequence semantics: valid and resets (or null), the recurrent dropout's mask [B, H]
+// (or ones [H] shared by every row), and the direction.
+class Semantics {
+ public:
+  Semantics(const Layout& l, const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
+            const ffi::AnyBuffer& keep, int32_t reverse)
+      : layout_(l),
+        valid_(OrNull<bool>(valid)),
+        resets_(OrNull<bool>(resets)),
+        keep_(OrNull<float>(keep)),
+        keep_stride_(keep_ == nullptr ? 0 : l.hidden),
+        reverse_(reverse != 0) {
+    if (keep_ == nullptr) {
+      ones_.assign(l.hidden, 1.0f);
+      keep_ = ones_.data();
+    }
   }
-  std::vector<float> ones;
-  const float* data;
-  int64_t stride;
+  Semantics(const Semantics&) = delete;
+  Semantics& operator=(const Semantics&) = delete;
+
+  // Batch element b's lane, columns from c0.
+  Lane LaneOf(int64_t b, int c0) const {
+    const int64_t row = layout_.Row(b), step = layout_.RowStep();
+    return Lane{keep_ + b * keep_stride_ + c0,
+                valid_ == nullptr ? nullptr : valid_ + row,
+                resets_ == nullptr ? nullptr : resets_ + row,
+                step * layout_.hidden,
+                step,
+                layout_.hidden,
+                layout_.steps,
+                reverse_};
+  }
+
+ private:
+  Layout layout_;
+  const bool *valid_, *resets_;
+  const float* keep_;
+  int64_t keep_stride_;
+  bool reverse_;
+  std::vector<float> ones_;
 };
 
-template <typename Cell>
-ffi::Error Forward(ffi::ThreadPool& pool, const Layout& l, const float* k, const float* h0,
-                   const bool* valid, const bool* resets, const float* mask, float* h,
-                   bool reverse) {
-  const Keep keep(mask, l.hidden);
-  ForBlocks(pool, Split(l.batch, l.steps, l.hidden, kCost), [&](int64_t b, int c0, int c1) {
-    Lane lane = LaneOf(l, Cell::kGates, b, c0, k, keep.data, keep.stride, valid, resets);
-    lane.reverse = reverse;
-    const int64_t row = l.Row(b);
-    Vectorised<ForwardColumns<Cell>>(c1 - c0, lane, h0 + b * l.hidden + c0,
-                                     h + row * l.hidden + c0);
-  });
-  return ffi::Error::Success();
+// The whole sequence of a lane from k in place (batch element b's row 0, column c0).
+Steps InPlace(const Layout& l, int gates, int64_t b, int c0, const float* k, float* d_k) {
+  const int64_t at = l.Row(b) * gates * l.hidden + c0;
+  return Steps{k + at, d_k == nullptr ? nullptr : d_k + at, l.RowStep() * gates * l.hidden, 0,
+               l.steps};
 }
 
 template <typename Cell>
-ffi::Error Backward(ffi::ThreadPool& pool, const Layout& l, const float* k, const float* h,
-                    const float* h0, const bool* valid, const bool* resets, const float* mask,
-                    const float* g, float* d_k, float* d_h0, bool reverse) {
-  const Keep keep(mask, l.hidden);
-  if (l.steps == 0) {
-    std::fill_n(d_h0, l.batch * l.hidden, 0.0f);
-    return ffi::Error::Success();
-  }
+void Forward(ffi::ThreadPool& pool, const Layout& l, const Semantics& sem, const float* k,
+             const float* h0, float* h) {
   ForBlocks(pool, Split(l.batch, l.steps, l.hidden, kCost), [&](int64_t b, int c0, int c1) {
-    Lane lane = LaneOf(l, Cell::kGates, b, c0, k, keep.data, keep.stride, valid, resets);
-    lane.reverse = reverse;
-    const int64_t at = l.Row(b) * l.hidden + c0;
-    std::vector<float> scratch(2 * static_cast<size_t>(c1 - c0));
-    BackwardArrays x{h + at,
-                     h0 + b * l.hidden + c0,
-                     g + at,
-                     d_k + l.Row(b) * Cell::kGates * l.hidden + c0,
-                     d_h0 + b * l.hidden + c0,
-                     scratch.data(),
-                     scratch.data() + (c1 - c0)};
-    Vectorised<BackwardColumns<Cell>>(c1 - c0, lane, x);
+    Vectorised<ForwardSteps<Cell>>(c1 - c0, sem.LaneOf(b, c0),
+                                   InPlace(l, Cell::kGates, b, c0, k, nullptr),
+                                   h0 + b * l.hidden + c0, h + l.Row(b) * l.hidden + c0);
   });
-  return ffi::Error::Success();
+}
+
+template <typename Cell>
+void Backward(ffi::ThreadPool& pool, const Layout& l, const Semantics& sem, const float* k,
+              const float* h, const float* h0, const float* g, float* d_k, float* d_h0) {
+  ForBlocks(pool, Split(l.batch, l.steps, l.hidden, kCost), [&](int64_t b, int c0, int c1) {
+    const int n = c1 - c0;
+    const int64_t at = l.Row(b) * l.hidden + c0;
+    std::vector<float> carried(2 * static_cast<size_t>(n), 0.0f);
+    const BackwardArrays x{h + at, h0 + b * l.hidden + c0, g + at, carried.data(),
+                           carried.data() + n};
+    Vectorised<BackwardSteps<Cell>>(n, sem.LaneOf(b, c0),
+                                    InPlace(l, Cell::kGates, b, c0, k, d_k), x);
+    for (int j = 0; j < n; ++j) d_h0[b * l.hidden + c0 + j] = x.a[j] * x.d[j];
+  });
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> h0,
                        ffi::AnyBuffer valid, ffi::AnyBuffer resets, ffi::AnyBuffer keep,
                        ffi::ResultBuffer<ffi::F32> h, int32_t cell, int32_t reverse,
                        int32_t time_major) {
-  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
-  Layout layout;
-  const ffi::Error checked = CheckShapes(k.dimensions(), h0.element_count(),
-                                         valid.element_count(), resets.element_count(),
-                                         keep.element_count(), gates, time_major != 0, layout);
+  Layout l;
+  const ffi::Error checked =
+      CheckShapes(k.dimensions(), h0, valid, resets, keep, cell, time_major, l);
   if (checked.failure()) return checked;
+  const Semantics sem(l, valid, resets, keep, reverse);
   auto run = cell == 0 ? Forward<MinGru> : Forward<MinLstm>;
-  return run(pool, layout, k.typed_data(), h0.typed_data(), OrNull<bool>(valid),
-             OrNull<bool>(resets), OrNull<float>(keep), h->typed_data(), reverse != 0);
+  run(pool, l, sem, k.typed_data(), h0.typed_data(), h->typed_data());
+  return ffi::Error::Success();
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> h,
@@ -300,41 +329,37 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buff
                         ffi::AnyBuffer keep, ffi::Buffer<ffi::F32> g,
                         ffi::ResultBuffer<ffi::F32> d_k, ffi::ResultBuffer<ffi::F32> d_h0,
                         int32_t cell, int32_t reverse, int32_t time_major) {
-  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
-  Layout layout;
-  const ffi::Error checked = CheckShapes(k.dimensions(), h0.element_count(),
-                                         valid.element_count(), resets.element_count(),
-                                         keep.element_count(), gates, time_major != 0, layout);
+  Layout l;
+  const ffi::Error checked =
+      CheckShapes(k.dimensions(), h0, valid, resets, keep, cell, time_major, l);
   if (checked.failure()) return checked;
+  const Semantics sem(l, valid, resets, keep, reverse);
   auto run = cell == 0 ? Backward<MinGru> : Backward<MinLstm>;
-  return run(pool, layout, k.typed_data(), h.typed_data(), h0.typed_data(),
-             OrNull<bool>(valid), OrNull<bool>(resets), OrNull<float>(keep), g.typed_data(),
-             d_k->typed_data(), d_h0->typed_data(), reverse != 0);
+  run(pool, l, sem, k.typed_data(), h.typed_data(), h0.typed_data(), g.typed_data(),
+      d_k->typed_data(), d_h0->typed_data());
+  return ffi::Error::Success();
 }
 
-
 // ------------------------------------------------------------- with the input projection
-// The whole layer over a sequence: k = x @ w_i + b computed a chunk of steps at a time (an
-// sgemm into a buffer that stays in cache), then the chunk's steps as above; the backward
-// pass likewise recomputes k, writes the chunk's d_k into a buffer and turns it into its
-// share of d_w_i, d_b and d_x (two sgemms) before the next chunk. Nothing of the size of k
-// is written to memory. The work is split over whole sequences (batch elements), each thread
-// keeping its own d_w_i and d_b, added up at the end.
+// The whole layer over a sequence: k = x @ w_i + b computed a chunk of steps at a time (the
+// small matmul into a buffer that stays in cache), then the chunk's steps as above; the
+// backward pass likewise recomputes k, writes the chunk's d_k into a buffer and turns it into
+// its share of d_w_i, d_b and d_x (two sgemms) before the next chunk. Nothing of the size of
+// k is written to memory. The work is split over whole sequences (batch elements), each
+// thread keeping its own d_w_i and d_b, added up at the end.
 
 struct Projection {
   const float* x;  // [B, T, I] or [T, B, I]
   const float* w;  // [I, G * H]
   const float* b;  // [G * H]
   int64_t inputs;
-  const PackedColumns* packed = nullptr;  // w, packed for the small matmul
-};
+  PackedColumns packed;  // w, packed for the small matmul (small_matmul.h) once per call
 
-// w [I, G * H] packed for Multiply (small_matmul.h), once per call.
-inline PackedColumns Pack(const Projection& p, int64_t width) {
-  return PackedColumns(p.inputs, width, [&](int64_t i, float* out) {
-    std::memcpy(out, p.w + i * width, width * sizeof(float));
-  });
-}
+  Projection(const float* x, const float* w, const float* b, int64_t inputs, int64_t width)
+      : x(x), w(w), b(b), inputs(inputs), packed(inputs, width, [&](int64_t i, float* out) {
+          std::memcpy(out, w + i * width, width * sizeof(float));
+        }) {}
+};
 
 // The steps a chunk holds: its k buffer about 128 KiB.
 inline int64_t ChunkSteps(int64_t width) {
@@ -348,95 +373,54 @@ inline int SequenceItems(const Layout& l) {
                                               std::max(g_max_threads, 1)));
 }
 
-// k[s, :] = x[t0 + s, :] @ w_i + b for the chunk's rows s = 0..count-1 (steps t0..t0+count-1
-// of batch element `b`, in time order), into `k` [count, G * H].
-inline void ProjectChunk(const Layout& l, const Projection& p, int gates, int64_t b, int64_t t0,
-                         int64_t count, float* k) {
-  const int64_t width = gates * l.hidden;
-  for (int64_t s = 0; s < count; ++s) std::memcpy(k + s * width, p.b, width * sizeof(float));
-  const int64_t row = l.Row(b) + t0 * l.RowStep();
-  Multiply(count, p.x + row * p.inputs, l.RowStep() * p.inputs, *p.packed, k, width, true);
-}
-
-// The chunk's steps t0..t0+count-1 in the order visited, from the state h_in before it.
-template <typename Cell>
-JAXRNN_ROW_LOOP void SequenceForwardChunk(int n, const float* k, int64_t count, bool reverse,
-                                          const Lane& lane, int64_t t0, const float* h_in,
-                                          float* h) {
-  const float* h_prev = h_in;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t s = reverse ? count - 1 - i : i, t = t0 + s;
-    float* row = h + t * lane.h_stride;
-    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
-      std::memcpy(row, h_prev, n * sizeof(float));
-    } else {
-      ForwardRow<Cell>(n, k + s * Cell::kGates * lane.hidden, lane.hidden, lane.keep,
-                       lane.Carried(t), h_prev, row);
-    }
-    h_prev = row;
+// A lane's chunks of steps in the order the forward pass visits them, each the Steps of a k
+// buffer [count, G * H] (and a d_k buffer likewise).
+struct Chunks {
+  int64_t steps, chunk, count;
+  bool reverse;
+  Chunks(const Layout& l, int64_t width, bool reverse)
+      : steps(l.steps),
+        chunk(ChunkSteps(width)),
+        count((l.steps + chunk - 1) / chunk),
+        reverse(reverse) {}
+  // The c-th chunk visited.
+  Steps Visited(int64_t c, const float* k, float* d_k, int64_t width) const {
+    const int64_t first = (reverse ? count - 1 - c : c) * chunk;
+    return Steps{k, d_k, width, first, std::min(chunk, steps - first)};
   }
+};
+
+// k[s, :] = x[t0 + s, :] @ w_i + b for the chunk's rows s = 0..count-1 (its steps of batch
+// element `b`, in time order), into `k` [count, G * H].
+inline void ProjectChunk(const Layout& l, const Projection& p, int64_t b, const Steps& steps,
+                         float* k) {
+  const int64_t width = steps.k_stride;
+  for (int64_t s = 0; s < steps.count; ++s)
+    std::memcpy(k + s * width, p.b, width * sizeof(float));
+  const int64_t row = l.Row(b) + steps.t0 * l.RowStep();
+  Multiply(steps.count, p.x + row * p.inputs, l.RowStep() * p.inputs, p.packed, k, width, true);
 }
 
 template <typename Cell>
-ffi::Error SequenceForward(ffi::ThreadPool& pool, const Layout& l, const Projection& p,
-                           const float* h0, const bool* valid, const bool* resets,
-                           const float* mask, float* h, bool reverse) {
-  const Keep keep(mask, l.hidden);
+void SequenceForward(ffi::ThreadPool& pool, const Layout& l, const Semantics& sem,
+                     const Projection& p, const float* h0, float* h) {
   const int items = SequenceItems(l);
-  const int64_t width = Cell::kGates * l.hidden, chunk = ChunkSteps(width);
-  const int64_t chunks = (l.steps + chunk - 1) / chunk;
-  const PackedColumns packed = Pack(p, width);
-  Projection pp = p;
-  pp.packed = &packed;
+  const int64_t width = Cell::kGates * l.hidden;
   RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
-    std::vector<float> k(chunk * width);
+    std::vector<float> k(ChunkSteps(width) * width);
     for (int64_t b = item; b < l.batch; b += items) {
-      const Lane lane =
-          LaneOf(l, Cell::kGates, b, 0, nullptr, keep.data, keep.stride, valid, resets);
+      const Lane lane = sem.LaneOf(b, 0);
+      const Chunks chunks(l, width, lane.reverse);
       float* hb = h + l.Row(b) * l.hidden;
       const float* h_in = h0 + b * l.hidden;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
-        const int64_t count = std::min(chunk, l.steps - first);
-        ProjectChunk(l, pp, Cell::kGates, b, first, count, k.data());
-        Vectorised<SequenceForwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
-                                               reverse, lane, first, h_in, hb);
-        h_in = hb + (reverse ? first : first + count - 1) * lane.h_stride;
+      for (int64_t c = 0; c < chunks.count; ++c) {
+        const Steps steps = chunks.Visited(c, k.data(), nullptr, width);
+        ProjectChunk(l, p, b, steps, k.data());
+        Vectorised<ForwardSteps<Cell>>(static_cast<int>(l.hidden), lane, steps, h_in, hb);
+        h_in = hb + steps.At(lane, steps.count - 1) * lane.h_stride;
       }
     }
   });
-  return ffi::Error::Success();
-}
-
-struct ChunkBackward {
-  const float *h, *h0, *g;  // the batch element's rows (h, g) and its h0
-  float *a, *d;             // the effective a of the step visited next, and its cotangent
-  float* d_k;               // [count, G * H]
-};
-
-// The chunk's steps in the opposite order of their visit: d_k of each into x.d_k.
-template <typename Cell>
-JAXRNN_ROW_LOOP void SequenceBackwardChunk(int n, const float* k, int64_t count, bool reverse,
-                                           const Lane& lane, int64_t t0, ChunkBackward x) {
-  const int64_t width = Cell::kGates * lane.hidden;
-  for (int64_t i = count - 1; i >= 0; --i) {  // i: the order of the forward visit
-    const int64_t s = reverse ? count - 1 - i : i, t = t0 + s;
-    const int64_t before = reverse ? t + 1 : t - 1;  // the step visited before t
-    const bool first = reverse ? before == lane.steps : before < 0;
-    const float* h_prev = first ? x.h0 : x.h + before * lane.h_stride;
-    const float* g = x.g + t * lane.h_stride;
-    float* d_k = x.d_k + s * width;
-    if (lane.valid != nullptr && !lane.valid[t * lane.flag_stride]) {
-      for (int j = 0; j < n; ++j) {  // a = 1, c = 0: the cotangent passes on whole
-        x.d[j] = x.a[j] * x.d[j] + g[j];
-        x.a[j] = 1.0f;
-      }
-      std::fill_n(d_k, width, 0.0f);
-      continue;
-    }
-    BackwardRow<Cell>(n, k + s * width, lane.hidden, lane.keep, lane.Carried(t), g, h_prev, x.a,
-                      x.d, d_k);
-  }
 }
 
 struct SequenceGradients {
@@ -444,48 +428,41 @@ struct SequenceGradients {
 };
 
 template <typename Cell>
-ffi::Error SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Projection& p,
-                            const float* h, const float* h0, const bool* valid,
-                            const bool* resets, const float* mask, const float* g,
-                            SequenceGradients out, bool reverse) {
-  const Keep keep(mask, l.hidden);
+void SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Semantics& sem,
+                      const Projection& p, const float* h, const float* h0, const float* g,
+                      SequenceGradients out) {
   const int items = SequenceItems(l);
-  const int64_t width = Cell::kGates * l.hidden, chunk = ChunkSteps(width);
-  const int64_t chunks = (l.steps + chunk - 1) / chunk;
+  const int64_t width = Cell::kGates * l.hidden;
   const int64_t w_size = p.inputs * width;
   // Item 0 accumulates into the outputs, the others into their own parts, added at the end.
   std::vector<float> parts((items - 1) * (w_size + width));
   std::fill_n(out.d_w, w_size, 0.0f);
   std::fill_n(out.d_b, width, 0.0f);
-  const PackedColumns packed = Pack(p, width);
-  Projection pp = p;
-  pp.packed = &packed;
   RunRounds(pool, items - 1, 1, items, 0, [&](int64_t, int item, float*) {
     float* d_w = item == 0 ? out.d_w : parts.data() + (item - 1) * (w_size + width);
     float* d_b = item == 0 ? out.d_b : d_w + w_size;
-    std::vector<float> k(chunk * width), d_k(chunk * width), carried(2 * l.hidden);
+    const int64_t buffer = ChunkSteps(width) * width;
+    std::vector<float> k(buffer), d_k(buffer), carried(2 * l.hidden);
     const int ld_x = static_cast<int>(l.RowStep() * p.inputs);
     for (int64_t b = item; b < l.batch; b += items) {
-      const Lane lane =
-          LaneOf(l, Cell::kGates, b, 0, nullptr, keep.data, keep.stride, valid, resets);
+      const Lane lane = sem.LaneOf(b, 0);
+      const Chunks chunks(l, width, lane.reverse);
       std::fill(carried.begin(), carried.end(), 0.0f);
-      const ChunkBackward x{h + l.Row(b) * l.hidden, h0 + b * l.hidden, g + l.Row(b) * l.hidden,
-                            carried.data(), carried.data() + l.hidden, d_k.data()};
-      for (int64_t c = chunks - 1; c >= 0; --c) {  // the chunks in the opposite order
-        const int64_t first = (reverse ? chunks - 1 - c : c) * chunk;
-        const int64_t count = std::min(chunk, l.steps - first);
-        ProjectChunk(l, pp, Cell::kGates, b, first, count, k.data());
-        Vectorised<SequenceBackwardChunk<Cell>>(static_cast<int>(l.hidden), k.data(), count,
-                                                reverse, lane, first, x);
-        const int64_t row = l.Row(b) + first * l.RowStep();
+      const BackwardArrays x{h + l.Row(b) * l.hidden, h0 + b * l.hidden,
+                             g + l.Row(b) * l.hidden, carried.data(), carried.data() + l.hidden};
+      for (int64_t c = chunks.count - 1; c >= 0; --c) {  // the chunks in the opposite order
+        const Steps steps = chunks.Visited(c, k.data(), d_k.data(), width);
+        const int count = static_cast<int>(steps.count);
+        ProjectChunk(l, p, b, steps, k.data());
+        Vectorised<BackwardSteps<Cell>>(static_cast<int>(l.hidden), lane, steps, x);
+        const int64_t x_at = (l.Row(b) + steps.t0 * l.RowStep()) * p.inputs;
         g_sgemm(kRowMajor, kTrans, kNoTrans, static_cast<int>(p.inputs),
-                static_cast<int>(width), static_cast<int>(count), 1.0f, p.x + row * p.inputs,
-                ld_x, d_k.data(), static_cast<int>(width), 1.0f, d_w, static_cast<int>(width));
+                static_cast<int>(width), count, 1.0f, p.x + x_at, ld_x, d_k.data(),
+                static_cast<int>(width), 1.0f, d_w, static_cast<int>(width));
         if (out.d_x != nullptr)
-          g_sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(count),
-                  static_cast<int>(p.inputs), static_cast<int>(width), 1.0f, d_k.data(),
-                  static_cast<int>(width), p.w, static_cast<int>(width), 0.0f,
-                  out.d_x + row * p.inputs, ld_x);
+          g_sgemm(kRowMajor, kNoTrans, kTrans, count, static_cast<int>(p.inputs),
+                  static_cast<int>(width), 1.0f, d_k.data(), static_cast<int>(width), p.w,
+                  static_cast<int>(width), 0.0f, out.d_x + x_at, ld_x);
         for (int64_t s = 0; s < count; ++s)
           for (int64_t j = 0; j < width; ++j) d_b[j] += d_k[s * width + j];
       }
@@ -498,22 +475,24 @@ ffi::Error SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Projec
     for (int64_t j = 0; j < w_size; ++j) out.d_w[j] += part[j];
     for (int64_t j = 0; j < width; ++j) out.d_b[j] += part[w_size + j];
   }
-  return ffi::Error::Success();
 }
 
-// The layout of x [B, T, I] (or [T, B, I]) with w_i [I, G * H], b [G * H], or why they do not
-// fit.
-ffi::Error CheckProjection(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                           int64_t b_count, int64_t h0_count, size_t valid, size_t resets,
-                           size_t keep, int gates, bool time_major, Layout& layout,
-                           Projection& p) {
-  if (x.size() != 3 || w.size() != 2 || w[0] != x[2] || w[1] != b_count || w[1] % gates != 0)
+// The layout of x [B, T, I] (or [T, B, I]) with w_i [I, G * H] and b [G * H], and the other
+// arrays, into `layout`; or why they do not fit.
+ffi::Error CheckProjection(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w,
+                           const ffi::Buffer<ffi::F32>& b, const ffi::Buffer<ffi::F32>& h0,
+                           const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
+                           const ffi::AnyBuffer& keep, int32_t cell, int32_t time_major,
+                           Layout& layout) {
+  if (ffi::Error error = CheckGemm(); error.failure()) return error;
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 3 || wd.size() != 2 || wd[0] != xd[2] ||
+      wd[1] != static_cast<int64_t>(b.element_count()))
     return ffi::Error::InvalidArgument(
         "jaxrnn_linear_cell_sequence: x must be [B, T, I], w_i [I, G * H], b [G * H]");
-  const int64_t k[3] = {x[0], x[1], w[1]};
-  p.inputs = x[2];
-  return CheckShapes(ffi::Span<const int64_t>(k, 3), h0_count, valid, resets, keep, gates,
-                     time_major, layout);
+  const int64_t k[3] = {xd[0], xd[1], wd[1]};
+  return CheckShapes(ffi::Span<const int64_t>(k, 3), h0, valid, resets, keep, cell, time_major,
+                     layout);
 }
 
 ffi::Error SequenceForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -522,18 +501,16 @@ ffi::Error SequenceForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::AnyBuffer resets, ffi::AnyBuffer keep,
                                ffi::ResultBuffer<ffi::F32> h, int32_t cell, int32_t reverse,
                                int32_t time_major) {
-  if (ffi::Error error = CheckGemm(); error.failure()) return error;
-  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
-  Layout layout;
-  Projection p{x.typed_data(), w.typed_data(), b.typed_data(), 0};
-  const ffi::Error checked = CheckProjection(
-      x.dimensions(), w.dimensions(), b.element_count(), h0.element_count(),
-      valid.element_count(), resets.element_count(), keep.element_count(), gates,
-      time_major != 0, layout, p);
+  Layout l;
+  const ffi::Error checked =
+      CheckProjection(x, w, b, h0, valid, resets, keep, cell, time_major, l);
   if (checked.failure()) return checked;
+  const Semantics sem(l, valid, resets, keep, reverse);
+  const Projection p(x.typed_data(), w.typed_data(), b.typed_data(), x.dimensions()[2],
+                     Gates(cell) * l.hidden);
   auto run = cell == 0 ? SequenceForward<MinGru> : SequenceForward<MinLstm>;
-  return run(pool, layout, p, h0.typed_data(), OrNull<bool>(valid), OrNull<bool>(resets),
-             OrNull<float>(keep), h->typed_data(), reverse != 0);
+  run(pool, l, sem, p, h0.typed_data(), h->typed_data());
+  return ffi::Error::Success();
 }
 
 ffi::Error SequenceBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -544,21 +521,19 @@ ffi::Error SequenceBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                 ffi::ResultBuffer<ffi::F32> d_w, ffi::ResultBuffer<ffi::F32> d_b,
                                 ffi::ResultBuffer<ffi::F32> d_h0, int32_t cell, int32_t reverse,
                                 int32_t time_major) {
-  if (ffi::Error error = CheckGemm(); error.failure()) return error;
-  const int gates = cell == 0 ? MinGru::kGates : MinLstm::kGates;
-  Layout layout;
-  Projection p{x.typed_data(), w.typed_data(), b.typed_data(), 0};
-  const ffi::Error checked = CheckProjection(
-      x.dimensions(), w.dimensions(), b.element_count(), h0.element_count(),
-      valid.element_count(), resets.element_count(), keep.element_count(), gates,
-      time_major != 0, layout, p);
+  Layout l;
+  const ffi::Error checked =
+      CheckProjection(x, w, b, h0, valid, resets, keep, cell, time_major, l);
   if (checked.failure()) return checked;
-  auto run = cell == 0 ? SequenceBackward<MinGru> : SequenceBackward<MinLstm>;
+  const Semantics sem(l, valid, resets, keep, reverse);
+  const Projection p(x.typed_data(), w.typed_data(), b.typed_data(), x.dimensions()[2],
+                     Gates(cell) * l.hidden);
   float* wanted_d_x = d_x->element_count() == 0 ? nullptr : d_x->typed_data();
   const SequenceGradients out{wanted_d_x, d_w->typed_data(), d_b->typed_data(),
                               d_h0->typed_data()};
-  return run(pool, layout, p, h.typed_data(), h0.typed_data(), OrNull<bool>(valid),
-             OrNull<bool>(resets), OrNull<float>(keep), g.typed_data(), out, reverse != 0);
+  auto run = cell == 0 ? SequenceBackward<MinGru> : SequenceBackward<MinLstm>;
+  run(pool, l, sem, p, h.typed_data(), h0.typed_data(), g.typed_data(), out);
+  return ffi::Error::Success();
 }
 
 }  // namespace

@@ -270,7 +270,7 @@ inline int WidestChunk(const std::vector<int>& starts) {
 // exp to about 1 ulp (range reduction by ln 2, a degree-6 polynomial), written so that the
 // compiler vectorises loops over it; NaN propagates through every function.
 
-inline float Exp(float x) {
+JAXRNN_INLINE float Exp(float x) {
   x = x > 88.0f ? 88.0f : x;
   x = x < -87.0f ? -87.0f : x;
   float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -288,9 +288,9 @@ inline float Exp(float x) {
   return p * scale;
 }
 
-inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+JAXRNN_INLINE float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 
-inline float Tanh(float x) {
+JAXRNN_INLINE float Tanh(float x) {
   float a = std::fabs(x);
   float e = Exp(-2.0f * a);
   float t = (1.0f - e) / (1.0f + e);

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "dispatch.h"
@@ -96,6 +95,20 @@ JAXRNN_ROW_LOOP void MultiplyTile(int64_t depth, const float* __restrict__ a, in
   }
 }
 
+// The last rows of a block, `rest` < kRows of them, as one tile of kFewer rows or fewer.
+// A function rather than a lambda: a lambda is compiled for the baseline, not for the target
+// of the vector version that calls it.
+template <typename Vec, int kFewer, int kVecs>
+JAXRNN_ROW_LOOP void MultiplyRest(int rest, int64_t depth, const float* __restrict__ a,
+                                  int64_t lda, const float* __restrict__ panel, int cols,
+                                  float* __restrict__ c, int64_t ldc, bool accumulate) {
+  if constexpr (kFewer > 0) {
+    if (rest == kFewer)
+      return MultiplyTile<Vec, kFewer, kVecs>(depth, a, lda, panel, cols, c, ldc, accumulate);
+    MultiplyRest<Vec, kFewer - 1, kVecs>(rest, depth, a, lda, panel, cols, c, ldc, accumulate);
+  }
+}
+
 // Tiles of kRows rows and kVecs vectors over m rows: the last block of fewer rows with a tile
 // of its own size.
 template <typename Vec, int kRows, int kVecs>
@@ -106,14 +119,8 @@ JAXRNN_ROW_LOOP void MultiplyRows(int64_t m, int64_t depth, const float* __restr
   for (; r + kRows <= m; r += kRows)
     MultiplyTile<Vec, kRows, kVecs>(depth, a + r * lda, lda, panel, cols, c + r * ldc, ldc,
                                     accumulate);
-  const int rest = static_cast<int>(m - r);
-  [&]<int... kFewer>(std::integer_sequence<int, kFewer...>) {
-    (void)((rest == kFewer + 1 &&
-            (MultiplyTile<Vec, kFewer + 1, kVecs>(depth, a + r * lda, lda, panel, cols,
-                                                  c + r * ldc, ldc, accumulate),
-             true)) ||
-           ...);
-  }(std::make_integer_sequence<int, kRows - 1>{});
+  MultiplyRest<Vec, kRows - 1, kVecs>(static_cast<int>(m - r), depth, a + r * lda, lda, panel,
+                                      cols, c + r * ldc, ldc, accumulate);
 }
 
 // C[m, cols] (+)= A[m, depth] @ B (`packed`, PackedColumns' layout): each tile of two vectors'
