@@ -12,14 +12,15 @@ prefixed target names (``base_jaxrnn_lstm_forward``, ``new_jaxrnn_lstm_forward``
 kernel is called through ``jax.ffi.ffi_call`` with the arguments its binding in
 ``jaxrnn.cells`` passes.
 
-``--check`` runs the forward and backward kernels of the three cells over every combination
+``--check`` runs the forward and backward kernels of the five cells over every combination
 of layout, direction, lengths and resets (and the LSTM's and GRU's forward without kept
 values, one step, the SimpleRNN's relu) and fails unless every output of the two builds is
 the same bit for bit; the backward kernels of both get the base build's forward outputs.
 
 Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), W5 (masked
 LSTM 32, T 20, B 64, in 1, lengths 5-20), W6 (LSTM 512, T 256, B 64, in 512), W3 (tanh
-SimpleRNN 150, T 28, B 150, in 28) and a GRU (128, T 28, B 100, in 28), batch-first inputs:
+SimpleRNN 150, T 28, B 150, in 28), a GRU (128, T 28, B 100, in 28), and MinGRU and MinLSTM
+(128, T 2048, B 16, in 32: their whole-layer kernels), batch-first inputs:
 the forward kernel and the backward kernel of each, the two builds alternating (protocol in
 ``_common``, in the order base, new, new, base, ...), in wall time and in the process's CPU
 time; the JSON gives each build's median (min, max) per call, and the ratios new / base of
@@ -55,16 +56,21 @@ SYMBOLS = {
     "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
     "jaxrnn_gru_forward": "JaxrnnGruForward",
     "jaxrnn_gru_backward": "JaxrnnGruBackward",
+    "jaxrnn_linear_cell_sequence_forward": "JaxrnnLinearCellSequenceForward",
+    "jaxrnn_linear_cell_sequence_backward": "JaxrnnLinearCellSequenceBackward",
 }
 BUILDS = ("base", "new")
-GATES = {"simple": 1, "lstm": 4, "gru": 3}
-KEPT = {"simple": 0, "lstm": 5, "gru": 4}  # values per unit and step kept for the backward pass
+GATES = {"simple": 1, "lstm": 4, "gru": 3, "mingru": 2, "minlstm": 3}
+# Values per unit and step kept for the backward pass (the linear cells' recompute theirs).
+KEPT = {"simple": 0, "lstm": 5, "gru": 4, "mingru": 0, "minlstm": 0}
+LINEAR = {"mingru": 0, "minlstm": 1}  # the linear cells' sequence kernels: their `cell` code
 FORGET_BIAS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"`` or ``"gru"``; sequence
+    """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"``, ``"gru"``, ``"mingru"``
+    or ``"minlstm"`` (the whole-layer kernels, input projection inside); sequence
     lengths are drawn from ``[min_length, steps]`` (``None``: every step valid); ``reset_rate``
     of the valid steps reset."""
 
@@ -100,15 +106,20 @@ WORKLOADS = {
     "W6": Case("lstm", 512, 256, 64, 512),
     "W3 SimpleRNN": Case("simple", 150, 28, 150, 28),
     "GRU": Case("gru", 128, 28, 100, 28),
+    "MinGRU": Case("mingru", 128, 2048, 16, 32),
+    "MinLSTM": Case("minlstm", 128, 2048, 16, 32),
 }
 
 
 def load(path: str, prefix: str, sgemm: int, threads: int) -> ctypes.CDLL:
-    """Loads the kernel library at ``path`` and registers its handlers as ``prefix`` + target."""
+    """Loads the kernel library at ``path`` and registers its handlers as ``prefix`` + target
+    (those it has: an older build lacks the linear cells')."""
     lib = ctypes.CDLL(os.path.abspath(path))
     lib.jaxrnn_set_sgemm(ctypes.c_void_p(sgemm))
     lib.jaxrnn_set_max_threads(threads)
     for target, symbol in SYMBOLS.items():
+        if not hasattr(lib, symbol):
+            continue
         capsule = jax.ffi.pycapsule(getattr(lib, symbol))
         jax.ffi.register_ffi_target(prefix + target, capsule, platform="cpu")
     return lib
@@ -150,6 +161,9 @@ def inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
         lengths = rng.integers(case.min_length, t + 1, size=b)
         valid = np.arange(t)[:, None] < lengths[None, :]
     resets = (rng.random((t, b)) < case.reset_rate) & valid
+    if case.cell in LINEAR:  # valid and resets in the inputs' layout, empty where unused
+        valid = np.zeros((0,), bool) if case.min_length is None else valid
+        valid, resets = (x if case.time_major or x.ndim == 1 else x.T for x in (valid, resets))
     return {
         "xp": layout((t, b, width)),
         "b": normal(width, scale=0.1),
@@ -163,6 +177,9 @@ def inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
         "d_ys": normal(t, b, h),
         "d_h": normal(b, h),
         "d_c": normal(b, h),
+        "w_i": normal(f, width, scale=1.0 / np.sqrt(f)),
+        "d_hs": layout((t, b, h)),
+        "no_keep": np.zeros((0,), np.float32),
     }
 
 
@@ -175,6 +192,12 @@ def forward_fn(prefix: str, case: Case) -> Callable[[dict], tuple]:
     t, b, h = case.steps, case.batch, case.hidden
     kept = t * b * KEPT[case.cell] * h if case.keep else 0
     options = {"reverse": np.int32(case.reverse), "time_major": np.int32(case.time_major)}
+    if case.cell in LINEAR:
+        shape = (t, b, h) if case.time_major else (b, t, h)
+        call = jax.ffi.ffi_call(f"{prefix}jaxrnn_linear_cell_sequence_forward", _f32(shape))
+        options["cell"] = np.int32(LINEAR[case.cell])
+        names = ("xs", "w_i", "b", "h0", "valid", "resets", "no_keep")
+        return lambda a: tuple(call(*(a[k] for k in names), **options))
     target = f"{prefix}jaxrnn_{case.cell}_forward"
     if case.cell == "simple":
         call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h)))
@@ -203,6 +226,18 @@ def backward_fn(prefix: str, case: Case) -> Callable[[dict, tuple], tuple]:
     t, b, h, f = case.steps, case.batch, case.hidden, case.features
     g = GATES[case.cell] * h
     options = {"reverse": np.int32(case.reverse), "time_major": np.int32(case.time_major)}
+    if case.cell in LINEAR:
+        x_shape = (t, b, f) if case.time_major else (b, t, f)
+        call = jax.ffi.ffi_call(
+            f"{prefix}jaxrnn_linear_cell_sequence_backward", _f32(x_shape, (f, g), (g,), (b, h))
+        )
+        options["cell"] = np.int32(LINEAR[case.cell])
+
+        def linear(a, out):
+            args = (a["xs"], a["w_i"], a["b"], out[0], a["h0"], a["valid"], a["resets"])
+            return tuple(call(*args, a["no_keep"], a["d_hs"], **options))
+
+        return linear
     target = f"{prefix}jaxrnn_{case.cell}_backward"
     if case.cell == "simple":
         call = jax.ffi.ffi_call(target, _f32((t, b, h), (b, h), (h, h), (f, h), (h,)))

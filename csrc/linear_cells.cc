@@ -70,9 +70,9 @@ struct MinLstm {
   static constexpr int kGates = 3;
   JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
     const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j];
-    const float total = f + i;
-    a = f / total;
-    c = i / total * Candidate(v, Sigmoid(v));
+    const float inverse = 1.0f / (f + i);
+    a = f * inverse;
+    c = i * inverse * Candidate(v, Sigmoid(v));
   }
   JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c,
                                         float* d_k) {
