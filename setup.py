@@ -15,6 +15,7 @@ kept): ``./dev.sh wheel`` sets it to ``zig c++`` for glibc 2.28, whose libc++ go
 library, so that the wheel needs nothing newer than glibc 2.28 and no C++ runtime.
 """
 
+import concurrent.futures
 import glob
 import importlib.machinery
 import os
@@ -60,6 +61,7 @@ class BuildKernels(build_ext):
             for ext in self.extensions:
                 # A C++ runtime linked in (zig's libc++) brings megabytes of debug information.
                 ext.extra_link_args = [*ext.extra_link_args, "-Wl,--strip-debug"]
+        compile_in_parallel(self.compiler)
         super().build_extensions()
 
     def build_extension(self, ext):
@@ -106,6 +108,19 @@ def use_compiler(compiler, command: list[str]) -> None:
         line = getattr(compiler, name, None)
         if line:
             compiler.set_executable(name, command + line[1:])
+
+
+def compile_in_parallel(compiler) -> None:
+    """Makes ``compiler`` compile its sources one process per core (the library's files take
+    about equally long, and setuptools compiles them one after another)."""
+    serial = compiler.compile
+
+    def compile(sources, *args, **kwargs):
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            objects = pool.map(lambda source: serial([source], *args, **kwargs), sources)
+            return [path for one in objects for path in one]
+
+    compiler.compile = compile
 
 
 class OneWheel(bdist_wheel):
