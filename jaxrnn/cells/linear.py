@@ -135,7 +135,8 @@ def parallel(
     if method == "kernel" and chunk is None and _sequence_kernel_runs(cell, params, xs, carry0):
         keep = None if hidden_mask is None else hidden_mask.astype(carry0.dtype)
         masks = _given(valid), _given(resets), _given(keep, carry0.dtype)
-        h = _sequence_states(cell, backwards, time_axis, xs, params, carry0, *masks)
+        fixed = (_WHOLE_LAYER, cell, backwards, time_axis)
+        h = _kernel_states(*fixed, (xs, params), carry0, *masks)
         ys, carry = _outputs(h, carry0, valid, backwards, time_axis)
         return ys.astype(cell.dtype), carry
     size = chunk_steps(xs.shape[0 if time_major else 1], carry0.shape, method, chunk)
@@ -247,96 +248,17 @@ def _ungiven(mask):
 
 
 def _xla_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
+    """The states after every step of the whole layer by XLA, from the inputs ``xs``; masks
+    as the kernels take them (empty for none)."""
     run = _Run(cell, backwards, "chunked", time_axis)
     xp = cell.project_inputs(params, xs)
     return run.states(params, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
-def _native_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
-    from jaxrnn.cells import _linear_kernel
-
-    return _linear_kernel.linear_cell_sequence_kernel(
-        cell.kernel,
-        xs,
-        params["w_i"],
-        params["b"],
-        h0,
-        valid,
-        resets,
-        keep,
-        reverse=backwards,
-        time_major=time_axis == 0,
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _sequence_states(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
-    """The states after every step (not masked) of the whole layer, by the cell's sequence
-    kernel where the computation runs on a CPU (the projection, the gates, the semantics and
-    the recurrence in one pass; their derivative, the weights' included, in another), by the
-    XLA computation elsewhere. Masks as the kernels take them (empty for none)."""
-    fixed = (cell, backwards, time_axis)
-    return jax.lax.platform_dependent(
-        xs,
-        params,
-        h0,
-        valid,
-        resets,
-        keep,
-        cpu=functools.partial(_native_sequence_states, *fixed),
-        default=functools.partial(_xla_sequence_states, *fixed),
-    )
-
-
-def _sequence_states_fwd(cell, backwards, time_axis, xs, params, h0, valid, resets, keep):
-    # symbolic_zeros: whether xs is differentiated (the first layer's inputs seldom are); the
-    # backward kernel then skips d_xs. The answer travels as the length of an empty array.
-    values = jax.tree.map(lambda p: p.value, (xs, params, h0, valid, resets, keep))
-    h = _sequence_states(cell, backwards, time_axis, *values)
-    want_d_x = jnp.zeros((int(xs.perturbed),))
-    return h, (*values[:2], h, *values[2:], want_d_x)
-
-
-def _sequence_states_bwd(cell, backwards, time_axis, saved, g):
-    from jaxrnn import _native
-    from jaxrnn.cells import _linear_kernel
-
-    fixed = (cell, backwards, time_axis)
-    *saved, want_d_x = saved
-    want_d_x = want_d_x.shape[0] == 1
-    if isinstance(g, jax.custom_derivatives.SymbolicZero):
-        g = jnp.zeros(g.shape, g.dtype)
-
-    def native(xs, params, h, h0, valid, resets, keep, g):
-        d_x, d_w, d_b, d_h0 = _linear_kernel.linear_cell_sequence_backward_kernel(
-            cell.kernel,
-            xs,
-            params["w_i"],
-            params["b"],
-            h,
-            h0,
-            valid,
-            resets,
-            keep,
-            g,
-            reverse=backwards,
-            time_major=time_axis == 0,
-            want_d_x=want_d_x,
-        )
-        return (d_x if want_d_x else jnp.zeros_like(xs)), {"w_i": d_w, "b": d_b}, d_h0
-
-    def xla(xs, params, h, h0, valid, resets, keep, g):
-        def states(xs, params, h0):
-            return _xla_sequence_states(*fixed, xs, params, h0, valid, resets, keep)
-
-        return jax.vjp(states, xs, params, h0)[1](g)
-
-    d_x, d_params, d_h0 = _native.on_cpu(native, xla, *saved, g)
-    keep = saved[-1]
-    return (d_x if want_d_x else None), d_params, d_h0, None, None, jnp.zeros_like(keep)
-
-
-_sequence_states.defvjp(_sequence_states_fwd, _sequence_states_bwd, symbolic_zeros=True)
+def _xla_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+    """Likewise from the projected input ``xp``."""
+    run = _Run(cell, backwards, "chunked", time_axis)
+    return run.states({}, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
 def _cell_kernel_runs(cell: LinearCell, xp: Array, carry0: Array) -> bool:
@@ -352,73 +274,146 @@ def _cell_states(cell, backwards, time_axis, xp, h0, valid, resets, hidden_mask)
     by the XLA computation elsewhere. Masks that are ``None`` become empty arrays."""
     keep = None if hidden_mask is None else hidden_mask.astype(xp.dtype)
     masks = _given(valid), _given(resets), _given(keep, xp.dtype)
-    return _kernel_states(cell, backwards, time_axis, xp, h0, *masks)
+    return _kernel_states(_PROJECTED, cell, backwards, time_axis, (xp,), h0, *masks)
 
 
-def _xla_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
-    run = _Run(cell, backwards, "chunked", time_axis)
-    return run.states({}, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
+def _kernel_options(backwards, time_axis):
+    return {"reverse": backwards, "time_major": time_axis == 0}
 
 
-def _native_kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
+def _projected_forward(cell, backwards, time_axis, inputs, h0, valid, resets, keep):
     from jaxrnn.cells import _linear_kernel
 
-    return _linear_kernel.linear_cell_kernel(
-        cell.kernel, xp, h0, valid, resets, keep, reverse=backwards, time_major=time_axis == 0
+    (xp,) = inputs
+    options = _kernel_options(backwards, time_axis)
+    return _linear_kernel.linear_cell_kernel(cell.kernel, xp, h0, valid, resets, keep, **options)
+
+
+def _projected_backward(cell, backwards, time_axis, inputs, h, h0, valid, resets, keep, g, _):
+    from jaxrnn.cells import _linear_kernel
+
+    (xp,) = inputs
+    options = _kernel_options(backwards, time_axis)
+    d_xp, d_h0 = _linear_kernel.linear_cell_backward_kernel(
+        cell.kernel, xp, h, h0, valid, resets, keep, g, **options
+    )
+    return (d_xp,), d_h0
+
+
+def _whole_layer_forward(cell, backwards, time_axis, inputs, h0, valid, resets, keep):
+    from jaxrnn.cells import _linear_kernel
+
+    xs, params = inputs
+    options = _kernel_options(backwards, time_axis)
+    return _linear_kernel.linear_cell_sequence_kernel(
+        cell.kernel, xs, params["w_i"], params["b"], h0, valid, resets, keep, **options
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
-    fixed = (cell, backwards, time_axis)
-    return jax.lax.platform_dependent(
-        xp,
+def _whole_layer_backward(cell, backwards, time_axis, inputs, h, h0, valid, resets, keep, g, want):
+    from jaxrnn.cells import _linear_kernel
+
+    xs, params = inputs
+    options = _kernel_options(backwards, time_axis)
+    d_x, d_w, d_b, d_h0 = _linear_kernel.linear_cell_sequence_backward_kernel(
+        cell.kernel,
+        xs,
+        params["w_i"],
+        params["b"],
+        h,
         h0,
         valid,
         resets,
         keep,
-        cpu=functools.partial(_native_kernel_states, *fixed),
-        default=functools.partial(_xla_states, *fixed),
+        g,
+        want_d_x=want,
+        **options,
+    )
+    return ((d_x if want else jnp.zeros_like(xs)), {"w_i": d_w, "b": d_b}), d_h0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kernels:
+    """A cell's kernel pair on a CPU and the XLA computation it stands for elsewhere (and
+    which second-order derivatives differentiate): the states after every step (not masked)
+    from ``inputs``, a tuple, and ``h0``. Each takes ``(cell, backwards, time_axis)`` first
+    and masks as the kernels take them (empty for none); ``backward`` gets the states ``h``,
+    their cotangent ``g`` and whether the first input's derivative is wanted, and returns
+    ``(d_inputs, d_h0)``."""
+
+    forward: Callable
+    backward: Callable
+    xla: Callable
+
+
+# From the projected input ``(xp,)`` (bfloat16 computations, an explicit chunk); the whole
+# layer from ``(xs, params)``: the projection, its derivative and the weights' inside.
+_PROJECTED = _Kernels(
+    _projected_forward,
+    _projected_backward,
+    lambda cell, backwards, time_axis, inputs, *rest: _xla_states(
+        cell, backwards, time_axis, *inputs, *rest
+    ),
+)
+_WHOLE_LAYER = _Kernels(
+    _whole_layer_forward,
+    _whole_layer_backward,
+    lambda cell, backwards, time_axis, inputs, *rest: _xla_sequence_states(
+        cell, backwards, time_axis, *inputs, *rest
+    ),
+)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _kernel_states(kernels, cell, backwards, time_axis, inputs, h0, valid, resets, keep):
+    """``kernels``' states where the computation runs on a CPU, their XLA computation
+    elsewhere."""
+    fixed = (cell, backwards, time_axis)
+    return jax.lax.platform_dependent(
+        inputs,
+        h0,
+        valid,
+        resets,
+        keep,
+        cpu=functools.partial(kernels.forward, *fixed),
+        default=functools.partial(kernels.xla, *fixed),
     )
 
 
-def _kernel_states_fwd(cell, backwards, time_axis, xp, h0, valid, resets, keep):
-    h = _kernel_states(cell, backwards, time_axis, xp, h0, valid, resets, keep)
-    return h, (xp, h, h0, valid, resets, keep)
+def _kernel_states_fwd(kernels, cell, backwards, time_axis, inputs, h0, valid, resets, keep):
+    # symbolic_zeros: whether the first input is differentiated (a first layer's inputs seldom
+    # are; the whole-layer kernel then skips d_x). The answer travels as an empty array's length.
+    values = jax.tree.map(lambda p: p.value, (inputs, h0, valid, resets, keep))
+    h = _kernel_states(kernels, cell, backwards, time_axis, *values)
+    want = jnp.zeros((int(inputs[0].perturbed),))
+    return h, (values, h, want)
 
 
-def _kernel_states_bwd(cell, backwards, time_axis, saved, g):
+def _kernel_states_bwd(kernels, cell, backwards, time_axis, saved, g):
     from jaxrnn import _native
-    from jaxrnn.cells import _linear_kernel
 
     fixed = (cell, backwards, time_axis)
+    (inputs, h0, valid, resets, keep), h, want = saved
+    want = want.shape[0] == 1
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
 
-    def native(xp, h, h0, valid, resets, keep, g):
-        return _linear_kernel.linear_cell_backward_kernel(
-            cell.kernel,
-            xp,
-            h,
-            h0,
-            valid,
-            resets,
-            keep,
-            g,
-            reverse=backwards,
-            time_major=time_axis == 0,
-        )
+    def native(inputs, h, h0, valid, resets, keep, g):
+        return kernels.backward(*fixed, inputs, h, h0, valid, resets, keep, g, want)
 
-    def xla(xp, h, h0, valid, resets, keep, g):
-        def states(xp, h0):
-            return _xla_states(*fixed, xp, h0, valid, resets, keep)
+    def xla(inputs, h, h0, valid, resets, keep, g):
+        def states(inputs, h0):
+            return kernels.xla(*fixed, inputs, h0, valid, resets, keep)
 
-        return jax.vjp(states, xp, h0)[1](g)
+        return jax.vjp(states, inputs, h0)[1](g)
 
-    d_xp, d_h0 = _native.on_cpu(native, xla, *saved, g)
-    keep = saved[-1]
-    return d_xp, d_h0, None, None, jnp.zeros_like(keep)
+    d_inputs, d_h0 = _native.on_cpu(native, xla, inputs, h, h0, valid, resets, keep, g)
+    if not want:
+        d_inputs = (None, *d_inputs[1:])
+    return d_inputs, d_h0, None, None, jnp.zeros_like(keep)
 
 
-_kernel_states.defvjp(_kernel_states_fwd, _kernel_states_bwd)
+_kernel_states.defvjp(_kernel_states_fwd, _kernel_states_bwd, symbolic_zeros=True)
 
 
 def _in_chunks(run: _Run, size: int, params, hidden_mask, xs, carry0, valid, resets):
