@@ -70,7 +70,8 @@ FORGET_BIAS = 1.0
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"``, ``"gru"``, ``"mingru"``
-    or ``"minlstm"`` (the whole-layer kernels, input projection inside); sequence
+    or ``"minlstm"`` (the whole-layer kernels, input projection inside, as they are called since
+    they take a per-unit parameter: a build from before times none of them); sequence
     lengths are drawn from ``[min_length, steps]`` (``None``: every step valid); ``reset_rate``
     of the valid steps reset."""
 
@@ -180,6 +181,7 @@ def inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
         "w_i": normal(f, width, scale=1.0 / np.sqrt(f)),
         "d_hs": layout((t, b, h)),
         "no_keep": np.zeros((0,), np.float32),
+        "no_unit": np.zeros((0,), np.float32),
     }
 
 
@@ -196,7 +198,7 @@ def forward_fn(prefix: str, case: Case) -> Callable[[dict], tuple]:
         shape = (t, b, h) if case.time_major else (b, t, h)
         call = jax.ffi.ffi_call(f"{prefix}jaxrnn_linear_cell_sequence_forward", _f32(shape))
         options["cell"] = np.int32(LINEAR[case.cell])
-        names = ("xs", "w_i", "b", "h0", "valid", "resets", "no_keep")
+        names = ("xs", "w_i", "b", "no_unit", "h0", "valid", "resets", "no_keep")
         return lambda a: tuple(call(*(a[k] for k in names), **options))
     target = f"{prefix}jaxrnn_{case.cell}_forward"
     if case.cell == "simple":
@@ -229,12 +231,14 @@ def backward_fn(prefix: str, case: Case) -> Callable[[dict, tuple], tuple]:
     if case.cell in LINEAR:
         x_shape = (t, b, f) if case.time_major else (b, t, f)
         call = jax.ffi.ffi_call(
-            f"{prefix}jaxrnn_linear_cell_sequence_backward", _f32(x_shape, (f, g), (g,), (b, h))
+            f"{prefix}jaxrnn_linear_cell_sequence_backward",
+            _f32(x_shape, (f, g), (g,), (b, h), (0,)),
         )
         options["cell"] = np.int32(LINEAR[case.cell])
 
         def linear(a, out):
-            args = (a["xs"], a["w_i"], a["b"], out[0], a["h0"], a["valid"], a["resets"])
+            args = (a["xs"], a["w_i"], a["b"], a["no_unit"], out[0], a["h0"], a["valid"])
+            args += (a["resets"],)
             return tuple(call(*args, a["no_keep"], a["d_hs"], **options))
 
         return linear

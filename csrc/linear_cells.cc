@@ -1,26 +1,29 @@
-// MinGRU and MinLSTM over a sequence in one pass: each step's gates from its projected input,
-// the coefficients (a, c) of h = a * h_prev + c, the sequence semantics, and the recurrence;
-// and the derivative of all of it in one reverse pass. The linear-recurrence cells' parallel
-// path runs these on a CPU (jaxrnn/cells/_linear_kernel.py binds them); the cells' definitions
-// are their `coefficients` in jaxrnn/cells/minimal.py, which the tests hold these to.
+// MinGRU, MinLSTM and the RG-LRU over a sequence in one pass: each step's gates from its
+// projected input, the coefficients (a, c) of h = a * h_prev + c, the sequence semantics, and
+// the recurrence; and the derivative of all of it in one reverse pass. The linear-recurrence
+// cells' parallel path runs these on a CPU (jaxrnn/cells/_linear_kernel.py binds them); the
+// cells' definitions are their `coefficients` in jaxrnn/cells/minimal.py and rglru.py, which
+// the tests hold these to.
 //
 // Shapes: `k` [B, T, G * H] (batch-first) or [T, B, G * H] (`time_major`): the projected
-// input x @ w_i + b, G gate blocks of H columns (MinGRU [z | h~], MinLSTM [f | i | h~]);
-// `h0` [B, H]; `valid` [B, T] or [T, B] bool (in k's layout), or empty: a step where False
-// keeps the state (a = 1, c = 0); `resets` in the same layout, or empty: a = 0 where True
-// (the state is dropped, and no cotangent crosses the step); `keep` [B, H], or empty: the
-// recurrent dropout's mask, a *= keep. The states h are [B, T, H] or [T, B, H], unmasked
-// (the caller zeroes the outputs past each length). Attribute `reverse` (int32): visit the
-// steps from the last to the first; `cell`: 0 MinGRU, 1 MinLSTM.
+// input x @ w_i + b, G gate blocks of H columns (MinGRU [z | h~], MinLSTM [f | i | h~],
+// RG-LRU [r | i | x~]); `unit` [H]: a per-unit parameter (the RG-LRU's c * softplus(-a_param)),
+// empty for the others; `h0` [B, H]; `valid` [B, T] or [T, B] bool (in k's layout), or empty:
+// a step where False keeps the state (a = 1, c = 0); `resets` in the same layout, or empty:
+// a = 0 where True (the state is dropped, and no cotangent crosses the step); `keep` [B, H],
+// or empty: the recurrent dropout's mask, a *= keep. The states h are [B, T, H] or [T, B, H],
+// unmasked (the caller zeroes the outputs past each length). Attribute `reverse` (int32):
+// visit the steps from the last to the first; `cell`: 0 MinGRU, 1 MinLSTM, 2 RG-LRU.
 //
-// JaxrnnLinearCellForward: k, h0, valid, resets, keep -> h.
-// JaxrnnLinearCellBackward: k, h, h0, valid, resets, keep, and the cotangent g of h -> d_k
-// and d_h0: d[t] = g[t] + a[next] * d[next], d_a = d * h[prev], d_c = d, then through the
-// semantics and the gates to d_k. The recurrent dropout's mask gets no gradient.
+// JaxrnnLinearCellForward: k, unit, h0, valid, resets, keep -> h.
+// JaxrnnLinearCellBackward: k, unit, h, h0, valid, resets, keep, and the cotangent g of h ->
+// d_k, d_h0 and d_unit ([B, H], each batch element's share; empty without `unit`):
+// d[t] = g[t] + a[next] * d[next], d_a = d * h[prev], d_c = d, then through the semantics and
+// the gates to d_k. The recurrent dropout's mask gets no gradient.
 // JaxrnnLinearCellSequenceForward / Backward: the same with x [B, T, I] (or [T, B, I]), w_i
 // [I, G * H] and b [G * H] in place of k, which they compute a chunk of steps at a time and
 // never write out; the backward pass returns d_x (or nothing, given an empty result), d_w_i,
-// d_b and d_h0.
+// d_b, d_h0 and d_unit.
 
 #include "linear_blocks.h"
 
@@ -42,20 +45,23 @@ namespace {
 JAXRNN_INLINE float Candidate(float v, float s) { return v >= 0.0f ? v + 0.5f : s; }
 JAXRNN_INLINE float CandidateSlope(float v, float s) { return v >= 0.0f ? 1.0f : s * (1.0f - s); }
 
-// A cell: kGates blocks of `h` columns in k; Coefficients(k, h, j, a, c) gives column j's
-// (a, c); Derivative(k, h, j, d_a, d_c, d_k) writes column j of d_k given the cotangents of
-// (a, c), and returns a (the backward pass needs it next, and it shares the exps).
+// A cell: kGates blocks of `h` columns in k; Coefficients(k, h, j, u, a, c) gives column j's
+// (a, c), u its unit's parameter where kUnit (else 0); Derivative(k, h, j, u, d_a, d_c, d_k,
+// d_u) writes column j of d_k and the derivative d_u by u given the cotangents of (a, c), and
+// returns a (the backward pass needs it next, and it shares the exps).
 
 // a = 1 - z, c = z * g(k_h), z = sigmoid(k_z); k's blocks [z | h~].
 struct MinGru {
   static constexpr int kGates = 2;
-  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
+  static constexpr bool kUnit = false;
+  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float, float& a,
+                                         float& c) {
     const float z = Sigmoid(k[j]), v = k[h + j];
     a = 1.0f - z;
     c = z * Candidate(v, Sigmoid(v));
   }
-  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c,
-                                        float* d_k) {
+  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float, float d_a,
+                                        float d_c, float* d_k, float&) {
     const float z = Sigmoid(k[j]), v = k[h + j], s = Sigmoid(v);
     const float d_z = d_c * Candidate(v, s) - d_a;
     d_k[j] = d_z * z * (1.0f - z);
@@ -68,14 +74,16 @@ struct MinGru {
 // [f | i | h~].
 struct MinLstm {
   static constexpr int kGates = 3;
-  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float& a, float& c) {
+  static constexpr bool kUnit = false;
+  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float, float& a,
+                                         float& c) {
     const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j];
     const float inverse = 1.0f / (f + i);
     a = f * inverse;
     c = i * inverse * Candidate(v, Sigmoid(v));
   }
-  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float d_a, float d_c,
-                                        float* d_k) {
+  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float, float d_a,
+                                        float d_c, float* d_k, float&) {
     const float f = Sigmoid(k[j]), i = Sigmoid(k[h + j]), v = k[2 * h + j], s = Sigmoid(v);
     const float total = f + i, inverse = 1.0f / total;
     const float cross = (d_a - d_c * Candidate(v, s)) * inverse * inverse;
@@ -86,9 +94,48 @@ struct MinLstm {
   }
 };
 
+// exp(x) - 1, accurate near 0 (a polynomial where |x| < 0.5; both sides computed, for the
+// vectoriser).
+JAXRNN_INLINE float Expm1(float x) {
+  const float series =
+      x * (1.0f + x * (1.0f / 2 + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 +
+          x * (1.0f / 720 + x * (1.0f / 5040 + x * (1.0f / 40320))))))));
+  return std::fabs(x) < 0.5f ? series : Exp(x) - 1.0f;
+}
+
+// log a = -u * r, a = exp(log a), c = sqrt(1 - a^2) * i * x~ (1 - a^2 = -expm1(2 log a), kept
+// at least FLT_MIN), r = sigmoid(k_r), i = sigmoid(k_i), u = c_param * softplus(-a_param);
+// k's blocks [r | i | x~].
+struct Rglru {
+  static constexpr int kGates = 3;
+  static constexpr bool kUnit = true;
+  static constexpr float kTiny = 1.17549435e-38f;
+  JAXRNN_INLINE static void Coefficients(const float* k, int64_t h, int j, float u, float& a,
+                                         float& c) {
+    const float r = Sigmoid(k[j]), i = Sigmoid(k[h + j]), log_a = -u * r;
+    a = Exp(log_a);
+    c = std::sqrt(std::max(-Expm1(2.0f * log_a), kTiny)) * i * k[2 * h + j];
+  }
+  JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float u, float d_a,
+                                        float d_c, float* d_k, float& d_u) {
+    const float r = Sigmoid(k[j]), i = Sigmoid(k[h + j]), x = k[2 * h + j], log_a = -u * r;
+    const float a = Exp(log_a), v = -Expm1(2.0f * log_a);
+    const float s = std::sqrt(std::max(v, kTiny));
+    // d s / d log a = -a^2 / s where v > FLT_MIN (else the floor holds s constant)
+    const float d_log_a = d_a * a - (v > kTiny ? d_c * i * x * a * a / s : 0.0f);
+    d_k[j] = -d_log_a * u * r * (1.0f - r);
+    d_u = -d_log_a * r;
+    d_k[h + j] = d_c * s * x * i * (1.0f - i);
+    d_k[2 * h + j] = d_c * s * i;
+    return a;
+  }
+};
+
 // What every step of a block shares: its batch element's rows, columns [c0, c0 + n).
 struct Lane {
   const float* keep;      // keep[b, c0:], or ones
+  const float* unit;      // unit[c0:], or null
+  float* d_unit;          // d_unit[b, c0:], or null (the forward pass, or no unit)
   const bool* valid;      // valid at the batch element's first row, or null
   const bool* resets;     // likewise
   int64_t h_stride;       // floats between rows of h
@@ -119,12 +166,13 @@ struct Steps {
 // One step: h = a * keep * carried * h_prev + c, `carried` 0 where the state resets, else 1.
 template <typename Cell>
 JAXRNN_ROW_LOOP void ForwardRow(int n, const float* __restrict__ k, int64_t hidden,
-                                const float* __restrict__ keep, float carried,
-                                const float* __restrict__ h_prev, float* __restrict__ h) {
+                                const float* __restrict__ unit, const float* __restrict__ keep,
+                                float carried, const float* __restrict__ h_prev,
+                                float* __restrict__ h) {
   JAXRNN_INDEPENDENT
   for (int j = 0; j < n; ++j) {
     float a, c;
-    Cell::Coefficients(k, hidden, j, a, c);
+    Cell::Coefficients(k, hidden, j, Cell::kUnit ? unit[j] : 0.0f, a, c);
     h[j] = a * keep[j] * carried * h_prev[j] + c;
   }
 }
@@ -141,8 +189,8 @@ JAXRNN_ROW_LOOP void ForwardSteps(int n, const Lane& lane, Steps steps, const fl
     if (lane.Skipped(t)) {
       std::memcpy(row, h_prev, n * sizeof(float));
     } else {
-      ForwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.keep,
-                       lane.Carried(t), h_prev, row);
+      ForwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.unit,
+                       lane.keep, lane.Carried(t), h_prev, row);
     }
     h_prev = row;
   }
@@ -152,15 +200,20 @@ JAXRNN_ROW_LOOP void ForwardSteps(int n, const Lane& lane, Steps steps, const fl
 // then the step's own effective a into `a`, and d_k.
 template <typename Cell>
 JAXRNN_ROW_LOOP void BackwardRow(int n, const float* __restrict__ k, int64_t hidden,
-                                 const float* __restrict__ keep, float carried,
-                                 const float* __restrict__ g, const float* __restrict__ h_prev,
-                                 float* __restrict__ a, float* __restrict__ d,
-                                 float* __restrict__ d_k) {
+                                 const float* __restrict__ unit, const float* __restrict__ keep,
+                                 float carried, const float* __restrict__ g,
+                                 const float* __restrict__ h_prev, float* __restrict__ a,
+                                 float* __restrict__ d, float* __restrict__ d_k,
+                                 float* __restrict__ d_unit) {
   JAXRNN_INDEPENDENT
   for (int j = 0; j < n; ++j) {
     const float dj = a[j] * d[j] + g[j];
     const float scale = keep[j] * carried;
-    a[j] = Cell::Derivative(k, hidden, j, dj * h_prev[j] * scale, dj, d_k) * scale;
+    float d_u = 0.0f;
+    a[j] = Cell::Derivative(k, hidden, j, Cell::kUnit ? unit[j] : 0.0f, dj * h_prev[j] * scale,
+                            dj, d_k, d_u) *
+           scale;
+    if constexpr (Cell::kUnit) d_unit[j] += d_u;
     d[j] = dj;
   }
 }
@@ -190,8 +243,8 @@ JAXRNN_ROW_LOOP void BackwardSteps(int n, const Lane& lane, Steps steps, Backwar
         std::fill_n(d_k + gate * lane.hidden, n, 0.0f);
       continue;
     }
-    BackwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.keep,
-                      lane.Carried(t), g, h_prev, x.a, x.d, d_k);
+    BackwardRow<Cell>(n, steps.k + (t - steps.t0) * steps.k_stride, lane.hidden, lane.unit,
+                      lane.keep, lane.Carried(t), g, h_prev, x.a, x.d, d_k, lane.d_unit);
   }
 }
 
@@ -206,28 +259,49 @@ struct Layout {
   int64_t RowStep() const { return time_major ? batch : 1; }           // rows between steps
 };
 
-int Gates(int32_t cell) { return cell == 0 ? MinGru::kGates : MinLstm::kGates; }
+// What a call passes besides k (or x, w_i and b): its arrays and attributes.
+struct Call {
+  const ffi::Buffer<ffi::F32>& unit;
+  const ffi::Buffer<ffi::F32>& h0;
+  const ffi::AnyBuffer &valid, &resets, &keep;
+  int32_t cell, reverse, time_major;
+};
+
+// work(Cell{}) for the call's cell (its code checked by CheckShapes).
+template <typename Work>
+void ForCell(int32_t cell, const Work& work) {
+  if (cell == 0) return work(MinGru{});
+  if (cell == 1) return work(MinLstm{});
+  work(Rglru{});
+}
 
 // The layout of k ([B, T, G * H] or [T, B, G * H], `k` its dimensions) into `layout`, or why
-// the arrays do not fit.
-ffi::Error CheckShapes(ffi::Span<const int64_t> k, const ffi::Buffer<ffi::F32>& h0,
-                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
-                       const ffi::AnyBuffer& keep, int32_t cell, int32_t time_major,
-                       Layout& layout) {
-  const int gates = Gates(cell);
+// the call's arrays do not fit.
+ffi::Error CheckShapes(ffi::Span<const int64_t> k, const Call& call, Layout& layout) {
+  if (call.cell < 0 || call.cell > 2)
+    return ffi::Error::InvalidArgument("jaxrnn_linear_cell: cell must be 0, 1 or 2");
+  int gates = 0;
+  bool unit = false;
+  ForCell(call.cell, [&](auto cell) {
+    gates = decltype(cell)::kGates;
+    unit = decltype(cell)::kUnit;
+  });
   if (k.size() != 3 || k[2] % gates != 0)
     return ffi::Error::InvalidArgument("jaxrnn_linear_cell: k must be [B, T, G * H]");
-  layout = Layout{time_major ? k[1] : k[0], time_major ? k[0] : k[1], k[2] / gates,
-                  time_major != 0};
+  layout = Layout{call.time_major ? k[1] : k[0], call.time_major ? k[0] : k[1], k[2] / gates,
+                  call.time_major != 0};
   const int64_t rows = layout.batch * layout.steps, state = layout.batch * layout.hidden;
   auto fits = [](const ffi::AnyBuffer& x, int64_t count) {
     return x.element_count() == 0 || static_cast<int64_t>(x.element_count()) == count;
   };
-  if (static_cast<int64_t>(h0.element_count()) != state || !fits(valid, rows) ||
-      !fits(resets, rows) || !fits(keep, state))
+  if (static_cast<int64_t>(call.h0.element_count()) != state || !fits(call.valid, rows) ||
+      !fits(call.resets, rows) || !fits(call.keep, state))
     return ffi::Error::InvalidArgument(
         "jaxrnn_linear_cell: h0 and keep must be [B, H], valid and resets [B, T] in k's layout "
         "or empty");
+  if (static_cast<int64_t>(call.unit.element_count()) != (unit ? layout.hidden : 0))
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_linear_cell: unit must be [H] for the RG-LRU and empty for the others");
   return ffi::Error::Success();
 }
 
@@ -237,21 +311,24 @@ const T* OrNull(const ffi::AnyBuffer& x) {
 }
 
 // A call's sequence semantics: valid and resets (or null), the recurrent dropout's mask [B, H]
-// (or ones [H] shared by every row), and the direction.
+// (or ones [H] shared by every row), the direction; and the per-unit parameter with, in the
+// backward pass, its derivative d_unit [B, H] (null without one).
 class Semantics {
  public:
-  Semantics(const Layout& l, const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
-            const ffi::AnyBuffer& keep, int32_t reverse)
+  Semantics(const Layout& l, const Call& call, float* d_unit = nullptr)
       : layout_(l),
-        valid_(OrNull<bool>(valid)),
-        resets_(OrNull<bool>(resets)),
-        keep_(OrNull<float>(keep)),
+        valid_(OrNull<bool>(call.valid)),
+        resets_(OrNull<bool>(call.resets)),
+        keep_(OrNull<float>(call.keep)),
         keep_stride_(keep_ == nullptr ? 0 : l.hidden),
-        reverse_(reverse != 0) {
+        unit_(call.unit.element_count() == 0 ? nullptr : call.unit.typed_data()),
+        d_unit_(unit_ == nullptr ? nullptr : d_unit),
+        reverse_(call.reverse != 0) {
     if (keep_ == nullptr) {
       ones_.assign(l.hidden, 1.0f);
       keep_ = ones_.data();
     }
+    if (d_unit_ != nullptr) std::fill_n(d_unit_, l.batch * l.hidden, 0.0f);
   }
   Semantics(const Semantics&) = delete;
   Semantics& operator=(const Semantics&) = delete;
@@ -260,6 +337,8 @@ class Semantics {
   Lane LaneOf(int64_t b, int c0) const {
     const int64_t row = layout_.Row(b), step = layout_.RowStep();
     return Lane{keep_ + b * keep_stride_ + c0,
+                unit_ == nullptr ? nullptr : unit_ + c0,
+                d_unit_ == nullptr ? nullptr : d_unit_ + b * layout_.hidden + c0,
                 valid_ == nullptr ? nullptr : valid_ + row,
                 resets_ == nullptr ? nullptr : resets_ + row,
                 step * layout_.hidden,
@@ -274,6 +353,8 @@ class Semantics {
   const bool *valid_, *resets_;
   const float* keep_;
   int64_t keep_stride_;
+  const float* unit_;
+  float* d_unit_;
   bool reverse_;
   std::vector<float> ones_;
 };
@@ -310,33 +391,34 @@ void Backward(ffi::ThreadPool& pool, const Layout& l, const Semantics& sem, cons
   });
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> h0,
-                       ffi::AnyBuffer valid, ffi::AnyBuffer resets, ffi::AnyBuffer keep,
-                       ffi::ResultBuffer<ffi::F32> h, int32_t cell, int32_t reverse,
-                       int32_t time_major) {
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> unit,
+                       ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid, ffi::AnyBuffer resets,
+                       ffi::AnyBuffer keep, ffi::ResultBuffer<ffi::F32> h, int32_t cell,
+                       int32_t reverse, int32_t time_major) {
+  const Call call{unit, h0, valid, resets, keep, cell, reverse, time_major};
   Layout l;
-  const ffi::Error checked =
-      CheckShapes(k.dimensions(), h0, valid, resets, keep, cell, time_major, l);
-  if (checked.failure()) return checked;
-  const Semantics sem(l, valid, resets, keep, reverse);
-  auto run = cell == 0 ? Forward<MinGru> : Forward<MinLstm>;
-  run(pool, l, sem, k.typed_data(), h0.typed_data(), h->typed_data());
+  if (ffi::Error error = CheckShapes(k.dimensions(), call, l); error.failure()) return error;
+  const Semantics sem(l, call);
+  ForCell(cell, [&](auto c) {
+    Forward<decltype(c)>(pool, l, sem, k.typed_data(), h0.typed_data(), h->typed_data());
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> h,
-                        ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid, ffi::AnyBuffer resets,
-                        ffi::AnyBuffer keep, ffi::Buffer<ffi::F32> g,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> unit,
+                        ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid,
+                        ffi::AnyBuffer resets, ffi::AnyBuffer keep, ffi::Buffer<ffi::F32> g,
                         ffi::ResultBuffer<ffi::F32> d_k, ffi::ResultBuffer<ffi::F32> d_h0,
-                        int32_t cell, int32_t reverse, int32_t time_major) {
+                        ffi::ResultBuffer<ffi::F32> d_unit, int32_t cell, int32_t reverse,
+                        int32_t time_major) {
+  const Call call{unit, h0, valid, resets, keep, cell, reverse, time_major};
   Layout l;
-  const ffi::Error checked =
-      CheckShapes(k.dimensions(), h0, valid, resets, keep, cell, time_major, l);
-  if (checked.failure()) return checked;
-  const Semantics sem(l, valid, resets, keep, reverse);
-  auto run = cell == 0 ? Backward<MinGru> : Backward<MinLstm>;
-  run(pool, l, sem, k.typed_data(), h.typed_data(), h0.typed_data(), g.typed_data(),
-      d_k->typed_data(), d_h0->typed_data());
+  if (ffi::Error error = CheckShapes(k.dimensions(), call, l); error.failure()) return error;
+  const Semantics sem(l, call, d_unit->typed_data());
+  ForCell(cell, [&](auto c) {
+    Backward<decltype(c)>(pool, l, sem, k.typed_data(), h.typed_data(), h0.typed_data(),
+                          g.typed_data(), d_k->typed_data(), d_h0->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -477,13 +559,10 @@ void SequenceBackward(ffi::ThreadPool& pool, const Layout& l, const Semantics& s
   }
 }
 
-// The layout of x [B, T, I] (or [T, B, I]) with w_i [I, G * H] and b [G * H], and the other
-// arrays, into `layout`; or why they do not fit.
+// The layout of x [B, T, I] (or [T, B, I]) with w_i [I, G * H] and b [G * H], and the
+// call's other arrays, into `layout`; or why they do not fit.
 ffi::Error CheckProjection(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w,
-                           const ffi::Buffer<ffi::F32>& b, const ffi::Buffer<ffi::F32>& h0,
-                           const ffi::AnyBuffer& valid, const ffi::AnyBuffer& resets,
-                           const ffi::AnyBuffer& keep, int32_t cell, int32_t time_major,
-                           Layout& layout) {
+                           const ffi::Buffer<ffi::F32>& b, const Call& call, Layout& layout) {
   if (ffi::Error error = CheckGemm(); error.failure()) return error;
   const auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 3 || wd.size() != 2 || wd[0] != xd[2] ||
@@ -491,48 +570,50 @@ ffi::Error CheckProjection(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi
     return ffi::Error::InvalidArgument(
         "jaxrnn_linear_cell_sequence: x must be [B, T, I], w_i [I, G * H], b [G * H]");
   const int64_t k[3] = {xd[0], xd[1], wd[1]};
-  return CheckShapes(ffi::Span<const int64_t>(k, 3), h0, valid, resets, keep, cell, time_major,
-                     layout);
+  return CheckShapes(ffi::Span<const int64_t>(k, 3), call, layout);
 }
 
 ffi::Error SequenceForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                               ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid,
-                               ffi::AnyBuffer resets, ffi::AnyBuffer keep,
+                               ffi::Buffer<ffi::F32> unit, ffi::Buffer<ffi::F32> h0,
+                               ffi::AnyBuffer valid, ffi::AnyBuffer resets, ffi::AnyBuffer keep,
                                ffi::ResultBuffer<ffi::F32> h, int32_t cell, int32_t reverse,
                                int32_t time_major) {
+  const Call call{unit, h0, valid, resets, keep, cell, reverse, time_major};
   Layout l;
-  const ffi::Error checked =
-      CheckProjection(x, w, b, h0, valid, resets, keep, cell, time_major, l);
-  if (checked.failure()) return checked;
-  const Semantics sem(l, valid, resets, keep, reverse);
+  if (ffi::Error error = CheckProjection(x, w, b, call, l); error.failure()) return error;
+  const Semantics sem(l, call);
   const Projection p(x.typed_data(), w.typed_data(), b.typed_data(), x.dimensions()[2],
-                     Gates(cell) * l.hidden);
-  auto run = cell == 0 ? SequenceForward<MinGru> : SequenceForward<MinLstm>;
-  run(pool, l, sem, p, h0.typed_data(), h->typed_data());
+                     w.dimensions()[1]);
+  ForCell(cell, [&](auto c) {
+    SequenceForward<decltype(c)>(pool, l, sem, p, h0.typed_data(), h->typed_data());
+  });
   return ffi::Error::Success();
 }
 
 ffi::Error SequenceBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                 ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                                ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> h0,
-                                ffi::AnyBuffer valid, ffi::AnyBuffer resets, ffi::AnyBuffer keep,
+                                ffi::Buffer<ffi::F32> unit, ffi::Buffer<ffi::F32> h,
+                                ffi::Buffer<ffi::F32> h0, ffi::AnyBuffer valid,
+                                ffi::AnyBuffer resets, ffi::AnyBuffer keep,
                                 ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_x,
                                 ffi::ResultBuffer<ffi::F32> d_w, ffi::ResultBuffer<ffi::F32> d_b,
-                                ffi::ResultBuffer<ffi::F32> d_h0, int32_t cell, int32_t reverse,
-                                int32_t time_major) {
+                                ffi::ResultBuffer<ffi::F32> d_h0,
+                                ffi::ResultBuffer<ffi::F32> d_unit, int32_t cell,
+                                int32_t reverse, int32_t time_major) {
+  const Call call{unit, h0, valid, resets, keep, cell, reverse, time_major};
   Layout l;
-  const ffi::Error checked =
-      CheckProjection(x, w, b, h0, valid, resets, keep, cell, time_major, l);
-  if (checked.failure()) return checked;
-  const Semantics sem(l, valid, resets, keep, reverse);
+  if (ffi::Error error = CheckProjection(x, w, b, call, l); error.failure()) return error;
+  const Semantics sem(l, call, d_unit->typed_data());
   const Projection p(x.typed_data(), w.typed_data(), b.typed_data(), x.dimensions()[2],
-                     Gates(cell) * l.hidden);
+                     w.dimensions()[1]);
   float* wanted_d_x = d_x->element_count() == 0 ? nullptr : d_x->typed_data();
   const SequenceGradients out{wanted_d_x, d_w->typed_data(), d_b->typed_data(),
                               d_h0->typed_data()};
-  auto run = cell == 0 ? SequenceBackward<MinGru> : SequenceBackward<MinLstm>;
-  run(pool, l, sem, p, h.typed_data(), h0.typed_data(), g.typed_data(), out);
+  ForCell(cell, [&](auto c) {
+    SequenceBackward<decltype(c)>(pool, l, sem, p, h.typed_data(), h0.typed_data(),
+                                  g.typed_data(), out);
+  });
   return ffi::Error::Success();
 }
 
@@ -543,6 +624,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellForward, jaxrnn::ForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // unit [H] or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
                                   .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
                                   .Arg<ffi::AnyBuffer>()         // resets (bool) or empty
@@ -556,6 +638,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellBackward, jaxrnn::BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // unit [H] or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
                                   .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
@@ -564,6 +647,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellBackward, jaxrnn::BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g, h's shape
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_k, k's shape
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_h0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_unit [B, H] or empty
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("time_major"));
@@ -574,6 +658,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellSequenceForward, jaxrnn::SequenceF
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_i [I, G * H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b [G * H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // unit [H] or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
                                   .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
                                   .Arg<ffi::AnyBuffer>()         // resets (bool) or empty
@@ -589,6 +674,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellSequenceBackward, jaxrnn::Sequence
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_i
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // unit
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
                                   .Arg<ffi::AnyBuffer>()         // valid (bool) or empty
@@ -599,6 +685,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLinearCellSequenceBackward, jaxrnn::Sequence
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_w_i
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_b
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_h0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_unit [B, H] or empty
                                   .Attr<int32_t>("cell")
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("time_major"));

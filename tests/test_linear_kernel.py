@@ -1,7 +1,7 @@
 """The linear-scan CPU kernel (``csrc/linear.cc``): against a NumPy loop, forwards and
 backwards, at widths not a multiple of 16 and one that the kernel splits over threads; and the
-MinGRU and MinLSTM kernels (``csrc/linear_cells.cc``) against a NumPy loop of the papers'
-equations and JAX's derivative of the cells' XLA computation."""
+MinGRU, MinLSTM and RG-LRU kernels (``csrc/linear_cells.cc``) against a NumPy loop of the
+papers' equations and JAX's derivative of the cells' XLA computation."""
 
 import jax
 import jax.numpy as jnp
@@ -120,10 +120,12 @@ def candidate(v):
     return np.where(v >= 0, v + 0.5, sigmoid(v))
 
 
-def numpy_cell(cell, k, h0, valid, resets, keep, reverse):
+def numpy_cell(cell, k, h0, valid, resets, keep, reverse, unit=None):
     """The papers' equations step by step, batch-first ``k [B, T, G * H]``, float64: MinGRU
-    ``h = (1 - z) h + z g(k_h)``, MinLSTM ``h = f / (f + i) h + i / (f + i) g(k_h)``; a step
-    where not ``valid`` keeps the state, ``resets`` drop it, ``keep`` scales it."""
+    ``h = (1 - z) h + z g(k_h)``, MinLSTM ``h = f / (f + i) h + i / (f + i) g(k_h)``, RG-LRU
+    ``h = a h + sqrt(1 - a^2) i x~`` with ``a = exp(-unit * r)`` (``unit = c *
+    softplus(-a_param)``); a step where not ``valid`` keeps the state, ``resets`` drop it,
+    ``keep`` scales it."""
     batch, steps, _ = k.shape
     hidden = h0.shape[-1]
     out = np.empty((batch, steps, hidden))
@@ -137,6 +139,10 @@ def numpy_cell(cell, k, h0, valid, resets, keep, reverse):
             if cell == "mingru":
                 z = sigmoid(blocks[0])
                 a, c = 1 - z, z * candidate(blocks[1])
+            elif cell == "rglru":
+                r, i = sigmoid(blocks[0]), sigmoid(blocks[1])
+                a = np.exp(-unit.astype(np.float64) * r)
+                c = np.sqrt(1 - a**2) * i * blocks[2]
             else:
                 f, i = sigmoid(blocks[0]), sigmoid(blocks[1])
                 a, c = f / (f + i), i / (f + i) * candidate(blocks[2])
@@ -147,9 +153,12 @@ def numpy_cell(cell, k, h0, valid, resets, keep, reverse):
     return out
 
 
+GATES = {"mingru": 2, "minlstm": 3, "rglru": 3}
+
+
 def cell_inputs(cell, batch, steps, hidden, seed=0):
     rng = np.random.default_rng(seed)
-    gates = 2 if cell == "mingru" else 3
+    gates = GATES[cell]
     k = rng.normal(scale=2.0, size=(batch, steps, gates * hidden)).astype(np.float32)
     h0 = rng.normal(size=(batch, hidden)).astype(np.float32)
     lengths = rng.integers(0, steps + 1, batch)
@@ -159,13 +168,29 @@ def cell_inputs(cell, batch, steps, hidden, seed=0):
     return k, h0, valid, resets, keep
 
 
-CELLS = {"mingru": jaxrnn.MinGRU, "minlstm": jaxrnn.MinLSTM}
+CELLS = {"mingru": jaxrnn.MinGRU, "minlstm": jaxrnn.MinLSTM, "rglru": jaxrnn.RGLRU}
 
 
-def xla_states(cell, k, h0, valid, resets, keep, reverse, time_major):
+def unit_of(cell, hidden, seed=3):
+    """The RG-LRU's kernel parameter ``c * softplus(-a_param)`` (None for the others): a
+    decay ``a ** c`` from 0.6 to 0.999 per step with the gate open."""
+    if cell != "rglru":
+        return None
+    a_c = np.random.default_rng(seed).uniform(0.6, 0.999, hidden)
+    return (-np.log(a_c)).astype(np.float32)
+
+
+def a_param_of(unit, c=8.0):
+    """The ``a_param`` with ``c * softplus(-a_param) == unit`` (differentiable)."""
+    return -jnp.log(jnp.expm1(unit / c))
+
+
+def xla_states(cell, k, h0, valid, resets, keep, reverse, time_major, unit=None):
     """jaxrnn's XLA computation of the same states (the cell's ``coefficients``)."""
     model = CELLS[cell](h0.shape[-1])
-    return linear._xla_states(model, reverse, 0 if time_major else 1, k, h0, valid, resets, keep)
+    update = {} if unit is None else {"a_param": a_param_of(unit)}
+    axis = 0 if time_major else 1
+    return linear._xla_states(model, reverse, axis, k, update, h0, valid, resets, keep)
 
 
 EMPTY = np.zeros((0,), bool)
@@ -173,18 +198,19 @@ EMPTY = np.zeros((0,), bool)
 
 # (3, 400, 144): three threads on whole sequences; (1, 700, 144): one sequence's columns over
 # three threads (Split in csrc/linear_blocks.h); (2, 9, 21): one thread, a partial vector.
-@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("cell", ["mingru", "minlstm", "rglru"])
 @pytest.mark.parametrize("shape", [(2, 9, 21), (3, 400, 144), (1, 700, 144)])
 def test_cell_kernels_against_numpy(cell, shape):
     """Forward against the NumPy loop, backward against JAX's derivative of the XLA
     computation, in both directions with and without the semantics, each in one layout and
     the semantics in both."""
     k, h0, valid, resets, keep = cell_inputs(cell, *shape)
+    unit = unit_of(cell, shape[2])
     cotangent = np.random.default_rng(1).normal(size=(*shape[:2], h0.shape[-1]))
     cotangent = cotangent.astype(np.float32)
     for reverse, semantics in [(False, False), (True, False), (False, True), (True, True)]:
         v, r, m = (valid, resets, keep) if semantics else (None, None, None)
-        expected = numpy_cell(cell, k, h0, v, r, m, reverse)
+        expected = numpy_cell(cell, k, h0, v, r, m, reverse, unit)
         flat = (
             EMPTY if v is None else v,
             EMPTY if r is None else r,
@@ -198,17 +224,25 @@ def test_cell_kernels_against_numpy(cell, shape):
             args = (layout(k), h0, layout(flat[0]) if v is not None else flat[0])
             args += (layout(flat[1]) if r is not None else flat[1], flat[2])
             options = dict(reverse=reverse, time_major=time_major)
-            h = linear_cell_kernel(cell, *map(jnp.asarray, args), **options)
+            h = linear_cell_kernel(cell, *map(jnp.asarray, args), unit=unit, **options)
             np.testing.assert_allclose(layout(np.asarray(h)), expected, rtol=2e-5, atol=2e-5)
             g = jnp.asarray(layout(cotangent))
-            d_k, d_h0 = linear_cell_backward_kernel(cell, *args[:1], h, *args[1:], g, **options)
+            d_k, d_h0, d_unit = linear_cell_backward_kernel(
+                cell, *args[:1], h, *args[1:], g, unit=unit, **options
+            )
 
-            def states(k, h0, args=args, options=options):
-                return xla_states(cell, k, h0, *args[2:], **options)
+            def states(k, h0, unit, args=args, options=options):
+                return xla_states(cell, k, h0, *args[2:], **options, unit=unit)
 
-            want_k, want_h0 = jax.vjp(states, jnp.asarray(args[0]), jnp.asarray(h0))[1](g)
+            primals = (jnp.asarray(args[0]), jnp.asarray(h0), unit)
+            want_k, want_h0, want_unit = jax.vjp(states, *primals)[1](g)
             np.testing.assert_allclose(d_k, want_k, rtol=1e-4, atol=2e-5)
             np.testing.assert_allclose(d_h0, want_h0, rtol=1e-4, atol=2e-5)
+            if unit is None:
+                assert d_unit is None
+            else:
+                scale = float(np.max(np.abs(want_unit)))
+                np.testing.assert_allclose(d_unit.sum(0) / scale, want_unit / scale, atol=1e-4)
 
 
 def test_cell_kernel_nan_propagates_and_checks_shapes():
@@ -230,19 +264,22 @@ def test_cell_kernel_nan_propagates_and_checks_shapes():
 
 # (3, 400, 21): three threads, chunks of 32768 // (G * 21) steps and a partial last one
 # (ChunkSteps in csrc/linear_cells.cc); (2, 9, 21): one thread, one chunk.
-@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("cell", ["mingru", "minlstm", "rglru"])
 @pytest.mark.parametrize("shape", [(2, 9, 21), (3, 400, 144)])
 def test_cell_sequence_kernels_against_numpy(cell, shape):
     """The kernels with the input projection inside: the states against the NumPy loop on
     ``x @ w_i + b``, every derivative (``x``'s only when asked for) against JAX's derivative
-    of the XLA computation."""
+    of the XLA computation (the RG-LRU's: ``w = [w_i | w_x]``, ``b = [b | 0]``)."""
     batch, steps, hidden = shape
     rng = np.random.default_rng(2)
     inputs = 5
-    gates = 2 if cell == "mingru" else 3
+    gates = GATES[cell]
     x = rng.normal(size=(batch, steps, inputs)).astype(np.float32)
     w = rng.normal(scale=0.8, size=(inputs, gates * hidden)).astype(np.float32)
     b = rng.normal(size=(gates * hidden,)).astype(np.float32)
+    unit = unit_of(cell, hidden)
+    if cell == "rglru":
+        b[2 * hidden :] = 0.0  # x~ = x @ w_x, no bias
     _, h0, valid, resets, keep = cell_inputs(cell, *shape)
     cotangent = rng.normal(size=(batch, steps, hidden)).astype(np.float32)
     k = x.astype(np.float64) @ w + b
@@ -260,32 +297,46 @@ def test_cell_sequence_kernels_against_numpy(cell, shape):
         v, r, m = (layout(valid), layout(resets), keep) if semantics else (EMPTY, EMPTY, None)
         m = np.zeros((0,), np.float32) if m is None else m
         expected = numpy_cell(
-            cell, k, h0, *((valid, resets, keep) if semantics else (None,) * 3), reverse
+            cell, k, h0, *((valid, resets, keep) if semantics else (None,) * 3), reverse, unit
         )
-        options = dict(reverse=reverse, time_major=time_major)
+        options = dict(reverse=reverse, time_major=time_major, unit=unit)
         args = tuple(map(jnp.asarray, (layout(x), w, b, h0, v, r, m)))
         h = linear_cell_sequence_kernel(cell, *args, **options)
         np.testing.assert_allclose(layout(np.asarray(h)), expected, rtol=2e-5, atol=2e-5)
 
         g = jnp.asarray(layout(cotangent))
-        got = linear_cell_sequence_backward_kernel(cell, *args[:3], h, *args[3:], g, **options)
+        d_x, d_w, d_b, d_h0, d_unit = linear_cell_sequence_backward_kernel(
+            cell, *args[:3], h, *args[3:], g, **options
+        )
+        got = {"d_x": d_x, "d_w": d_w, "d_b": d_b, "d_h0": d_h0}
 
-        def states(x, params, h0, args=args, options=options, time_major=time_major):
+        def states(x, params, h0, args=args, reverse=reverse, time_major=time_major):
             axis = 0 if time_major else 1
-            return linear._xla_sequence_states(
-                model, options["reverse"], axis, x, params, h0, *args[4:]
-            )
+            return linear._xla_sequence_states(model, reverse, axis, x, params, h0, *args[4:])
 
-        params = {"w_i": args[1], "b": args[2]}
-        d_x, d_p, d_h0 = jax.vjp(states, args[0], params, args[3])[1](g)
-        for name, a, want in zip(
-            ["d_x", "d_w_i", "d_b", "d_h0"], got, [d_x, d_p["w_i"], d_p["b"], d_h0], strict=True
-        ):
-            scale = max(1.0, float(jnp.max(jnp.abs(want))))
-            np.testing.assert_allclose(a / scale, want / scale, atol=2e-5, err_msg=name)
+        if cell == "rglru":
+            params = {"w_i": args[1][:, : 2 * hidden], "b": args[2][: 2 * hidden]}
+            params |= {"w_x": args[1][:, 2 * hidden :], "a_param": a_param_of(unit)}
+        else:
+            params = {"w_i": args[1], "b": args[2]}
+        want_x, want_p, want_h0 = jax.vjp(states, args[0], params, args[3])[1](g)
+        want = {"d_x": want_x, "d_w": want_p["w_i"], "d_b": want_p["b"], "d_h0": want_h0}
+        if cell == "rglru":
+            want["d_w"] = jnp.concatenate([want_p["w_i"], want_p["w_x"]], axis=1)
+            got["d_b"] = got["d_b"][: 2 * hidden]
+            unit_pullback = jax.vjp(a_param_of, unit)[1]
+            want["d_unit"] = unit_pullback(want_p["a_param"])[0]
+            got["d_unit"] = d_unit.sum(0)
+        else:
+            assert d_unit is None
+        for name, want_value in want.items():
+            scale = max(1.0, float(jnp.max(jnp.abs(want_value))))
+            np.testing.assert_allclose(
+                got[name] / scale, want_value / scale, atol=2e-5, err_msg=name
+            )
         without = linear_cell_sequence_backward_kernel(
             cell, *args[:3], h, *args[3:], g, want_d_x=False, **options
         )
         assert without[0] is None
-        for a, want in zip(without[1:], got[1:], strict=True):
-            np.testing.assert_array_equal(a, want)
+        for a, want_value in zip(without[1:], (d_w, d_b, d_h0, d_unit), strict=True):
+            np.testing.assert_array_equal(a, want_value)

@@ -257,7 +257,8 @@ errors = {}
 # units split over two threads with a partial tile (40: chunks of 32 and 8), one thread and
 # units not a multiple of a vector (5), rows not a multiple of a tile's (30, 13)
 for name, cell, batch in [("lstm", jaxrnn.LSTM(40), 30), ("gru", jaxrnn.GRU(5), 13),
-                          ("rnn", jaxrnn.SimpleRNN(70), 30)]:
+                          ("rnn", jaxrnn.SimpleRNN(70), 30), ("mingru", jaxrnn.MinGRU(40), 30),
+                          ("minlstm", jaxrnn.MinLSTM(5), 13), ("rglru", jaxrnn.RGLRU(40), 30)]:
     params = cell.init(jax.random.key(0), 3)
     xs = jnp.asarray(rng.normal(size=(batch, 6, 3)), jnp.float32)
     lengths = jnp.asarray(rng.integers(0, 7, batch), jnp.int32)

@@ -108,25 +108,41 @@ def linear_scan_backward_kernel(a, h, h0, g, *, reverse: bool, time_axis: int = 
     return d_a.reshape(a.shape), d_b.reshape(a.shape), d_h0.reshape(h0.shape)
 
 
-CELL_KERNELS = {"mingru": 0, "minlstm": 1}
+CELL_KERNELS = {"mingru": 0, "minlstm": 1, "rglru": 2}
 """The cells with a kernel of their own (``csrc/linear_cells.cc``): the gates, the semantics
 and the recurrence in one pass. Keyed by :attr:`jaxrnn.cells.linear.LinearCell.kernel`."""
 
+UNIT_CELLS = frozenset({"rglru"})
+"""The cells whose kernels take a per-unit parameter ``unit`` ``[H]`` (the RG-LRU's
+``c * softplus(-a_param)``) and return its derivative."""
 
-def _cell_args(cell: str, k, h0, valid, resets, keep, time_major: bool):
+
+def _cell_args(cell: str, k, unit, h0, valid, resets, keep, time_major: bool):
+    """The kernels' arguments after ``k`` (``unit`` an empty array where None) and their
+    attributes but ``reverse``."""
     if cell not in CELL_KERNELS:
         raise ValueError(f"cell must be one of {sorted(CELL_KERNELS)}, got {cell!r}")
-    if k.ndim != 3 or not all(x.dtype == jnp.float32 for x in (k, h0, keep)):
+    if (unit is None) == (cell in UNIT_CELLS):
+        raise ValueError(f"unit must be given for {sorted(UNIT_CELLS)} only; got cell {cell!r}")
+    unit = jnp.zeros((0,), jnp.float32) if unit is None else unit
+    if k.ndim != 3 or not all(x.dtype == jnp.float32 for x in (k, unit, h0, keep)):
         raise TypeError(f"k must be float32 [B, T, G * H] (or [T, B, G * H]); got {k.shape}")
     _native.kernel_status()
     attrs = dict(
         cell=np.int32(CELL_KERNELS[cell]),
         time_major=np.int32(time_major),
     )
-    return (k, h0, valid, resets, keep), attrs
+    return (unit, h0, valid, resets, keep), attrs
 
 
-def linear_cell_kernel(cell: str, k, h0, valid, resets, keep, *, reverse: bool, time_major: bool):
+def _d_unit(cell: str, h0) -> jax.ShapeDtypeStruct:
+    """The shape of the kernels' d_unit: each batch element's share ``[B, H]``, or empty."""
+    return jax.ShapeDtypeStruct(h0.shape if cell in UNIT_CELLS else (0,), jnp.float32)
+
+
+def linear_cell_kernel(
+    cell: str, k, h0, valid, resets, keep, *, reverse: bool, time_major: bool, unit=None
+):
     """The states of a linear cell with a kernel of its own (:data:`CELL_KERNELS`) over a
     sequence, by the CPU kernel: its gates from ``k``, then ``h = a * h_prev + c``.
 
@@ -140,37 +156,43 @@ def linear_cell_kernel(cell: str, k, h0, valid, resets, keep, *, reverse: bool, 
       keep: float32 ``[B, H]``, or empty: recurrent dropout's mask, ``a * keep``.
       reverse: visit the steps from the last to the first.
       time_major: the layout of ``k``, the masks and the states.
+      unit: float32 ``[H]`` for the cells of :data:`UNIT_CELLS`, else None.
 
     Returns:
       ``h``, float32 ``[B, T, H]`` (``[T, B, H]``): the state after every step, not masked.
     """
-    args, attrs = _cell_args(cell, k, h0, valid, resets, keep, time_major)
+    args, attrs = _cell_args(cell, k, unit, h0, valid, resets, keep, time_major)
     shape = (*k.shape[:2], h0.shape[-1])
     call = jax.ffi.ffi_call(
         "jaxrnn_linear_cell_forward",
         jax.ShapeDtypeStruct(shape, jnp.float32),
         vmap_method="sequential",
     )
-    return call(*args, reverse=np.int32(reverse), **attrs)
+    return call(k, *args, reverse=np.int32(reverse), **attrs)
 
 
 def linear_cell_backward_kernel(
-    cell: str, k, h, h0, valid, resets, keep, g, *, reverse: bool, time_major: bool
+    cell: str, k, h, h0, valid, resets, keep, g, *, reverse: bool, time_major: bool, unit=None
 ):
     """The derivative of :func:`linear_cell_kernel` given the cotangent ``g`` of its states
-    ``h``: ``(d_k, d_h0)`` in the shapes of ``k`` and ``h0`` (the mask ``keep`` gets none)."""
-    args, attrs = _cell_args(cell, k, h0, valid, resets, keep, time_major)
+    ``h``: ``(d_k, d_h0, d_unit)``, ``d_k`` and ``d_h0`` in the shapes of ``k`` and ``h0``,
+    ``d_unit`` ``[B, H]`` (each batch element's share; None without ``unit``). The mask
+    ``keep`` gets none."""
+    args, attrs = _cell_args(cell, k, unit, h0, valid, resets, keep, time_major)
     call = jax.ffi.ffi_call(
         "jaxrnn_linear_cell_backward",
-        (jax.ShapeDtypeStruct(k.shape, jnp.float32), jax.ShapeDtypeStruct(h0.shape, jnp.float32)),
+        (*(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (k, h0)), _d_unit(cell, h0)),
         vmap_method="sequential",
     )
-    k, h0, valid, resets, keep = args
-    return call(k, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs)
+    unit, h0, valid, resets, keep = args
+    d_k, d_h0, d_unit = call(
+        k, unit, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs
+    )
+    return d_k, d_h0, (d_unit if cell in UNIT_CELLS else None)
 
 
 def linear_cell_sequence_kernel(
-    cell: str, x, w_i, b, h0, valid, resets, keep, *, reverse: bool, time_major: bool
+    cell: str, x, w_i, b, h0, valid, resets, keep, *, reverse: bool, time_major: bool, unit=None
 ):
     """:func:`linear_cell_kernel` with the input projection inside: ``k = x @ w_i + b``
     computed a chunk of steps at a time in the kernel (nothing of ``k``'s size is written).
@@ -178,12 +200,12 @@ def linear_cell_sequence_kernel(
     Args:
       x: float32 ``[B, T, I]`` (``[T, B, I]`` if ``time_major``).
       w_i: float32 ``[I, G * H]``; b: float32 ``[G * H]``.
-      h0, valid, resets, keep, reverse, time_major: as :func:`linear_cell_kernel`'s.
+      h0, valid, resets, keep, reverse, time_major, unit: as :func:`linear_cell_kernel`'s.
 
     Returns:
       ``h``, float32 ``[B, T, H]`` (``[T, B, H]``), not masked.
     """
-    args, attrs = _cell_args(cell, x, h0, valid, resets, keep, time_major)
+    args, attrs = _cell_args(cell, x, unit, h0, valid, resets, keep, time_major)
     _check_projection(x, w_i, b)
     shape = (*x.shape[:2], h0.shape[-1])
     call = jax.ffi.ffi_call(
@@ -191,8 +213,7 @@ def linear_cell_sequence_kernel(
         jax.ShapeDtypeStruct(shape, jnp.float32),
         vmap_method="sequential",
     )
-    x, h0, valid, resets, keep = args
-    return call(x, w_i, b, h0, valid, resets, keep, reverse=np.int32(reverse), **attrs)
+    return call(x, w_i, b, *args, reverse=np.int32(reverse), **attrs)
 
 
 def linear_cell_sequence_backward_kernel(
@@ -210,25 +231,30 @@ def linear_cell_sequence_backward_kernel(
     reverse: bool,
     time_major: bool,
     want_d_x: bool = True,
+    unit=None,
 ):
     """The derivative of :func:`linear_cell_sequence_kernel` given the cotangent ``g`` of its
-    states ``h``: ``(d_x, d_w_i, d_b, d_h0)`` (the mask ``keep`` gets none); ``d_x`` is
-    ``None`` unless ``want_d_x`` (its matmul skipped)."""
-    args, attrs = _cell_args(cell, x, h0, valid, resets, keep, time_major)
+    states ``h``: ``(d_x, d_w_i, d_b, d_h0, d_unit)`` (the mask ``keep`` gets none); ``d_x``
+    is ``None`` unless ``want_d_x`` (its matmul skipped), ``d_unit`` as
+    :func:`linear_cell_backward_kernel`'s."""
+    args, attrs = _cell_args(cell, x, unit, h0, valid, resets, keep, time_major)
     _check_projection(x, w_i, b)
     call = jax.ffi.ffi_call(
         "jaxrnn_linear_cell_sequence_backward",
-        tuple(
-            jax.ShapeDtypeStruct(a.shape if want else (0,), jnp.float32)
-            for a, want in ((x, want_d_x), (w_i, True), (b, True), (h0, True))
+        (
+            *(
+                jax.ShapeDtypeStruct(a.shape if want else (0,), jnp.float32)
+                for a, want in ((x, want_d_x), (w_i, True), (b, True), (h0, True))
+            ),
+            _d_unit(cell, h0),
         ),
         vmap_method="sequential",
     )
-    x, h0, valid, resets, keep = args
-    d_x, d_w, d_b, d_h0 = call(
-        x, w_i, b, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs
+    unit, h0, valid, resets, keep = args
+    d_x, d_w, d_b, d_h0, d_unit = call(
+        x, w_i, b, unit, h, h0, valid, resets, keep, g, reverse=np.int32(reverse), **attrs
     )
-    return (d_x if want_d_x else None), d_w, d_b, d_h0
+    return (d_x if want_d_x else None), d_w, d_b, d_h0, (d_unit if cell in UNIT_CELLS else None)
 
 
 def _check_projection(x, w_i, b):

@@ -62,8 +62,22 @@ class LinearCell(CellBase):
         return {"w_i": w_i, "b": jnp.zeros((width,), dtype)}
 
     # The cell's kernel of its own in jaxrnn's CPU kernels (a key of
-    # jaxrnn.cells._linear_kernel.CELL_KERNELS, its coefficients from xp alone), or None.
+    # jaxrnn.cells._linear_kernel.CELL_KERNELS: its coefficients from xp and kernel_unit), or
+    # None.
     kernel: str | None = None
+
+    def kernel_unit(self, update_params: Params) -> Array | None:
+        """The per-unit parameter that the cell's kernel takes (float32 ``[hidden_size]``),
+        from :meth:`update_params`' parameters; None for none."""
+        return None
+
+    def kernel_projection(self, params: Params) -> tuple[Array, Array] | None:
+        """``(w, b)`` with ``project_inputs(params, x) == x @ w + b`` (``w`` ``[I, gates *
+        hidden_size]``): the projection that the cell's whole-layer kernel computes; None
+        where the projection is not one matmul of the parameters."""
+        if not self.plain_projection or set(params) != {"w_i", "b"}:
+            return None
+        return params["w_i"], params["b"]
 
     # Defined by each cell: (params, xp) -> (a, b), each [..., hidden_size] in xp's dtype (the
     # accumulation dtype), from the projected input xp [..., gates * hidden_size].
@@ -176,16 +190,9 @@ class _Run:
         the arguments as :func:`parallel`'s, the masks in the layout of ``xs``."""
         xp = self.cell.project_inputs(params, xs)
         if self.method == "kernel" and _cell_kernel_runs(self.cell, xp, carry0):
-            h = _cell_states(
-                self.cell,
-                self.backwards,
-                self.time_axis,
-                xp,
-                carry0,
-                valid,
-                resets,
-                hidden_mask,
-            )
+            fixed = (self.cell, self.backwards, self.time_axis)
+            update = self.cell.update_params(params)
+            h = _cell_states(*fixed, xp, update, carry0, valid, resets, hidden_mask)
         else:
             h = self.states(params, xp, carry0, valid, resets, hidden_mask)
         return _outputs(h, carry0, valid, self.backwards, self.time_axis)
@@ -235,11 +242,11 @@ def _sequence_kernel_runs(cell: LinearCell, params, xs: Array, carry0: Array) ->
     its own, computing in float32, with the plain projection ``x @ w_i + b``."""
     from jaxrnn import _native
 
-    if cell.kernel is None or not cell.plain_projection or set(params) != {"w_i", "b"}:
+    if cell.kernel is None or cell.kernel_projection(params) is None:
         return False
     if jnp.dtype(cell.dtype) != jnp.float32:
         return False
-    return _native.available(xs, params["w_i"], params["b"], carry0)
+    return _native.available(xs, *jax.tree.leaves(params), carry0)
 
 
 def _ungiven(mask):
@@ -255,10 +262,10 @@ def _xla_sequence_states(cell, backwards, time_axis, xs, params, h0, valid, rese
     return run.states(params, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
-def _xla_states(cell, backwards, time_axis, xp, h0, valid, resets, keep):
-    """Likewise from the projected input ``xp``."""
+def _xla_states(cell, backwards, time_axis, xp, update, h0, valid, resets, keep):
+    """Likewise from the projected input ``xp`` and :meth:`update_params`' ``update``."""
     run = _Run(cell, backwards, "chunked", time_axis)
-    return run.states({}, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
+    return run.states(update, xp, h0, _ungiven(valid), _ungiven(resets), _ungiven(keep))
 
 
 def _cell_kernel_runs(cell: LinearCell, xp: Array, carry0: Array) -> bool:
@@ -268,45 +275,62 @@ def _cell_kernel_runs(cell: LinearCell, xp: Array, carry0: Array) -> bool:
     return cell.kernel is not None and _native.available(xp, carry0)
 
 
-def _cell_states(cell, backwards, time_axis, xp, h0, valid, resets, hidden_mask):
+def _cell_states(cell, backwards, time_axis, xp, update, h0, valid, resets, hidden_mask):
     """:meth:`_Run.states` by the cell's own kernel where the computation runs on a CPU (the
     gates, the semantics and the recurrence in one pass, and their derivative in another),
     by the XLA computation elsewhere. Masks that are ``None`` become empty arrays."""
     keep = None if hidden_mask is None else hidden_mask.astype(xp.dtype)
     masks = _given(valid), _given(resets), _given(keep, xp.dtype)
-    return _kernel_states(_PROJECTED, cell, backwards, time_axis, (xp,), h0, *masks)
+    return _kernel_states(_PROJECTED, cell, backwards, time_axis, (xp, update), h0, *masks)
 
 
 def _kernel_options(backwards, time_axis):
     return {"reverse": backwards, "time_major": time_axis == 0}
 
 
+def _with_unit(cell, update, d_unit):
+    """The cotangent of :meth:`update_params`' parameters from the kernel's ``d_unit``
+    ``[B, H]`` (zeros where the cell's kernel takes no unit parameter)."""
+    if d_unit is None:
+        return jax.tree.map(jnp.zeros_like, update)
+    _, pullback = jax.vjp(cell.kernel_unit, update)
+    return pullback(jnp.sum(d_unit, axis=0))[0]
+
+
 def _projected_forward(cell, backwards, time_axis, inputs, h0, valid, resets, keep):
     from jaxrnn.cells import _linear_kernel
 
-    (xp,) = inputs
+    xp, update = inputs
     options = _kernel_options(backwards, time_axis)
-    return _linear_kernel.linear_cell_kernel(cell.kernel, xp, h0, valid, resets, keep, **options)
+    return _linear_kernel.linear_cell_kernel(
+        cell.kernel, xp, h0, valid, resets, keep, unit=cell.kernel_unit(update), **options
+    )
 
 
 def _projected_backward(cell, backwards, time_axis, inputs, h, h0, valid, resets, keep, g, _):
     from jaxrnn.cells import _linear_kernel
 
-    (xp,) = inputs
+    xp, update = inputs
     options = _kernel_options(backwards, time_axis)
-    d_xp, d_h0 = _linear_kernel.linear_cell_backward_kernel(
-        cell.kernel, xp, h, h0, valid, resets, keep, g, **options
+    d_xp, d_h0, d_unit = _linear_kernel.linear_cell_backward_kernel(
+        cell.kernel, xp, h, h0, valid, resets, keep, g, unit=cell.kernel_unit(update), **options
     )
-    return (d_xp,), d_h0
+    return (d_xp, _with_unit(cell, update, d_unit)), d_h0
+
+
+def _whole_layer_weights(cell, params):
+    """``(w, b, unit)``: what the whole-layer kernel takes of ``params``."""
+    return (*cell.kernel_projection(params), cell.kernel_unit(cell.update_params(params)))
 
 
 def _whole_layer_forward(cell, backwards, time_axis, inputs, h0, valid, resets, keep):
     from jaxrnn.cells import _linear_kernel
 
     xs, params = inputs
+    w, b, unit = _whole_layer_weights(cell, params)
     options = _kernel_options(backwards, time_axis)
     return _linear_kernel.linear_cell_sequence_kernel(
-        cell.kernel, xs, params["w_i"], params["b"], h0, valid, resets, keep, **options
+        cell.kernel, xs, w, b, h0, valid, resets, keep, unit=unit, **options
     )
 
 
@@ -314,22 +338,14 @@ def _whole_layer_backward(cell, backwards, time_axis, inputs, h, h0, valid, rese
     from jaxrnn.cells import _linear_kernel
 
     xs, params = inputs
+    (w, b, unit), pullback = jax.vjp(functools.partial(_whole_layer_weights, cell), params)
     options = _kernel_options(backwards, time_axis)
-    d_x, d_w, d_b, d_h0 = _linear_kernel.linear_cell_sequence_backward_kernel(
-        cell.kernel,
-        xs,
-        params["w_i"],
-        params["b"],
-        h,
-        h0,
-        valid,
-        resets,
-        keep,
-        g,
-        want_d_x=want,
-        **options,
+    d_x, d_w, d_b, d_h0, d_unit = _linear_kernel.linear_cell_sequence_backward_kernel(
+        cell.kernel, xs, w, b, h, h0, valid, resets, keep, g, want_d_x=want, unit=unit, **options
     )
-    return ((d_x if want else jnp.zeros_like(xs)), {"w_i": d_w, "b": d_b}), d_h0
+    d_unit = None if d_unit is None else jnp.sum(d_unit, axis=0)
+    (d_params,) = pullback((d_w, d_b, d_unit))
+    return ((d_x if want else jnp.zeros_like(xs)), d_params), d_h0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,8 +362,9 @@ class _Kernels:
     xla: Callable
 
 
-# From the projected input ``(xp,)`` (bfloat16 computations, an explicit chunk); the whole
-# layer from ``(xs, params)``: the projection, its derivative and the weights' inside.
+# From the projected input and the update's parameters ``(xp, update_params)`` (bfloat16
+# computations, an explicit chunk); the whole layer from ``(xs, params)``: the projection,
+# its derivative and the weights' inside.
 _PROJECTED = _Kernels(
     _projected_forward,
     _projected_backward,

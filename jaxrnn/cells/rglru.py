@@ -89,8 +89,27 @@ class RGLRU(LinearCell):
             params["w_x"] = _glorot(k_x, (input_size, hidden), wide).astype(dtype)
         return params
 
+    kernel = "rglru"
+
     def update_params(self, params: Params) -> Params:
         return {"a_param": params["a_param"]}
+
+    def kernel_unit(self, update_params: Params) -> Array:
+        """``c * softplus(-a_param)`` (float32 ``[H]``): ``log a_t = -r * kernel_unit``."""
+        a_param = update_params["a_param"].astype(jnp.float32)
+        return self.c * jax.nn.softplus(-a_param)
+
+    def kernel_projection(self, params: Params) -> tuple[Array, Array] | None:
+        """``[w_i | w_x]`` (``[w_i | identity]`` without ``w_x``) and ``[b | 0]``: the
+        projection as one matmul."""
+        if set(params) - {"w_x"} != {"w_i", "b", "a_param"}:
+            return None
+        w_i, b = params["w_i"], params["b"]
+        w_x = params.get("w_x")
+        if w_x is None:
+            w_x = jnp.eye(w_i.shape[0], dtype=w_i.dtype)
+        zeros = jnp.zeros((self.hidden_size,), b.dtype)
+        return jnp.concatenate([w_i, w_x], axis=1), jnp.concatenate([b, zeros])
 
     def project_inputs(self, params: Params, x: Array) -> Array:
         """``[r-logits | i-logits | x~]``, ``[..., 3 * hidden_size]`` in the accumulation
