@@ -13,9 +13,10 @@ dropout scales ``a`` by its mask (the state enters the step only through ``a * h
 initial carry is the scan's ``h0``. The outputs are the states.
 
 On a CPU with jaxrnn's kernels, a cell with a kernel of its own (:attr:`LinearCell.kernel`:
-MinGRU, MinLSTM) computing in float32 runs the whole layer in one kernel call each way (the
-projection, the gates, the semantics and the recurrence; the weights' gradients in the
-backward call, the inputs' only where they are differentiated). Otherwise the kernel method
+MinGRU, MinLSTM, RGLRU) computing in float32 runs the whole layer in one kernel call each way
+(the projection, :meth:`LinearCell.kernel_projection`, the gates, the semantics and the
+recurrence; the weights' gradients in the backward call, the inputs' only where they are
+differentiated). Otherwise the kernel method
 runs the sequence in time chunks, one after another (:func:`chunk_steps`), each chunk's
 gates through the cell's kernel where it has one, else through XLA and the plain
 recurrence's kernel.
