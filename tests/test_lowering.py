@@ -58,27 +58,32 @@ def _train_step(cell, implementation):
     return jax.jit(jax.grad(loss)), (params, xs)
 
 
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+PLATFORMS = ("cuda", "tpu")
+
+
+def _lowers_for_accelerators(step, args, what):
+    """``step`` traced once and lowered for each of :data:`PLATFORMS`, with no CPU kernel."""
+    traced = step.trace(*args)
+    for platform in PLATFORMS:
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        assert text and _NO_CPU_KERNEL not in text, (what, platform)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_train_steps_lower_for_accelerators(name, dtype, platform):
+def test_train_steps_lower_for_accelerators(name, dtype):
     cell = CELLS[name].__class__(H, dtype=dtype)
     for implementation in (None, "fused", "scan", "pallas"):
-        step, args = _train_step(cell, implementation)
-        text = step.trace(*args).lower(lowering_platforms=(platform,)).as_text()
-        assert text and _NO_CPU_KERNEL not in text, implementation
+        _lowers_for_accelerators(*_train_step(cell, implementation), implementation)
 
 
 LINEAR = {"mingru": jaxrnn.MinGRU(H), "minlstm": jaxrnn.MinLSTM(H), "rglru": jaxrnn.RGLRU(H)}
 
 
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", list(LINEAR))
-def test_linear_cells_train_steps_lower_for_accelerators(name, dtype, platform):
+def test_linear_cells_train_steps_lower_for_accelerators(name, dtype):
     """The linear recurrences' default path ("parallel", whose CPU kernels sit behind
     ``lax.platform_dependent``), every feature at once."""
     cell = LINEAR[name].__class__(H, dtype=dtype)
-    step, args = _train_step(cell, None)
-    text = step.trace(*args).lower(lowering_platforms=(platform,)).as_text()
-    assert text and _NO_CPU_KERNEL not in text
+    _lowers_for_accelerators(*_train_step(cell, None), name)
