@@ -121,7 +121,7 @@ struct Rglru {
     const float r = Sigmoid(k[j]), i = Sigmoid(k[h + j]), x = k[2 * h + j], log_a = -u * r;
     const float a = Exp(log_a), v = -Expm1(2.0f * log_a);
     const float s = std::sqrt(std::max(v, kTiny));
-    // d s / d log a = -a^2 / s where v > FLT_MIN (else the floor holds s constant)
+    // d s / d log a = -a^2 / s where v > FLT_MIN (below it s is held constant)
     const float d_log_a = d_a * a - (v > kTiny ? d_c * i * x * a * a / s : 0.0f);
     d_k[j] = -d_log_a * u * r * (1.0f - r);
     d_u = -d_log_a * r;

@@ -16,10 +16,9 @@ On a CPU with jaxrnn's kernels, a cell with a kernel of its own (:attr:`LinearCe
 MinGRU, MinLSTM, RGLRU) computing in float32 runs the whole layer in one kernel call each way
 (the projection, :meth:`LinearCell.kernel_projection`, the gates, the semantics and the
 recurrence; the weights' gradients in the backward call, the inputs' only where they are
-differentiated). Otherwise the kernel method
-runs the sequence in time chunks, one after another (:func:`chunk_steps`), each chunk's
-gates through the cell's kernel where it has one, else through XLA and the plain
-recurrence's kernel.
+differentiated). Otherwise the kernel method runs the sequence in time chunks, one after
+another (:func:`chunk_steps`), each chunk's gates through the cell's kernel where it has one,
+else through XLA and the plain recurrence's kernel.
 """
 
 from __future__ import annotations
@@ -289,13 +288,10 @@ def _kernel_options(backwards, time_axis):
     return {"reverse": backwards, "time_major": time_axis == 0}
 
 
-def _with_unit(cell, update, d_unit):
-    """The cotangent of :meth:`update_params`' parameters from the kernel's ``d_unit``
-    ``[B, H]`` (zeros where the cell's kernel takes no unit parameter)."""
-    if d_unit is None:
-        return jax.tree.map(jnp.zeros_like, update)
-    _, pullback = jax.vjp(cell.kernel_unit, update)
-    return pullback(jnp.sum(d_unit, axis=0))[0]
+def _unit_cotangent(d_unit):
+    """The cotangent of ``kernel_unit``'s output from the kernels' ``d_unit`` ``[B, H]`` (each
+    batch element's share), or None for a cell without one."""
+    return None if d_unit is None else jnp.sum(d_unit, axis=0)
 
 
 def _projected_forward(cell, backwards, time_axis, inputs, h0, valid, resets, keep):
@@ -312,11 +308,13 @@ def _projected_backward(cell, backwards, time_axis, inputs, h, h0, valid, resets
     from jaxrnn.cells import _linear_kernel
 
     xp, update = inputs
+    unit, pullback = jax.vjp(cell.kernel_unit, update)
     options = _kernel_options(backwards, time_axis)
     d_xp, d_h0, d_unit = _linear_kernel.linear_cell_backward_kernel(
-        cell.kernel, xp, h, h0, valid, resets, keep, g, unit=cell.kernel_unit(update), **options
+        cell.kernel, xp, h, h0, valid, resets, keep, g, unit=unit, **options
     )
-    return (d_xp, _with_unit(cell, update, d_unit)), d_h0
+    (d_update,) = pullback(_unit_cotangent(d_unit))
+    return (d_xp, d_update), d_h0
 
 
 def _whole_layer_weights(cell, params):
@@ -344,8 +342,7 @@ def _whole_layer_backward(cell, backwards, time_axis, inputs, h, h0, valid, rese
     d_x, d_w, d_b, d_h0, d_unit = _linear_kernel.linear_cell_sequence_backward_kernel(
         cell.kernel, xs, w, b, h, h0, valid, resets, keep, g, want_d_x=want, unit=unit, **options
     )
-    d_unit = None if d_unit is None else jnp.sum(d_unit, axis=0)
-    (d_params,) = pullback((d_w, d_b, d_unit))
+    (d_params,) = pullback((d_w, d_b, _unit_cotangent(d_unit)))
     return ((d_x if want else jnp.zeros_like(xs)), d_params), d_h0
 
 
