@@ -5,13 +5,13 @@
     python benchmarks/cpu_peers.py --workloads W1,W3 --out peers.json
 
 The JAX models run in this process, alternating repeat by repeat (``_common``); PyTorch runs
-in a process of its own (its thread pool and JAX's would compete), started after the JAX
-half and again before it, so that drift of a shared machine shows as a difference between its
-two medians. Every model trains the same workload of ``workloads.py`` (same shapes, last
-step's output or the final state for the masked W5, dense head, softmax cross-entropy, Adam or
-RMSprop) from its own initialization. Equinox (``pip install equinox``) and PyTorch (``pip
-install torch``; its CPU build: ``--index-url https://download.pytorch.org/whl/cpu``) are
-optional: a missing one is left out of the table.
+in processes of its own (its thread pool and JAX's would compete), one just before and one just
+after each workload's JAX measurement, so that drift of a shared machine shows as a difference
+between its two medians; the ratio takes the faster. Every model trains the same workload of
+``workloads.py`` (same shapes, last step's output or the final state for the masked W5, dense
+head, softmax cross-entropy, Adam or RMSprop) from its own initialization. Equinox (``pip
+install equinox``) and PyTorch (``pip install torch``; its CPU build: ``--index-url
+https://download.pytorch.org/whl/cpu``) are optional: a missing one is left out of the table.
 """
 
 from __future__ import annotations
@@ -330,8 +330,9 @@ def markdown(payload):
         f"{payload['vector_isa']}), jax {env['jax']}, flax {env['flax']}"
         + (f", equinox {payload['equinox']}" if payload.get("equinox") else "")
         + (f", torch {payload['torch']}" if payload.get("torch") else "")
-        + f"; peak float32 matmul (JAX, 2048^2) {peak:.0f} GFLOP/s. PyTorch: two processes, "
-        "before and after the JAX half (both medians shown).",
+        + f"; peak float32 matmul (JAX, 2048^2) {peak:.0f} GFLOP/s. PyTorch: a process "
+        "before and one after each workload's JAX models (both medians shown; the ratio takes "
+        "the faster).",
         "",
         "| workload | "
         + " | ".join(TITLES[c] for c in columns)
@@ -388,21 +389,21 @@ def main(argv=None):
         print(json.dumps(_torch_half(names, args.repeats, args.target_s)))
         return
 
-    torch_before = _run_torch(names, args.repeats, args.target_s)
     import _common
     import workloads as wl
 
     env = _common.environment()
     peak = _common.peak_matmul()["best_gflops"]
-    jax_results = _jax_half(names, JAX_VARIANTS, args.repeats, args.target_s)
-    peak = max(peak, _common.peak_matmul()["best_gflops"])
-    torch_after = _run_torch(names, args.repeats, args.target_s)
-    workloads = {}
+    workloads, torch_runs = {}, []
     for name in names:
-        row = dict(jax_results[name])
-        if torch_before and torch_after:
-            row["torch"] = [t["results"][name]["median_ms"] for t in (torch_before, torch_after)]
+        before = _run_torch([name], args.repeats, args.target_s)
+        row = _jax_half([name], JAX_VARIANTS, args.repeats, args.target_s)[name]
+        after = _run_torch([name], args.repeats, args.target_s)
+        if before and after:
+            row["torch"] = [t["results"][name]["median_ms"] for t in (before, after)]
+            torch_runs += [before, after]
         workloads[name] = row
+    peak = max(peak, _common.peak_matmul()["best_gflops"])
     try:
         import equinox
 
@@ -415,10 +416,10 @@ def main(argv=None):
         "command": "python benchmarks/cpu_peers.py " + " ".join(argv or sys.argv[1:]),
         "peak_matmul": peak,
         "equinox": eqx_version,
-        "torch": torch_before["torch_version"] if torch_before else None,
+        "torch": torch_runs[0]["torch_version"] if torch_runs else None,
         "titles": {n: wl.WORKLOADS[n].title for n in names},
         "gflop": {n: wl.WORKLOADS[n].train_gflop() for n in names},
-        "torch_runs": [torch_before, torch_after],
+        "torch_runs": torch_runs,
         "workloads": workloads,
     }
     _common.write_results(args.out, payload, markdown(payload))
