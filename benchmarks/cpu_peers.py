@@ -27,7 +27,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-JAX_VARIANTS = ("jaxrnn", "flax", "equinox", "jax_scan")
 TITLES = {
     "jaxrnn": "jaxrnn",
     "torch": "PyTorch eager",
@@ -186,9 +185,9 @@ def equinox_model(w):
     return init, apply
 
 
-def _jax_half(names, variants, repeats, target_s):
-    import _common
-    import jax
+def _jax_models():
+    """name -> model builder (``workloads.py``'s ``(init, apply)`` form); Equinox where it is
+    installed."""
     import workloads as wl
 
     models = {"jaxrnn": wl.jaxrnn_model, "flax": wl.flax_model, "jax_scan": jax_scan_model}
@@ -198,32 +197,35 @@ def _jax_half(names, variants, repeats, target_s):
         print("equinox is not installed: left out", flush=True)
     else:
         models["equinox"] = equinox_model
-    results = {}
-    for name in names:
-        w = wl.WORKLOADS[name]
-        optimizer = wl.make_optimizer(w)
-        batch = wl.make_batch(w)
-        runners = {}
-        for variant in variants:
-            if variant not in models:
-                continue
-            init, apply = models[variant](w)
-            params = init(jax.random.key(0))
-            state = (params, optimizer.init(params))
-            step = wl.make_train_step(apply, optimizer)
-            compiled, seconds = _common.compile_fn(step, state, *batch, donate_argnums=(0,))
-            runners[variant] = _common.Runner(compiled, (state, *batch), stateful=True)
-            print(f"  {name} {variant}: compiled in {seconds:.1f} s", flush=True)
-        rough = max(_common.rough_time(r, calls=2) for r in runners.values())
-        inner = _common.inner_for(rough, target_s)
-        big = w.train_gflop() > 10
-        times = _common.time_alternating(runners, repeats=3 if big else repeats, inner=inner)
-        results[name] = {v: _common.summarize(s) for v, s in times.items()}
-        print(
-            f"{name}: "
-            + ", ".join(f"{v} {s['median_ms']:.2f} ms" for v, s in results[name].items()),
-            flush=True,
-        )
+    return models
+
+
+def _time_jax(w, models, repeats, target_s):
+    """``_common.summarize`` of each JAX model's train step on ``w``, alternating."""
+    import _common
+    import jax
+    import workloads as wl
+
+    optimizer = wl.make_optimizer(w)
+    batch = wl.make_batch(w)
+    runners = {}
+    for variant, model in models.items():
+        init, apply = model(w)
+        params = init(jax.random.key(0))
+        state = (params, optimizer.init(params))
+        step = wl.make_train_step(apply, optimizer)
+        compiled, seconds = _common.compile_fn(step, state, *batch, donate_argnums=(0,))
+        runners[variant] = _common.Runner(compiled, (state, *batch), stateful=True)
+        print(f"  {w.name} {variant}: compiled in {seconds:.1f} s", flush=True)
+    rough = max(_common.rough_time(r, calls=2) for r in runners.values())
+    inner = _common.inner_for(rough, target_s)
+    big = w.train_gflop() > 10
+    times = _common.time_alternating(runners, repeats=3 if big else repeats, inner=inner)
+    results = {v: _common.summarize(s) for v, s in times.items()}
+    print(
+        f"{w.name}: " + ", ".join(f"{v} {s['median_ms']:.2f} ms" for v, s in results.items()),
+        flush=True,
+    )
     return results
 
 
@@ -397,10 +399,11 @@ def main(argv=None):
 
     env = _common.environment()
     peak = _common.peak_matmul()["best_gflops"]
+    models = _jax_models()
     workloads, torch_runs = {}, []
     for name in names:
         before = _run_torch([name], args.repeats, args.target_s)
-        row = _jax_half([name], JAX_VARIANTS, args.repeats, args.target_s)[name]
+        row = _time_jax(wl.WORKLOADS[name], models, args.repeats, args.target_s)
         after = _run_torch([name], args.repeats, args.target_s)
         if before and after:
             row["torch"] = [t["results"][name]["median_ms"] for t in (before, after)]
