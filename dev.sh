@@ -61,7 +61,7 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"
-    exec "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
+    exec "$VENV/bin/python" -m pytest -n 2 --dist worksteal --durations=15 "$@"
     ;;
   bench)
     setup

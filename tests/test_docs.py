@@ -43,6 +43,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "page",
     [p for p in PAGES if python_blocks(p.read_text())],

@@ -69,6 +69,7 @@ def _lowers_for_accelerators(step, args, what):
         assert text and _NO_CPU_KERNEL not in text, (what, platform)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_train_steps_lower_for_accelerators(name, dtype):

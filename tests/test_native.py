@@ -276,6 +276,7 @@ print(json.dumps({"loaded": _native.kernel_status()[0], "level": lib.jaxrnn_vect
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _native.kernel_status()[0], reason="kernels not built")
 @pytest.mark.parametrize("level", [3, 1], ids=["avx2", "baseline"])
 def test_every_vector_version_matches_scan(level):

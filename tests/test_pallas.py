@@ -117,6 +117,7 @@ def _np_run(kind, hyper, params, xs, config, resets, carry0):
     return ys, jax.tree.map(lambda *c: np.stack(c), *finals)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CELLS))
 def test_pallas_against_numpy_and_scan(name):
     cell, kind, hyper = CELLS[name]

@@ -476,6 +476,7 @@ def test_nnx_modules_model_and_configs():
         Model("rnn", 4, 2, layer_norm=True)
 
 
+@pytest.mark.slow
 def test_the_benchmarks_flax_twins_are_the_same_models():
     """``benchmarks/variants.py`` times each variant against a Flax cell: one step of each
     twin must compute the jaxrnn cell's function (it exits non-zero otherwise)."""

@@ -135,6 +135,7 @@ def test_shard_counts_that_do_not_fit_are_errors():
     assert feed_lib.process_rows(103, 4, 1, 2) == (52, 103)  # shards 2 and 3: 26 + 25 rows
 
 
+@pytest.mark.slow
 def test_load_reads_only_the_rows_asked_for(tmp_path):
     whole = load("linear_vs_random", "train")
     part = load("linear_vs_random", "train", rows=(100, 250))

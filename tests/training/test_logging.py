@@ -39,6 +39,7 @@ def _kept_bytes(workdir) -> int:
     return sum(os.path.getsize(f) for f in files)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
 def test_a_training_process_writes_bytes_linear_in_its_steps(tmp_path):
     sets = ["log_every=1", "hidden_size=8", "test_examples=500"]
