@@ -32,6 +32,10 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+# /proc/cpuinfo's flags (x86) and Features (Arm) that set the kernels' and XLA's speed.
+VECTOR_EXTENSIONS = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+VECTOR_EXTENSIONS |= {"asimd", "sve", "sve2", "bf16"}
+
 
 def environment() -> dict[str, Any]:
     """Device, versions and machine facts for the JSON header."""
@@ -42,11 +46,15 @@ def environment() -> dict[str, Any]:
 
     dev = jax.devices()[0]
     cpu = platform.processor() or ""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                if cpu and flags:
                     break
     except OSError:
         pass
@@ -67,6 +75,7 @@ def environment() -> dict[str, Any]:
         "device_count": jax.device_count(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "cpu_vector_extensions": sorted(flags & VECTOR_EXTENSIONS),
         "python": sys.version.split()[0],
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,

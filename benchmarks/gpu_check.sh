@@ -13,7 +13,10 @@
 #    precision: the tests compare against float64 NumPy to float32 tolerances);
 # 2. the train-step table: jaxrnn (default, fused and pallas; float32 and bfloat16), Flax
 #    nn.RNN and JAX's cuDNN LSTM (benchmarks/gpu_peers.py), then PyTorch cuDNN eager and as a
-#    CUDA graph (PEERS/torch_gpu.py); OUTDIR/gpu.jsonl and OUTDIR/gpu.md.
+#    CUDA graph (PEERS/torch_gpu.py); OUTDIR/gpu.jsonl and OUTDIR/gpu.md;
+# 3. the linear recurrences against the LSTM and GRU at T 1024 and 8192, and MinGRU's
+#    gradient through each method of linear_scan at T 8192 (benchmarks/linear_recurrences.py);
+#    OUTDIR/linear_recurrences.{json,md}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-gpu_check}"
@@ -52,4 +55,11 @@ if [ -d "$PEERS" ]; then
 else
   echo "no peer harness at $PEERS: benchmarks skipped"
 fi
+
+start=$SECONDS
+timeout 90 "$PY" benchmarks/linear_recurrences.py --steps 1024,8192 --methods-steps 8192 \
+  --case-seconds 2 --max-repeats 5 --out "$OUTDIR" > "$OUTDIR/linear.log" 2>&1 \
+  || echo "linear_recurrences.py failed or ran out of time (see linear.log)"
+echo "linear recurrences: $((SECONDS - start)) s"
+tail -3 "$OUTDIR/linear.log"
 exit "$tests_status"

@@ -301,7 +301,8 @@ def markdown(payload: dict) -> str:
     lines = [
         f"Gradient of mean(ys**2) w.r.t. the parameters, B={cfg['B']} I={cfg['I']} "
         f"H={cfg['H']} float32, batch-first; {env['device']} ({env['cpu']}, "
-        f"{env['cpu_count']} cores), jax {env['jax']}; CPU kernels: {native['status']}.",
+        f"{env['cpu_count']} cores; {' '.join(env.get('cpu_vector_extensions', [])) or '-'}), "
+        f"jax {env['jax']}; CPU kernels: {native['status']}.",
         "",
         "Median step time, ms (time / LSTM default's at the same T):",
         "",
