@@ -33,7 +33,8 @@ def check_xs(xs, name: str = "xs", *, time_major: bool = False) -> None:
 def check_params(cell, params, input_size: int, name: str = "params") -> None:
     """``params`` must be a dict of floating-point arrays that holds every parameter of
     ``cell.param_shapes(input_size)`` in its shape (what the cell needs, e.g. ``w_i
-    [input_size, k*H]`` and ``w_h [R, k*H]``)."""
+    [input_size, k*H]`` and ``w_h [R, k*H]``), and the biases it has in the shapes of
+    ``cell.bias_shapes(input_size)`` (``b [k*H]``)."""
     expected = cell.param_shapes(input_size)
     if not isinstance(params, dict) or not any(key in params for key in expected):
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
@@ -56,6 +57,12 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
             raise ValueError(
                 f"{name}[{key!r}] has shape {got}, expected {shape} for {cell} with "
                 f"input_size={input_size} (mismatch in {what})"
+            )
+    for key, shape in cell.bias_shapes(input_size).items():
+        if key in params and tuple(params[key].shape) != shape:
+            raise ValueError(
+                f"{name}[{key!r}] has shape {tuple(params[key].shape)}, expected {shape} (a "
+                f"value per column of w_i) for {cell}"
             )
 
 

@@ -220,6 +220,16 @@ XS = np.zeros((B, T, I), np.float32)
         ),
         ({"unroll": 0}, ValueError, "unroll must be a positive int"),
         ({"params": {"w": 1}}, TypeError, "params must be the dict made by LSTM.init"),
+        (
+            {"params": PARAMS | {"b": np.zeros(15, np.float32)}},
+            ValueError,
+            r"params\['b'\] has shape \(15,\), expected \(16,\) \(a value per column of w_i\)",
+        ),
+        (
+            {"params": PARAMS | {"b_h": np.zeros((1, 16), np.float32)}},
+            ValueError,
+            r"params\['b_h'\] has shape \(1, 16\), expected \(16,\)",
+        ),
     ],
 )
 def test_bad_input_errors(driver, kwargs, error, message):

@@ -168,6 +168,12 @@ class CellBase:
         width = self.gates * self.hidden_size
         return {"w_i": (input_size, width), "w_h": (self.output_size, width)}
 
+    def bias_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each bias the parameters may hold (``b``, and ``b_h`` where the cell
+        takes one): a value per column of ``w_i``, ``[gates * hidden_size]``."""
+        w_i = self.param_shapes(input_size).get("w_i")
+        return {} if w_i is None else {"b": w_i[-1:], "b_h": w_i[-1:]}
+
     def fused_loop(self) -> Callable | None:
         """The fused path's loop for this cell (:func:`jaxrnn.cells.fused.scan`), or ``None``
         where it has none (then ``rnn`` runs ``lax.scan``)."""

@@ -50,6 +50,10 @@ class LinearCell(CellBase):
         """``w_i [input_size, gates * hidden_size]`` (besides the bias ``b``)."""
         return {"w_i": (input_size, self.gates * self.hidden_size)}
 
+    def bias_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """``b [gates * hidden_size]`` (no second bias)."""
+        return {"b": (self.gates * self.hidden_size,)}
+
     def init(self, key, input_size: int, dtype=None) -> Params:
         """``w_i`` Glorot-uniform, ``b`` zeros, in ``dtype`` (default ``param_dtype``)."""
         dtype = self.param_dtype if dtype is None else dtype
