@@ -51,8 +51,8 @@ class LinearCell(CellBase):
         return {"w_i": (input_size, self.gates * self.hidden_size)}
 
     def bias_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
-        """``b [gates * hidden_size]`` (no second bias)."""
-        return {"b": (self.gates * self.hidden_size,)}
+        """``b``, a value per column of ``w_i`` (no second bias)."""
+        return {"b": super().bias_shapes(input_size)["b"]}
 
     def init(self, key, input_size: int, dtype=None) -> Params:
         """``w_i`` Glorot-uniform, ``b`` zeros, in ``dtype`` (default ``param_dtype``)."""
