@@ -85,6 +85,7 @@ def environment() -> dict[str, Any]:
         "jaxrnn": jaxrnn.__version__,
         "git_commit": commit,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         # The machine is shared: the 1/5/15-minute load averages when the run started.
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -302,7 +302,8 @@ def markdown(payload: dict) -> str:
         f"Gradient of mean(ys**2) w.r.t. the parameters, B={cfg['B']} I={cfg['I']} "
         f"H={cfg['H']} float32, batch-first; {env['device']} ({env['cpu']}, "
         f"{env['cpu_count']} cores; {' '.join(env.get('cpu_vector_extensions', [])) or '-'}), "
-        f"jax {env['jax']}; CPU kernels: {native['status']}.",
+        f"jax {env['jax']}; CPU kernels: {native['status']}"
+        + (f"; GLIBC_TUNABLES={env['glibc_tunables']}." if env.get("glibc_tunables") else "."),
         "",
         "Median step time, ms (time / LSTM default's at the same T):",
         "",
