@@ -3,14 +3,18 @@
 ::
 
     jaxrnn train --config NAME [--workdir DIR] [--set key=value ...] [--mnist_dir DIR]
-                 [--data_dir DIR] [--overwrite]
-    jaxrnn eval --workdir DIR
+                 [--data_dir DIR] [--overwrite] [--import MODULE ...]
+    jaxrnn eval --workdir DIR [--import MODULE ...]
     jaxrnn sample --workdir DIR [--length N] [--temperature T] [--seed S] [--prompt TEXT]
+                  [--import MODULE ...]
     jaxrnn plot --workdir DIR [--out FILE]
     jaxrnn configs                      # the config names and their fields
     jaxrnn info                         # versions, devices, whether the CPU kernels loaded
 
 Rerunning ``train`` with the same config and work directory resumes from the last checkpoint.
+``--import MODULE`` (repeatable) imports a module first, from the current directory or the
+Python path, so that the cells it registers (:func:`jaxrnn.cells.register`) can be named with
+``--set cell=NAME``; ``eval`` and ``sample`` of such a run need it too.
 ``train``, ``eval``, ``sample`` and ``plot`` need the ``train`` extra (``pip install
 "jaxrnn[train]"``); ``configs`` and ``info`` run with the core alone. Exit status: 0 on
 success, 1 on a non-finite loss, 2 on a usage or config error or a missing extra.
@@ -19,6 +23,7 @@ success, 1 on a non-finite loss, 2 on a usage or config error or a missing extra
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -83,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--workdir", required=True)
     plot.add_argument("--out", help="default: WORKDIR/curves.png")
 
+    for p in (train, evaluate, sample):
+        p.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import a module first (repeatable): the cells it registers become names for "
+            "--set cell=NAME",
+        )
+
     sub.add_parser("configs", help="list the configs and their fields")
     sub.add_parser("info", help="versions, devices and whether the CPU kernels loaded")
     return parser
@@ -125,6 +141,19 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def _import_modules(modules: list[str]) -> str | None:
+    """Import ``modules`` (the current directory first on the path, as ``python -m`` has it);
+    why one could not be imported, or ``None``."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            return f"--import {module}: {error}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
@@ -138,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         from jaxrnn.training import loop
     except _extras.MissingExtraError as error:
         print(f"jaxrnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    if (error_text := _import_modules(getattr(args, "imports", []))) is not None:
+        print(f"jaxrnn {args.command}: error: {error_text}", file=sys.stderr)
         return 2
 
     try:

@@ -31,9 +31,10 @@ sigmoid(a)``, ``h' = s * h + (1 - s) * tanh(c)``::
 
 ``jaxrnn.rnn(MinGated(32), ...)``, ``bidirectional`` and ``Stack`` run it as any cell, and
 once registered ``Model(cell="mingated", ...)`` and ``--set cell=mingated`` build it (in a
-process that has imported the module that defines it). jaxrnn's own cells are
-registered as ``"rnn"`` (:class:`jaxrnn.SimpleRNN`), ``"lstm"`` (:class:`jaxrnn.LSTM`) and
-``"gru"`` (:class:`jaxrnn.GRU`).
+process that has imported the module that defines it: ``jaxrnn train --import MODULE``).
+jaxrnn's own cells are registered as ``"rnn"`` (:class:`jaxrnn.SimpleRNN`), ``"lstm"``
+(:class:`jaxrnn.LSTM`), ``"gru"`` (:class:`jaxrnn.GRU`), ``"mingru"``, ``"minlstm"`` and
+``"rglru"`` (:class:`jaxrnn.MinGRU`, :class:`jaxrnn.MinLSTM`, :class:`jaxrnn.RGLRU`).
 
 A model builds its cell from its options by name (:func:`build`): every option that the
 cell's dataclass has a field of that name receives, and the ones it has not are left out. The
@@ -142,7 +143,10 @@ def get(name: str) -> Entry:
     otherwise."""
     entry = _entries.get(name) if isinstance(name, str) else None
     if entry is None:
-        raise ValueError(f"cell must be one of {names()} (the registered cells), got {name!r}")
+        raise ValueError(
+            f"cell must be one of {names()} (the registered cells; a cell defined outside "
+            f"jaxrnn is registered when the module that defines it is imported), got {name!r}"
+        )
     return entry
 
 

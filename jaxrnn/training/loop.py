@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxrnn import parallel
+from jaxrnn.cells import registry
 from jaxrnn.configs.base import Config
 from jaxrnn.models import Model
 from jaxrnn.training import feed as feed_lib
@@ -87,13 +88,14 @@ class NonFiniteError(RuntimeError):
 
 
 def check_config(config: Config) -> None:
-    """Refuse the settings no run can take: ``steps_per_call``, ``dtype`` and ``param_dtype``,
-    ``implementation``, and those a text dataset needs or refuses
-    (:func:`jaxrnn.training.streams.check_config`).
+    """Refuse the settings no run can take: ``cell`` (a registered name), ``steps_per_call``,
+    ``dtype`` and ``param_dtype``, ``implementation``, and those a text dataset needs or
+    refuses (:func:`jaxrnn.training.streams.check_config`).
 
     Raises:
       ValueError: naming the setting and what it accepts.
     """
+    registry.get(config.cell)
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     check_dtypes(config)

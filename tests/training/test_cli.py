@@ -1,6 +1,7 @@
 """The CLI's `configs` listing, `--mnist_dir` and `plot --out`."""
 
 import os
+import sys
 
 import pytest
 
@@ -49,3 +50,36 @@ def test_plot_out_writes_where_asked(tiny, tmp_path, capsys):
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert not os.path.exists(os.path.join(run, "curves.png"))
+
+
+_CELL_MODULE = '''
+import dataclasses
+
+import jaxrnn
+
+
+@jaxrnn.cells.register("cli_test_rnn")
+@dataclasses.dataclass(frozen=True)
+class CliTestRNN(jaxrnn.SimpleRNN):
+    """A cell defined outside jaxrnn."""
+'''
+
+
+def test_import_registers_a_users_cell(tiny, tmp_path, monkeypatch, capsys):
+    """``--import`` makes a cell defined in the user's module a name for ``--set cell=``;
+    without it, the name is refused before the work directory is made, with a hint."""
+    (tmp_path / "cli_test_cells.py").write_text(_CELL_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # --import puts the directory first
+    run = str(tmp_path / "run")
+    train = ["train", "--config", "lstm_sequences", "--workdir", run, "--set", "cell=cli_test_rnn"]
+    train += [a for s in tiny for a in ("--set", s)]
+    assert main(train) == 2
+    assert "registered when the module that defines it is imported" in capsys.readouterr().err
+    assert not os.path.exists(run)
+    assert main(train + ["--import", "no_such_module_here"]) == 2
+    assert "--import no_such_module_here" in capsys.readouterr().err
+    assert main(train + ["--import", "cli_test_cells"]) == 0
+    with open(os.path.join(run, "config.json")) as f:
+        assert '"cell": "cli_test_rnn"' in f.read()
+    assert main(["eval", "--workdir", run, "--import", "cli_test_cells"]) == 0
