@@ -214,6 +214,46 @@ def test_remat_and_jit_give_the_same_values_and_gradients():
         assert_trees_close(got, grads)
 
 
+class _Residual(nn.Module):
+    """A residual GRU layer as the body of ``nn.scan`` over layers: ``x`` is the carry."""
+
+    @nn.compact
+    def __call__(self, x, lengths):
+        return jln.RNN(jaxrnn.GRU(F))(x, lengths) + x, None
+
+
+def test_nn_scan_over_layers_is_a_loop_over_their_params():
+    """``nn.scan`` stacks each layer's params on a leading axis; the scanned model's values
+    and gradients are those of a Python loop over ``rnn`` with each layer's slice."""
+    layers = 3
+    scanned = nn.scan(
+        _Residual,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=nn.broadcast,
+        length=layers,
+    )()
+    variables = scanned.init(KEY, X, LENGTHS)
+    assert jax.tree.map(jnp.shape, variables["params"]["RNN_0"]) == {
+        "w_i": (layers, F, 3 * F),
+        "w_h": (layers, F, 3 * F),
+        "b": (layers, 3 * F),
+        "b_h": (layers, 3 * F),
+    }
+
+    def loop(params):
+        x = X
+        for i in range(layers):
+            layer = jax.tree.map(lambda a, i=i: a[i], params)
+            x = jaxrnn.rnn(jaxrnn.GRU(F), layer, x, LENGTHS)[0] + x
+        return x
+
+    (_, ys), grads = value_and_grad(lambda v: scanned.apply(v, X, LENGTHS)[0], variables)
+    (_, want_ys), want = value_and_grad(loop, variables["params"]["RNN_0"])
+    np.testing.assert_allclose(ys, want_ys, rtol=1e-6, atol=1e-6)
+    assert_trees_close(grads["params"]["RNN_0"], want)
+
+
 class Classifier(nn.Module):
     """An LSTM (a one-layer stack, for its input dropout) and a dense head on its final ``h``."""
 
