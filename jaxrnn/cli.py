@@ -141,17 +141,16 @@ def info() -> str:
     return "\n".join(lines)
 
 
-def _import_modules(modules: list[str]) -> str | None:
-    """Import ``modules`` (the current directory first on the path, as ``python -m`` has it);
-    why one could not be imported, or ``None``."""
+def _import_modules(modules: list[str]) -> None:
+    """Import ``modules``, the current directory first on the path (as ``python -m`` has it);
+    ``ValueError`` naming the one that could not be imported."""
     if modules and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            return f"--import {module}: {error}"
-    return None
+            raise ValueError(f"--import {module}: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,15 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     except _extras.MissingExtraError as error:
         print(f"jaxrnn {args.command}: error: {error}", file=sys.stderr)
         return 2
-    if (error_text := _import_modules(getattr(args, "imports", []))) is not None:
-        print(f"jaxrnn {args.command}: error: {error_text}", file=sys.stderr)
-        return 2
 
     try:
         if args.command in ("train", "eval"):
             from jaxrnn import parallel
 
             parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+        # after jax.distributed's start: a module may compute with JAX as it is imported
+        _import_modules(getattr(args, "imports", []))
         if args.command == "train":
             config = configs.apply_overrides(configs.get_config(args.config), args.overrides)
             workdir = args.workdir or os.path.join("workdirs", args.config)
