@@ -27,6 +27,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 
 from jaxrnn import _extras, configs
@@ -111,6 +112,22 @@ def _version(package: str) -> str | None:
         return None
 
 
+def huge_pages() -> str:
+    """Whether the process's large blocks may be transparent huge pages: Linux's mode
+    (``/sys/kernel/mm/transparent_hugepage/enabled``) and glibc's ``glibc.malloc.hugetlb``
+    tunable (docs/guides/performance.md, long sequences on a CPU)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = re.search(r"\[(\w+)\]", f.read())
+    except OSError:
+        mode = None
+    tunable = re.search(r"glibc\.malloc\.hugetlb=(\w+)", os.environ.get("GLIBC_TUNABLES", ""))
+    return (
+        f"transparent {mode.group(1) if mode else 'not available'}, "
+        f"glibc.malloc.hugetlb={tunable.group(1) if tunable else 'unset'}"
+    )
+
+
 def info() -> str:
     """What ``jaxrnn info`` prints: versions, extras, devices and the CPU kernels' state, one
     ``name: value`` per line, the last ``cpu kernels: loaded`` or ``cpu kernels: not available
@@ -134,6 +151,7 @@ def info() -> str:
         kinds = sorted({d.device_kind for d in devices})
         lines.append(f"devices: {len(devices)} {name} ({', '.join(kinds)})")
     lines.append(f"default backend: {jax.default_backend()}")
+    lines.append(f"huge pages: {huge_pages()}")
     loaded, reason = _native.kernel_status()
     if loaded:
         lines.append(f"cpu kernel threads: {_native.max_threads()}")

@@ -151,6 +151,7 @@ def test_the_core_and_the_extras_in_pyproject():
 
 
 def test_info_reports_versions_devices_and_the_kernels(capsys, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert cli.main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     import jax
@@ -159,6 +160,10 @@ def test_info_reports_versions_devices_and_the_kernels(capsys, monkeypatch):
     assert any(line.startswith("numpy: ") for line in lines)
     assert any(line.startswith(f"devices: {jax.device_count()} cpu") for line in lines)
     assert lines[-1] == "cpu kernels: loaded"  # CI builds them (tests/test_native.py)
+    pages = [line for line in lines if line.startswith("huge pages: transparent ")]
+    assert len(pages) == 1 and pages[0].endswith(", glibc.malloc.hugetlb=unset")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0:glibc.malloc.hugetlb=1")
+    assert cli.huge_pages().endswith(", glibc.malloc.hugetlb=1")
 
     monkeypatch.setattr(_native, "kernel_status", lambda: (False, "not built: a reason"))
     assert cli.main(["info"]) == 0
