@@ -94,13 +94,14 @@ struct MinLstm {
   }
 };
 
-// exp(x) - 1, accurate near 0 (a polynomial where |x| < 0.5; both sides computed, for the
-// vectoriser).
-JAXRNN_INLINE float Expm1(float x) {
+// 1 - a^2 for a = exp(log_a), accurate as a nears 1: -expm1(2 log_a), a polynomial where
+// |2 log_a| < 0.5 and 1 - a * a elsewhere (both sides computed, for the vectoriser).
+JAXRNN_INLINE float OneMinusSquare(float log_a, float a) {
+  const float x = 2.0f * log_a;
   const float series =
       x * (1.0f + x * (1.0f / 2 + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 +
           x * (1.0f / 720 + x * (1.0f / 5040 + x * (1.0f / 40320))))))));
-  return std::fabs(x) < 0.5f ? series : Exp(x) - 1.0f;
+  return std::fabs(x) < 0.5f ? -series : 1.0f - a * a;
 }
 
 // log a = -u * r, a = exp(log a), c = sqrt(1 - a^2) * i * x~ (1 - a^2 = -expm1(2 log a), kept
@@ -114,12 +115,12 @@ struct Rglru {
                                          float& c) {
     const float r = Sigmoid(k[j]), i = Sigmoid(k[h + j]), log_a = -u * r;
     a = Exp(log_a);
-    c = std::sqrt(std::max(-Expm1(2.0f * log_a), kTiny)) * i * k[2 * h + j];
+    c = std::sqrt(std::max(OneMinusSquare(log_a, a), kTiny)) * i * k[2 * h + j];
   }
   JAXRNN_INLINE static float Derivative(const float* k, int64_t h, int j, float u, float d_a,
                                         float d_c, float* d_k, float& d_u) {
     const float r = Sigmoid(k[j]), i = Sigmoid(k[h + j]), x = k[2 * h + j], log_a = -u * r;
-    const float a = Exp(log_a), v = -Expm1(2.0f * log_a);
+    const float a = Exp(log_a), v = OneMinusSquare(log_a, a);
     const float s = std::sqrt(std::max(v, kTiny));
     // d s / d log a = -a^2 / s where v > FLT_MIN (below it s is held constant)
     const float d_log_a = d_a * a - (v > kTiny ? d_c * i * x * a * a / s : 0.0f);
