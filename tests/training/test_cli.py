@@ -1,4 +1,4 @@
-"""The CLI's `configs` listing, `--mnist_dir` and `plot --out`."""
+"""The CLI's `configs` listing, `--mnist_dir`, `--import` and `plot --out`."""
 
 import os
 import sys
@@ -38,20 +38,6 @@ def test_mnist_dir_is_where_mnist_is_read(command, tmp_path, capsys):
     assert not os.path.isdir(data_dir / "jaxrnn_mnist" / "1.0.0")
 
 
-def test_plot_out_writes_where_asked(tiny, tmp_path, capsys):
-    run = str(tmp_path / "run")
-    sets = [a for s in tiny for a in ("--set", s)]
-    assert main(["train", "--config", "lstm_sequences", "--workdir", run] + sets) == 0
-    capsys.readouterr()
-    out = tmp_path / "figures" / "curves of the run.png"
-    out.parent.mkdir()
-    assert main(["plot", "--workdir", run, "--out", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
-    with open(out, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert not os.path.exists(os.path.join(run, "curves.png"))
-
-
 _CELL_MODULE = '''
 import dataclasses
 
@@ -65,9 +51,10 @@ class CliTestRNN(jaxrnn.SimpleRNN):
 '''
 
 
-def test_import_registers_a_users_cell(tiny, tmp_path, monkeypatch, capsys):
+def test_import_registers_a_users_cell_and_plot_out(tiny, tmp_path, monkeypatch, capsys):
     """``--import`` makes a cell defined in the user's module a name for ``--set cell=``;
-    without it, the name is refused before the work directory is made, with a hint."""
+    without it, the name is refused before the work directory is made, with a hint. The run's
+    ``plot --out`` writes where asked (one tiny run for both)."""
     (tmp_path / "cli_test_cells.py").write_text(_CELL_MODULE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # --import puts the directory first
@@ -83,3 +70,11 @@ def test_import_registers_a_users_cell(tiny, tmp_path, monkeypatch, capsys):
     with open(os.path.join(run, "config.json")) as f:
         assert '"cell": "cli_test_rnn"' in f.read()
     assert main(["eval", "--workdir", run, "--import", "cli_test_cells"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "figures" / "curves of the run.png"
+    out.parent.mkdir()
+    assert main(["plot", "--workdir", run, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not os.path.exists(os.path.join(run, "curves.png"))
