@@ -17,7 +17,8 @@ of layout, direction, lengths and resets (and the LSTM's and GRU's forward witho
 values, one step, the SimpleRNN's relu) and fails unless every output of the two builds is
 the same bit for bit; the backward kernels of both get the base build's forward outputs.
 
-Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), W5 (masked
+Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), W2 (one
+direction: LSTM 32, T 28, B 32, in 28), W4 (relu SimpleRNN 16, T 28, B 100, in 28), W5 (masked
 LSTM 32, T 20, B 64, in 1, lengths 5-20), W6 (LSTM 512, T 256, B 64, in 512), W3 (tanh
 SimpleRNN 150, T 28, B 150, in 28), a GRU (128, T 28, B 100, in 28), and MinGRU and MinLSTM
 (128, T 2048, B 16, in 32: their whole-layer kernels), batch-first inputs:
@@ -103,6 +104,8 @@ class Case:
 
 WORKLOADS = {
     "W1": Case("lstm", 128, 28, 100, 28),
+    "W2": Case("lstm", 32, 28, 32, 28),
+    "W4": Case("simple", 16, 28, 100, 28, relu=True),
     "W5": Case("lstm", 32, 20, 64, 1, min_length=5),
     "W6": Case("lstm", 512, 256, 64, 512),
     "W3 SimpleRNN": Case("simple", 150, 28, 150, 28),

@@ -14,5 +14,12 @@ __attribute__((visibility("default"))) void jaxrnn_set_max_threads(int n) {
 // The version of the row loops that runs (recurrence.h): the x86-64 level, 4, 3 or 1, or 0
 // where there is one version (other machines).
 __attribute__((visibility("default"))) int jaxrnn_vector_level() { return jaxrnn::g_vector_level; }
+// How many threads split a loop's batch rows (SplitWork), or 1 where the threads split the
+// units.
+__attribute__((visibility("default"))) int jaxrnn_row_threads(int64_t steps, int64_t batch,
+                                                              int64_t hidden, int gates) {
+  const jaxrnn::Split split = jaxrnn::SplitWork(steps, batch, hidden, gates);
+  return split.by_rows() ? split.items() : 1;
+}
 }
 

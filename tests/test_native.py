@@ -20,9 +20,10 @@ from jaxrnn import _native
 from jaxrnn.cells import fused
 from jaxrnn.cells._loops import BackwardInputs, Loop, LoopInputs
 
-# B * H * H * gates >= 2**17 and H >= 32: the kernels split the units over two threads.
+# With two threads: T * B * H * H * gates >= 2**21 and B >= 32, the kernels split the batch's
+# rows (ROWS); else, B * H * H * gates >= 2**17 and H >= 32, the units.
 CASES = [
-    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 9),
+    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 33),
     ("rnn_tanh", jaxrnn.SimpleRNN(64), {"activation": "tanh"}, 33),
     ("rnn_relu", jaxrnn.SimpleRNN(64, activation="relu"), {"activation": "relu"}, 33),
     ("lstm_uneven", jaxrnn.LSTM(40), {}, 30),  # two chunks of 32 and 8 units
@@ -32,6 +33,7 @@ CASES = [
     ("gru_small", jaxrnn.GRU(5), {}, 4),
 ]
 T, I = 6, 3  # noqa: E741
+ROWS = {"lstm"}
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
@@ -51,6 +53,23 @@ def test_chunks_match_the_kernels_rule():
     assert _native.chunk_starts(30, 40, 4) == ([0, 32, 40] if threads >= 2 else [0, 40])
     assert _native.chunk_starts(4, 5, 4) == [0, 5]  # too little work for a second thread
     assert _native.chunk_starts(9, 64, 4) == ([0, 32, 64] if threads >= 2 else [0, 64])
+
+
+def _row_threads(steps, batch, hidden, gates) -> int:
+    """How many threads split the batch's rows of such a loop (1: the threads split units)."""
+    lib = ctypes.CDLL(importlib.util.find_spec("jaxrnn._recurrence").origin)
+    lib.jaxrnn_row_threads.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int]
+    return lib.jaxrnn_row_threads(steps, batch, hidden, gates)
+
+
+@pytest.mark.skipif(not _native.kernel_status()[0], reason="kernels not built")
+@pytest.mark.skipif(_native.max_threads() < 2, reason="one thread")
+def test_the_cases_cover_both_ways_of_splitting_a_loop():
+    """By the batch's rows (ROWS, and test_resets_loops' LSTM) and by units (the others)."""
+    for name, cell, _, batch in CASES:
+        want = 2 if name in ROWS else 1
+        assert _row_threads(T, batch, cell.hidden_size, cell.gates) == want, name
+    assert _row_threads(7, 32, 64, 4) == 2
 
 
 def test_the_kernels_are_built_and_used():

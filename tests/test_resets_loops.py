@@ -19,11 +19,12 @@ from jaxrnn import _native
 from jaxrnn.cells import _loops
 
 T, I = 7, 3  # noqa: E741
-# Sizes at which the kernels split the units over two threads (where two cores are usable):
-# B * H * H * gates >= 2**17 and H >= 32 (GRU: chunks of 32 and 16 units).
+# Sizes at which the kernels split the work over two threads (where two cores are usable): the
+# LSTM's batch rows (T * B * H * H * gates >= 2**21 and B >= 32), the others' units
+# (B * H * H * gates >= 2**17 and H >= 32; GRU: chunks of 32 and 16 units).
 CELLS = [
     ("rnn_tanh", jaxrnn.SimpleRNN(64), "rnn", {"activation": "tanh"}, 32),
-    ("lstm", jaxrnn.LSTM(32, forget_bias=1.0), "lstm", {"forget_bias": 1.0}, 32),
+    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), "lstm", {"forget_bias": 1.0}, 32),
     ("gru", jaxrnn.GRU(48), "gru", {"reset_after": True}, 20),
 ]
 KERNELS = _native.unavailable_reason()  # None where they are built and loaded
