@@ -5,9 +5,10 @@ what every cell's binding shares (each cell's ``ffi_call`` sits with the cell, i
 XLA:CPU runs a ``lax.scan`` body one operation at a time on one core, and pays a dispatch for
 each: at the tutorials' sizes that, not arithmetic, sets the step time. The kernels
 (``csrc/``: ``recurrence.h`` and one file per cell) run the whole recurrent loop (forward,
-or backward with every weight gradient) in one call and split every step's hidden units
-across the machine's cores (a small matmul of their own for each step's recurrent product,
-OpenBLAS ``sgemm`` from ``scipy-openblas32`` for the weights' gradients). It is built with
+or backward with every weight gradient) in one call on every core, splitting a large batch's
+rows among the threads, or else every step's hidden units (a small matmul of their own for
+each step's recurrent product, OpenBLAS ``sgemm`` from ``scipy-openblas32`` for the weights'
+gradients). It is built with
 the package (``setup.py``); where it is missing, or ``JAXRNN_NATIVE=0``, or the computation
 is not float32, or ``rnn`` is given an explicit ``unroll``, jaxrnn runs its XLA loops
 instead.
@@ -147,7 +148,7 @@ def enabled() -> bool:
 
 
 def max_threads() -> int:
-    """The threads the kernels split a batch over (set when they load; 1 before)."""
+    """The threads the kernels split a loop over (set when they load; 1 before)."""
     return _max_threads
 
 
