@@ -8,10 +8,9 @@ each: at the tutorials' sizes that, not arithmetic, sets the step time. The kern
 or backward with every weight gradient) in one call on every core, splitting a large batch's
 rows among the threads, or else every step's hidden units (a small matmul of their own for
 each step's recurrent product, OpenBLAS ``sgemm`` from ``scipy-openblas32`` for the weights'
-gradients). It is built with
-the package (``setup.py``); where it is missing, or ``JAXRNN_NATIVE=0``, or the computation
-is not float32, or ``rnn`` is given an explicit ``unroll``, jaxrnn runs its XLA loops
-instead.
+gradients). It is built with the package (``setup.py``); where it is missing, or
+``JAXRNN_NATIVE=0``, or the computation is not float32, or ``rnn`` is given an explicit
+``unroll``, jaxrnn runs its XLA loops instead.
 
 :func:`on_cpu` is how the fused path uses a kernel: the kernel where the computation runs on
 a CPU (``lax.platform_dependent``), the XLA loop on GPU and TPU, and the XLA loop's
