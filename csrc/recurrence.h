@@ -134,15 +134,21 @@ inline void ZeroResetRows(const bool* resets, int64_t t, int64_t batch, int64_t 
     if (resets[t * batch + b]) std::fill_n(state + b * hidden + block.j0, block.n, 0.0f);
 }
 
+// sum[0:width] += z[r, 0:width] for each of `rows` rows (row r at z + r * z_width), in order.
+JAXRNN_ROW_LOOP void AddRows(int64_t rows, const float* __restrict__ z, int64_t z_width,
+                             int width, double* __restrict__ sum) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = z + r * z_width;
+    for (int j = 0; j < width; ++j) sum[j] += row[j];
+  }
+}
+
 // sums[col:col+width] = the sums over `rows` rows of z[:, col:col+width] (z: [rows, z_width]),
 // accumulated in double (thousands of rows; a float running sum would lose digits).
 inline void ColumnSums(int64_t rows, const float* z, int64_t z_width, int col, int width,
                        float* sums) {
   std::vector<double> sum(width, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = z + r * z_width + col;
-    for (int j = 0; j < width; ++j) sum[j] += row[j];
-  }
+  Vectorised<AddRows>(rows, z + col, z_width, width, sum.data());
   for (int j = 0; j < width; ++j) sums[col + j] = static_cast<float>(sum[j]);
 }
 
