@@ -285,9 +285,12 @@ inline int WidestChunk(const std::vector<int>& starts) {
 // relu RNN of 16 units, T 28, B 100, 0.7 million, ran slower on two threads).
 constexpr int64_t kRowsPerThread = 16;
 constexpr int64_t kLoopMacsPerThread = int64_t{1} << 20;
+// The largest w_h (bytes) split by rows: each thread reads all of it at every step, so it should
+// stay in a core's L2 (split by units, a thread reads only its chunk's columns).
+constexpr int64_t kRowSplitWeightBytes = int64_t{1} << 20;
 
 // How a loop's threads share its work: by the batch's rows where the batch has
-// kRowsPerThread rows a thread (each thread runs every step of its rows, all units, without
+// kRowsPerThread rows a thread and w_h fits a core's L2 (each thread runs every step of its rows, all units, without
 // waiting for the others: a row's recurrence reads only its own state), otherwise by units
 // (every step's units in chunks, SplitUnits; step t + 1 after every chunk of step t). The
 // values kept for the backward pass are laid out by the unit chunks either way.
@@ -305,6 +308,7 @@ struct Split {
 
 inline Split SplitWork(int64_t steps, int64_t batch, int64_t hidden, int gates) {
   Split split{SplitUnits(batch, hidden, gates), {0, batch}};
+  if (gates * hidden * hidden * int64_t{sizeof(float)} > kRowSplitWeightBytes) return split;
   const int64_t macs = steps * batch * hidden * hidden * gates;
   const int64_t threads = std::min<int64_t>(
       {g_max_threads, batch / kRowsPerThread, macs / kLoopMacsPerThread});
