@@ -285,18 +285,19 @@ inline int WidestChunk(const std::vector<int>& starts) {
 // relu RNN of 16 units, T 28, B 100, 0.7 million, ran slower on two threads).
 constexpr int64_t kRowsPerThread = 16;
 constexpr int64_t kLoopMacsPerThread = int64_t{1} << 20;
-// The largest w_h (bytes) split by rows: each thread reads all of it at every step, so it should
-// stay in a core's L2 (split by units, a thread reads only its chunk's columns).
+// The largest w_h, in bytes, split by rows: each thread reads all of it at every step, so it
+// should stay in a core's L2 (split by units, a thread reads only its chunk's columns).
 constexpr int64_t kRowSplitWeightBytes = int64_t{1} << 20;
 
 // How a loop's threads share its work: by the batch's rows where the batch has
-// kRowsPerThread rows a thread and w_h fits a core's L2 (each thread runs every step of its rows, all units, without
-// waiting for the others: a row's recurrence reads only its own state), otherwise by units
-// (every step's units in chunks, SplitUnits; step t + 1 after every chunk of step t). The
-// values kept for the backward pass are laid out by the unit chunks either way.
+// kRowsPerThread rows a thread and w_h fits a core's L2 (each thread runs every step of its
+// rows, all units, without waiting for the others: a row's recurrence reads only its own
+// state), otherwise by units (every step's units in chunks, SplitUnits; step t + 1 after
+// every chunk of step t). The values kept for the backward pass are laid out by the unit
+// chunks either way.
 struct Split {
-  std::vector<int> units;      // SplitUnits
-  std::vector<int64_t> rows;   // each thread's first row, then B; {0, B} where split by units
+  std::vector<int> units;     // SplitUnits
+  std::vector<int64_t> rows;  // each thread's first row, then B; {0, B} where split by units
   bool by_rows() const { return rows.size() > 2; }
   int unit_chunks() const { return static_cast<int>(units.size()) - 1; }
   // The work items of a round: a thread's rows, or a chunk of units.
