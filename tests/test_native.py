@@ -23,17 +23,17 @@ from jaxrnn.cells._loops import BackwardInputs, Loop, LoopInputs
 # With two threads: T * B * H * H * gates >= 2**21 and B >= 32, the kernels split the batch's
 # rows (ROWS); else, B * H * H * gates >= 2**17 and H >= 32, the units.
 CASES = [
-    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 33),
+    ("lstm", jaxrnn.LSTM(64, forget_bias=1.0), {"forget_bias": 1.0}, 9),
     ("rnn_tanh", jaxrnn.SimpleRNN(64), {"activation": "tanh"}, 33),
     ("rnn_relu", jaxrnn.SimpleRNN(64, activation="relu"), {"activation": "relu"}, 33),
-    ("lstm_uneven", jaxrnn.LSTM(40), {}, 30),  # two chunks of 32 and 8 units
+    ("lstm_uneven", jaxrnn.LSTM(40), {}, 64),  # two chunks of 32 and 8 units, rows split
     ("lstm_small", jaxrnn.LSTM(5), {}, 4),  # one thread, units not a multiple of 16
     ("gru", jaxrnn.GRU(64), {}, 11),
     ("gru_uneven", jaxrnn.GRU(40), {}, 30),
     ("gru_small", jaxrnn.GRU(5), {}, 4),
 ]
 T, I = 6, 3  # noqa: E741
-ROWS = {"lstm"}
+ROWS = {"lstm_uneven"}
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
