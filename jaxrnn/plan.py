@@ -117,10 +117,11 @@ def plan(
       or recurrent dropout.
     * ``"kernel"``: the fused path with both loops run as jaxrnn's CPU kernels (the plain
       ``SimpleRNN``, ``LSTM`` and ``GRU(reset_after=True)``; the LSTM's variants have none):
-      the whole loop in one call, each step's hidden units split over the cores. It needs
-      the kernels built and loaded, ``unroll=1``, the default backend a CPU, and a
-      computation dtype of float32, bfloat16 or float16 (see below). Where the computation
-      is placed on a GPU or TPU the same call runs the fused XLA loop. Reverse mode only.
+      the whole loop in one call on every core (a large batch's rows, or else each step's
+      hidden units, split among them). It needs the kernels built and loaded, ``unroll=1``,
+      the default backend a CPU, and a computation dtype of float32, bfloat16 or float16
+      (see below). Where the computation is placed on a GPU or TPU the same call runs the
+      fused XLA loop. Reverse mode only.
     * ``"pallas"``: the fused path with its two time loops run as Pallas kernels, each pass
       one launch (:mod:`jaxrnn.cells.pallas`; the plain ``SimpleRNN``, ``LSTM`` and
       ``GRU(reset_after=True)``): through Triton on a GPU, Mosaic on a TPU, and Pallas's
