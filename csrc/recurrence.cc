@@ -18,7 +18,7 @@ __attribute__((visibility("default"))) int jaxrnn_vector_level() { return jaxrnn
 // units.
 __attribute__((visibility("default"))) int jaxrnn_row_threads(int64_t steps, int64_t batch,
                                                               int64_t hidden, int gates) {
-  const jaxrnn::Split split = jaxrnn::SplitWork(steps, batch, hidden, gates);
+  const jaxrnn::WorkSplit split = jaxrnn::SplitWork(steps, batch, hidden, gates);
   return split.by_rows() ? split.items() : 1;
 }
 }

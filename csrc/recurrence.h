@@ -295,7 +295,7 @@ constexpr int64_t kRowSplitWeightBytes = int64_t{1} << 20;
 // state), otherwise by units (every step's units in chunks, SplitUnits; step t + 1 after
 // every chunk of step t). The values kept for the backward pass are laid out by the unit
 // chunks either way.
-struct Split {
+struct WorkSplit {
   std::vector<int> units;     // SplitUnits
   std::vector<int64_t> rows;  // each thread's first row, then B; {0, B} where split by units
   bool by_rows() const { return rows.size() > 2; }
@@ -307,8 +307,8 @@ struct Split {
   }
 };
 
-inline Split SplitWork(int64_t steps, int64_t batch, int64_t hidden, int gates) {
-  Split split{SplitUnits(batch, hidden, gates), {0, batch}};
+inline WorkSplit SplitWork(int64_t steps, int64_t batch, int64_t hidden, int gates) {
+  WorkSplit split{SplitUnits(batch, hidden, gates), {0, batch}};
   if (gates * hidden * hidden * int64_t{sizeof(float)} > kRowSplitWeightBytes) return split;
   const int64_t macs = steps * batch * hidden * hidden * gates;
   const int64_t threads = std::min<int64_t>(
@@ -433,17 +433,17 @@ struct ForwardLoop {
   float* kept = nullptr;  // [T * B * kKept * H] (KeptRow), or null: nothing is kept
 };
 
+constexpr int64_t kRowsAhead = 2;  // how far ahead RunForward prefetches rows of xp
+
 // Runs a forward loop: update(const ForwardRow&) computes one row of one step. A row past its
 // sequence's length copies the state and outputs zero; a cell that keeps values still runs
 // its update there, into scratch, so that its kept rows are all written.
-constexpr int64_t kRowsAhead = 2;  // how far ahead RunForward prefetches rows of xp
-
 template <int kGates, int kKept, typename Update>
 void RunForward(ffi::ThreadPool& pool, const ForwardLoop& loop, const Update& update) {
   const int64_t steps = loop.steps, batch = loop.batch, hidden = loop.hidden;
   const int64_t width = kGates * hidden;
   const Steps order{steps, batch, loop.reverse};
-  const Split split = SplitWork(steps, batch, hidden, kGates);
+  const WorkSplit split = SplitWork(steps, batch, hidden, kGates);
   const int widest = WidestChunk(split.units);
   const bool* v = loop.valid;
   const bool* rs = loop.resets;
@@ -597,7 +597,7 @@ void RunBackward(ffi::ThreadPool& pool, const BackwardLoop& loop, const Update& 
   const int64_t width = kGates * hidden;
   const Steps order{steps, batch, !loop.reverse};
   const int64_t first = loop.reverse ? steps - 1 : 0;  // the step whose previous state is h0
-  const Split split = SplitWork(steps, batch, hidden, kGates);
+  const WorkSplit split = SplitWork(steps, batch, hidden, kGates);
   const int items = split.items();
   const bool* v = loop.valid;
   const bool* rs = loop.resets;
