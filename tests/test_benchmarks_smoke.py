@@ -1,4 +1,5 @@
-"""CI smoke test of the benchmark suite: ``scan_vs_unroll --quick`` runs and writes its JSON.
+"""CI smoke tests of the benchmark suite: ``scan_vs_unroll --quick`` runs and writes its JSON;
+the kernels' parts harness compiles against the kernels' sources.
 
 No timing assertions (CI machines are shared); it checks that every cell, variant and mode of
 the quick grid is there with a compile time, a step time and the environment.
@@ -6,9 +7,12 @@ the quick grid is there with a compile time, a step time and the environment.
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 
+import jaxlib
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,3 +56,22 @@ def test_scan_vs_unroll_quick(tmp_path):
         assert e["repeats"] >= 1
         assert e["memory"] is None or e["memory"]["temp"] >= 0
     assert (tmp_path / "svu.md").read_text().count("| lstm | 8 | 16 |") == 2
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or shutil.which("g++") is None, reason="an x86-64 g++"
+)
+def test_kernel_parts_harness_compiles_against_the_kernels():
+    """``benchmarks/kernel_parts.cc`` includes the kernels' sources: a change to them that it
+    no longer compiles against shows here (syntax only; the benchmark itself takes 30 s)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import kernel_parts
+    finally:
+        sys.path.pop(0)
+    include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
+    source = os.path.join(ROOT, "benchmarks", "kernel_parts.cc")
+    command = ["g++", *kernel_parts.FLAGS, "-fsyntax-only", "-w"]
+    command += [f"-I{kernel_parts.CSRC}", f"-I{include}", source]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
