@@ -1,8 +1,8 @@
 """CI smoke tests of the benchmark suite: ``scan_vs_unroll --quick`` runs and writes its JSON;
 the kernels' parts harness compiles against the kernels' sources.
 
-No timing assertions (CI machines are shared); it checks that every cell, variant and mode of
-the quick grid is there with a compile time, a step time and the environment.
+No timing assertions (CI machines are shared): the first checks that every cell, variant and
+mode of the quick grid is there with a compile time, a step time and the environment.
 """
 
 import json
