@@ -37,6 +37,12 @@ std::vector<double> Time(int repeats, int calls, const F& f) {
   return {seconds[seconds.size() / 2], seconds.front(), seconds.back()};
 }
 
+// `work` a call over the seconds a call took (Time's median, minimum, maximum): the rate's
+// median, minimum and maximum (the fastest call has the highest rate).
+std::vector<double> PerSecond(const std::vector<double>& t, double work) {
+  return {work / t[0], work / t[2], work / t[1]};
+}
+
 // `iterations` rounds of 12 multiply-adds on independent accumulators (more than an FMA's
 // latency times the units that issue them), each started from its own value so that the
 // compiler cannot merge them.
@@ -59,17 +65,17 @@ JAXRNN_ROW_LOOP void MultiplyAddPeak(int64_t iterations, float* sum) {
 // (none below x86-64-v3).
 std::pair<std::vector<double>, int> Peak() {
   const int64_t iterations = 20000000;
+  const double flop = iterations * 12.0 * 2 / 1e9;  // times the lanes: GFLOP a call
   float sum = 0.0f;
-  auto gflops = [&](std::vector<double> t, int lanes) {
-    for (double& s : t) s = iterations * 12.0 * 2 * lanes / s / 1e9;
-    std::swap(t[1], t[2]);  // the fastest repeat has the most GFLOP/s
-    return std::make_pair(t, lanes);
-  };
 #if defined(JAXRNN_X86_V3)
-  if (jaxrnn::g_vector_level >= 4)
-    return gflops(Time(5, 1, [&] { jaxrnn::RunV4<MultiplyAddPeak<Vec16>>(iterations, &sum); }), 16);
-  if (jaxrnn::g_vector_level >= 3)
-    return gflops(Time(5, 1, [&] { jaxrnn::RunV3<MultiplyAddPeak<Vec8>>(iterations, &sum); }), 8);
+  if (jaxrnn::g_vector_level >= 4) {
+    auto t = Time(5, 1, [&] { jaxrnn::RunV4<MultiplyAddPeak<Vec16>>(iterations, &sum); });
+    return {PerSecond(t, flop * 16), 16};
+  }
+  if (jaxrnn::g_vector_level >= 3) {
+    auto t = Time(5, 1, [&] { jaxrnn::RunV3<MultiplyAddPeak<Vec8>>(iterations, &sum); });
+    return {PerSecond(t, flop * 8), 8};
+  }
 #endif
   return {{0.0, 0.0, 0.0}, 0};
 }
@@ -99,9 +105,7 @@ std::vector<double> Matmul(int64_t m, int64_t depth, int64_t cols) {
     jaxrnn::Multiply(m, a.data(), depth, packed, c.data(), cols, false);
     __asm__ volatile("" ::: "memory");
   });
-  // The fastest repeat has the most GFLOP/s: the range's ends swap.
-  const double flop = 2.0 * m * depth * cols;
-  return {flop / t[0] / 1e9, flop / t[2] / 1e9, flop / t[1] / 1e9};
+  return PerSecond(t, 2.0 * m * depth * cols / 1e9);
 }
 
 // The LSTM's forward row over `n` units (all operands in L1): nanoseconds a unit.
