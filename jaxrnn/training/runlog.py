@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -198,8 +199,24 @@ class _EventPartsFactory:
         pass  # object stores have no directories to make
 
 
+def _import_tensorboardx() -> None:
+    """Imports tensorboardX without importing torch where torch is installed but not yet
+    imported: tensorboardX's writer imports it (to accept torch tensors, which jaxrnn never
+    logs), and torch's import takes seconds. A ``None`` in ``sys.modules`` makes ``import
+    torch`` raise ``ImportError`` for that moment; it is taken out again after."""
+    if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import tensorboardX.writer  # noqa: F401
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+
+
 def _event_writer(root: epath.Path, purge_step: int):
     """A ``SummaryWriter`` for one new event file in ``root/tb``."""
+    _import_tensorboardx()
     from tensorboardX import SummaryWriter
     from tensorboardX.record_writer import register_writer_factory
 

@@ -255,3 +255,32 @@ def test_events_are_tensorboardx_records_with_a_purge_marker_on_resume(
         (20, "session_log", 1),  # START: TensorBoard hides the steps >= 20 of earlier files
     ]
     assert approx(got[3:]) == approx(scalars(range(21, 31)))
+
+
+def test_event_files_are_written_without_importing_torch(tmp_path):
+    """tensorboardX's writer imports torch where torch is installed (seconds of a run's
+    start, for tensors jaxrnn never logs): the log imports it with torch kept out, and
+    ``import torch`` works again after. A stand-in torch package on the path shows imports."""
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("LOADED = True\n")
+    run = tmp_path / "run"
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(site)!r})
+from jaxrnn.training import runlog
+log = runlog.RunLog({str(run)!r}, 0, 3, flush_secs=0)
+log.write(1, "train", {{"loss": 0.5}})
+log.close()
+during = "torch" in sys.modules
+import torch
+print(json.dumps({{"torch_during_log": during, "torch_after": torch.LOADED}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "torch_during_log": False,
+        "torch_after": True,
+    }
+    assert list((run / "tb").glob("events.out.tfevents.*"))
