@@ -33,13 +33,14 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 FLAGS = ["-std=c++20", "-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast"]
 
 
-def build(directory: str) -> str:
-    """Compiles the harness into ``directory``; returns the executable's path."""
-    exe = os.path.join(directory, "kernel_parts")
+def build(directory: str, name: str = "kernel_parts") -> str:
+    """Compiles the harness ``benchmarks/{name}.cc`` into ``directory``; returns the
+    executable's path."""
+    exe = os.path.join(directory, name)
     include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
     compiler = shlex.split(os.environ.get("CXX", "g++"))
-    source = os.path.join(HERE, "kernel_parts.cc")
-    command = [*compiler, *FLAGS, f"-I{CSRC}", f"-I{include}", source, "-o", exe, "-w"]
+    source = os.path.join(HERE, f"{name}.cc")
+    command = [*compiler, *FLAGS, f"-I{CSRC}", f"-I{include}", source, "-o", exe, "-w", "-ldl"]
     subprocess.run(command, check=True)
     return exe
 

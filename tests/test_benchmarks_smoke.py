@@ -1,5 +1,5 @@
 """CI smoke tests of the benchmark suite: ``scan_vs_unroll --quick`` runs and writes its JSON;
-the kernels' parts harness compiles against the kernels' sources.
+the kernels' two harnesses (parts, libraries) compile against the kernels' sources.
 
 No timing assertions (CI machines are shared): the first checks that every cell, variant and
 mode of the quick grid is there with a compile time, a step time and the environment.
@@ -61,16 +61,18 @@ def test_scan_vs_unroll_quick(tmp_path):
 @pytest.mark.skipif(
     platform.machine() != "x86_64" or shutil.which("g++") is None, reason="an x86-64 g++"
 )
-def test_kernel_parts_harness_compiles_against_the_kernels():
-    """``benchmarks/kernel_parts.cc`` includes the kernels' sources: a change to them that it
-    no longer compiles against shows here (syntax only; the benchmark itself takes 30 s)."""
+@pytest.mark.parametrize("harness", ["kernel_parts", "matmul_libraries"])
+def test_the_kernel_harnesses_compile_against_the_kernels(harness):
+    """``benchmarks/kernel_parts.cc`` and ``matmul_libraries.cc`` include the kernels'
+    sources: a change to them that a harness no longer compiles against shows here (syntax
+    only; the benchmarks themselves take 20-30 s)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         import kernel_parts
     finally:
         sys.path.pop(0)
     include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
-    source = os.path.join(ROOT, "benchmarks", "kernel_parts.cc")
+    source = os.path.join(ROOT, "benchmarks", f"{harness}.cc")
     command = ["g++", *kernel_parts.FLAGS, "-fsyntax-only", "-w"]
     command += [f"-I{kernel_parts.CSRC}", f"-I{include}", source]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
