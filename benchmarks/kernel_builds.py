@@ -20,8 +20,8 @@ the same bit for bit; the backward kernels of both get the base build's forward 
 Without ``--check`` the kernels are timed at W1 (LSTM 128, T 28, B 100, in 28), W2 (one
 direction: LSTM 32, T 28, B 32, in 28), W4 (relu SimpleRNN 16, T 28, B 100, in 28), W5 (masked
 LSTM 32, T 20, B 64, in 1, lengths 5-20), W6 (LSTM 512, T 256, B 64, in 512), W3 (tanh
-SimpleRNN 150, T 28, B 150, in 28), a GRU (128, T 28, B 100, in 28), and MinGRU and MinLSTM
-(128, T 2048, B 16, in 32: their whole-layer kernels), batch-first inputs:
+SimpleRNN 150, T 28, B 150, in 28), a GRU (128, T 28, B 100, in 28), and MinGRU, MinLSTM and
+RGLRU (128, T 2048, B 16, in 32: their whole-layer kernels), batch-first inputs:
 the forward kernel and the backward kernel of each, the two builds alternating (protocol in
 ``_common``, in the order base, new, new, base, ...), in wall time and in the process's CPU
 time; the JSON gives each build's median (min, max) per call, and the ratios new / base of
@@ -61,18 +61,19 @@ SYMBOLS = {
     "jaxrnn_linear_cell_sequence_backward": "JaxrnnLinearCellSequenceBackward",
 }
 BUILDS = ("base", "new")
-GATES = {"simple": 1, "lstm": 4, "gru": 3, "mingru": 2, "minlstm": 3}
+GATES = {"simple": 1, "lstm": 4, "gru": 3, "mingru": 2, "minlstm": 3, "rglru": 3}
 # Values per unit and step kept for the backward pass (the linear cells' recompute theirs).
-KEPT = {"simple": 0, "lstm": 5, "gru": 4, "mingru": 0, "minlstm": 0}
-LINEAR = {"mingru": 0, "minlstm": 1}  # the linear cells' sequence kernels: their `cell` code
+KEPT = {"simple": 0, "lstm": 5, "gru": 4, "mingru": 0, "minlstm": 0, "rglru": 0}
+LINEAR = {"mingru": 0, "minlstm": 1, "rglru": 2}  # the sequence kernels: their `cell` code
+UNIT = {"rglru"}  # linear cells with a per-unit parameter (the RG-LRU's a_param)
 FORGET_BIAS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"``, ``"gru"``, ``"mingru"``
-    or ``"minlstm"`` (the whole-layer kernels, input projection inside, as they are called since
-    they take a per-unit parameter: a build from before times none of them); sequence
+    """One kernel configuration: ``cell`` is ``"simple"``, ``"lstm"``, ``"gru"``, ``"mingru"``,
+    ``"minlstm"`` or ``"rglru"`` (the whole-layer kernels, input projection inside, as they are
+    called since they take a per-unit parameter: a build from before times none of them); sequence
     lengths are drawn from ``[min_length, steps]`` (``None``: every step valid); ``reset_rate``
     of the valid steps reset."""
 
@@ -112,6 +113,7 @@ WORKLOADS = {
     "GRU": Case("gru", 128, 28, 100, 28),
     "MinGRU": Case("mingru", 128, 2048, 16, 32),
     "MinLSTM": Case("minlstm", 128, 2048, 16, 32),
+    "RGLRU": Case("rglru", 128, 2048, 16, 32),
 }
 
 
@@ -185,6 +187,7 @@ def inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
         "d_hs": layout((t, b, h)),
         "no_keep": np.zeros((0,), np.float32),
         "no_unit": np.zeros((0,), np.float32),
+        "unit": normal(h),
     }
 
 
@@ -201,7 +204,8 @@ def forward_fn(prefix: str, case: Case) -> Callable[[dict], tuple]:
         shape = (t, b, h) if case.time_major else (b, t, h)
         call = jax.ffi.ffi_call(f"{prefix}jaxrnn_linear_cell_sequence_forward", _f32(shape))
         options["cell"] = np.int32(LINEAR[case.cell])
-        names = ("xs", "w_i", "b", "no_unit", "h0", "valid", "resets", "no_keep")
+        unit = "unit" if case.cell in UNIT else "no_unit"
+        names = ("xs", "w_i", "b", unit, "h0", "valid", "resets", "no_keep")
         return lambda a: tuple(call(*(a[k] for k in names), **options))
     target = f"{prefix}jaxrnn_{case.cell}_forward"
     if case.cell == "simple":
@@ -235,12 +239,13 @@ def backward_fn(prefix: str, case: Case) -> Callable[[dict, tuple], tuple]:
         x_shape = (t, b, f) if case.time_major else (b, t, f)
         call = jax.ffi.ffi_call(
             f"{prefix}jaxrnn_linear_cell_sequence_backward",
-            _f32(x_shape, (f, g), (g,), (b, h), (0,)),
+            _f32(x_shape, (f, g), (g,), (b, h), (b, h) if case.cell in UNIT else (0,)),
         )
         options["cell"] = np.int32(LINEAR[case.cell])
+        unit = "unit" if case.cell in UNIT else "no_unit"
 
         def linear(a, out):
-            args = (a["xs"], a["w_i"], a["b"], a["no_unit"], out[0], a["h0"], a["valid"])
+            args = (a["xs"], a["w_i"], a["b"], a[unit], out[0], a["h0"], a["valid"])
             args += (a["resets"],)
             return tuple(call(*args, a["no_keep"], a["d_hs"], **options))
 
