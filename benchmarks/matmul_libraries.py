@@ -1,10 +1,13 @@
 """The recurrent loops' per-step products by the kernels' packed small matmul and by the BLAS
 libraries that install from PyPI, one thread each, side by side.
 
-    python -m venv /tmp/blas && /tmp/blas/bin/pip install mkl==2026.2.1 \\
+    python -m venv blas-env && blas-env/bin/pip install mkl==2026.2.1 \\
         onednn-cpu-gomp==2023.2.0 blis==1.3.4
-    python benchmarks/matmul_libraries.py --mkl /tmp/blas/lib/libmkl_rt.so.3 \\
-        --onednn /tmp/blas/lib/libdnnl.so.3 --blis /tmp/blas/lib/python3.11/site-packages
+    python benchmarks/matmul_libraries.py --mkl blas-env/lib/libmkl_rt.so.3 \\
+        --onednn blas-env/lib/libdnnl.so.3 --blis blas-env/lib/python3.11/site-packages
+
+(the libraries in an environment of their own, made with the Python that runs the benchmark:
+BLIS's extension module is loaded with that Python's ``libpython``).
 
 Compiles ``benchmarks/matmul_libraries.cc`` as ``kernel_parts.py`` compiles its harness
 (x86-64) and times, for the per-thread shapes of W1, W3, W5 and W6 and for W1's recurrent
