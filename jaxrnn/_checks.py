@@ -34,7 +34,8 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
     """``params`` must be a dict of floating-point arrays that holds every parameter of
     ``cell.param_shapes(input_size)`` in its shape (what the cell needs, e.g. ``w_i
     [input_size, k*H]`` and ``w_h [R, k*H]``), and the biases it has in the shapes of
-    ``cell.bias_shapes(input_size)`` (``b [k*H]``)."""
+    ``cell.bias_shapes(input_size)`` (``b [k*H]``), and nothing else: a parameter the cell
+    would not read (another variant's, a misspelt name) is an error, not dropped."""
     expected = cell.param_shapes(input_size)
     if not isinstance(params, dict) or not any(key in params for key in expected):
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
@@ -58,7 +59,15 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
                 f"{name}[{key!r}] has shape {got}, expected {shape} for {cell} with "
                 f"input_size={input_size} (mismatch in {what})"
             )
-    for key, shape in cell.bias_shapes(input_size).items():
+    biases = cell.bias_shapes(input_size)
+    unused = sorted(set(params) - set(expected) - set(biases))
+    if unused:
+        takes = ", ".join([*expected, *(f"{key} (optional)" for key in biases)])
+        raise ValueError(
+            f"{name} holds {unused}, which {cell} does not read (it takes {takes}); "
+            "parameters of another cell or variant?"
+        )
+    for key, shape in biases.items():
         if key in params and tuple(params[key].shape) != shape:
             raise ValueError(
                 f"{name}[{key!r}] has shape {tuple(params[key].shape)}, expected {shape} (a "

@@ -649,6 +649,8 @@ def test_bad_input_raises():
         jaxrnn.rnn(gru, wide, xs)
     with pytest.raises(ValueError, match=r"params\['b'\] has shape \(24,\), expected \(16,\)"):
         jaxrnn.rnn(gru, {**params, "b": jnp.zeros(3 * H)}, xs)
+    with pytest.raises(ValueError, match=r"params holds \['b_h'\], which MinGRU"):
+        jaxrnn.rnn(gru, {**params, "b_h": params["b"]}, xs)
     rglru = jaxrnn.RGLRU(H)
     r_params = make_params(rglru, F)
     no_a = {k: v for k, v in r_params.items() if k != "a_param"}

@@ -425,6 +425,12 @@ def test_params_of_another_variant_are_an_error():
         jaxrnn.rnn(jaxrnn.LSTM(H, proj_size=P), plain, _xs())
     with pytest.raises(ValueError, match="params lacks 'w_ci'"):
         jaxrnn.rnn(jaxrnn.LSTM(H, peepholes=True), plain, _xs())
+    # The other way round the extra parameters would be dropped without a word.
+    peepholes = jaxrnn.LSTM(H, peepholes=True).init(jax.random.key(0), F)
+    with pytest.raises(ValueError, match=r"params holds \['w_cf', 'w_ci', 'w_co'\], which LSTM"):
+        jaxrnn.rnn(jaxrnn.LSTM(H), peepholes, _xs())
+    with pytest.raises(ValueError, match=r"holds \['w_hh'\].*takes w_i, w_h, b \(optional\)"):
+        jaxrnn.rnn(jaxrnn.LSTM(H), {**plain, "w_hh": plain["w_h"]}, _xs())
 
 
 def test_nnx_modules_model_and_configs():
