@@ -64,8 +64,8 @@ def check_params(cell, params, input_size: int, name: str = "params") -> None:
     if unused:
         takes = ", ".join([*expected, *(f"{key} (optional)" for key in biases)])
         raise ValueError(
-            f"{name} holds {unused}, which {cell} does not read (it takes {takes}); "
-            "parameters of another cell or variant?"
+            f"{name} holds {unused}, which {cell} does not read (it takes {takes}: its "
+            "param_shapes and bias_shapes); parameters of another cell or variant?"
         )
     for key, shape in biases.items():
         if key in params and tuple(params[key].shape) != shape:

@@ -164,7 +164,8 @@ class CellBase:
 
     def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         """The shape of every parameter the cell's step needs, but the biases (``b``, and
-        ``b_h`` where optional), for inputs of ``input_size`` features."""
+        ``b_h`` where optional), for inputs of ``input_size`` features. ``rnn`` checks the
+        parameters against these and :meth:`bias_shapes`, and refuses any other."""
         width = self.gates * self.hidden_size
         return {"w_i": (input_size, width), "w_h": (self.output_size, width)}
 
