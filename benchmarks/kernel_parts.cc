@@ -5,12 +5,12 @@
 // and the LSTM's pointwise forward row (lstm.cc) with all its operands in L1.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "harness.h"
 #include "lstm.cc"
 
 namespace {
@@ -19,29 +19,8 @@ using jaxrnn::PackedColumns;
 using jaxrnn::Vec16;
 using jaxrnn::Vec8;
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// Median, minimum and maximum seconds per call over `repeats` repeats of `calls` calls.
-template <typename F>
-std::vector<double> Time(int repeats, int calls, const F& f) {
-  std::vector<double> seconds;
-  for (int r = 0; r < repeats; ++r) {
-    const double start = Now();
-    for (int i = 0; i < calls; ++i) f();
-    seconds.push_back((Now() - start) / calls);
-  }
-  std::sort(seconds.begin(), seconds.end());
-  return {seconds[seconds.size() / 2], seconds.front(), seconds.back()};
-}
-
-// `work` a call over the seconds a call took (Time's median, minimum, maximum): the rate's
-// median, minimum and maximum (the fastest call has the highest rate).
-std::vector<double> PerSecond(const std::vector<double>& t, double work) {
-  return {work / t[0], work / t[2], work / t[1]};
-}
+using harness::PerSecond;
+using harness::Time;
 
 // `iterations` rounds of 12 multiply-adds on independent accumulators (more than an FMA's
 // latency times the units that issue them), each started from its own value so that the

@@ -5,12 +5,12 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "harness.h"
 #include "small_matmul.h"
 
 namespace {
@@ -55,21 +55,13 @@ T Symbol(void* library, const char* name) {
 // GFLOP/s of f() computing an m x depth x cols product: the median of 7 repeats, and its range.
 template <typename F>
 std::vector<double> Rate(int64_t m, int64_t depth, int64_t cols, const F& f) {
-  const double flop = 2.0 * m * depth * cols;
   const int calls = static_cast<int>(std::max<int64_t>(1, 200000000 / (2 * m * depth * cols)));
-  std::vector<double> rates;
-  for (int r = 0; r < 7; ++r) {
+  f();  // a library's first call sets itself up (MKL, oneDNN): not timed
+  const auto seconds = harness::Time(7, calls, [&] {
     f();
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < calls; ++i) {
-      f();
-      __asm__ volatile("" ::: "memory");
-    }
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    rates.push_back(flop * calls / took.count() / 1e9);
-  }
-  std::sort(rates.begin(), rates.end());
-  return {rates[3], rates[0], rates[6]};
+    __asm__ volatile("" ::: "memory");
+  });
+  return harness::PerSecond(seconds, 2.0 * m * depth * cols / 1e9);
 }
 
 std::string Entry(const char* shape, const char* how, const std::vector<double>& r) {
@@ -106,8 +98,8 @@ int main(int argc, char** argv) {
     const jaxrnn::PackedColumns packed(512, 256, [](int64_t, float* out) {
       std::fill_n(out, 256, 0.5f);
     });
-    const auto start = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - start < std::chrono::seconds(1))
+    const double start = harness::Now();
+    while (harness::Now() - start < 1.0)
       jaxrnn::Multiply(64, a.data(), 512, packed, c.data(), 256, false);
   }
   std::vector<std::string> entries;
